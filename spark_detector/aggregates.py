@@ -55,7 +55,7 @@ class PairAggregate:
 
 @dataclass(frozen=True)
 class ChunkAggregates:
-    """Everything the engine needs to apply one chunk. ``pairs`` is sorted by (merchant, customer)."""
+    """Everything the engine needs to apply one chunk; ``pairs`` sorted by (merchant, customer)."""
 
     chunk_key: str
     rows_good: int
