@@ -12,19 +12,10 @@ import io
 import json
 import posixpath
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from spark_detector import outbox
 from spark_detector.failpoints import failpoint
-
-
-@dataclass(frozen=True)
-class RowReject:
-    """One row of a chunk rejected alone (SPEC 3), as written to quarantine."""
-
-    row: int
-    reason: str
-    raw: str
+from spark_detector.parsing import RejectedRow
 
 
 def publish_pending(conn, s3, bucket: str, prefix: str) -> list[str]:
@@ -64,17 +55,17 @@ def quarantine_chunk(s3, bucket: str, prefix: str, chunk_key: str, reason: str) 
     return key
 
 
-def render_row_rejects(rejects: Sequence[RowReject]) -> bytes:
+def render_row_rejects(rejects: Sequence[RejectedRow]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["row", "reason", "raw"])
+    writer.writerow(["row", "reason", "line"])
     for reject in sorted(rejects, key=lambda r: r.row):
-        writer.writerow([reject.row, reject.reason, reject.raw])
+        writer.writerow([reject.row, reject.reason, reject.line])
     return out.getvalue().encode()
 
 
 def quarantine_rows(s3, bucket: str, prefix: str, chunk_key: str,
-                    rejects: Sequence[RowReject]) -> str:
+                    rejects: Sequence[RejectedRow]) -> str:
     key = quarantine_key(prefix, chunk_key, "rows")
     s3.put_object(Bucket=bucket, Key=key, Body=render_row_rejects(rejects),
                   ContentType="text/csv")

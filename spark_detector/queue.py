@@ -45,14 +45,21 @@ class BatchPlan:
         return sorted(self.chunks)
 
 
-def plan_batch(messages: Iterable[Received]) -> BatchPlan:
-    """Group messages by chunk key; a chunk delivered twice in one receive is worked once."""
+def plan_batch(messages: Iterable[Received], bucket: str) -> BatchPlan:
+    """Group messages by chunk key; a chunk delivered twice in one receive is worked once.
+
+    A message for another bucket is poison: this worker's state covers one bucket's chunks.
+    """
     plan = BatchPlan()
     for received in messages:
         try:
             message = ChunkMessage.from_json(received.body)
         except InvalidChunkMessage as exc:
             plan.poison.append(PoisonMessage(received, str(exc)))
+            continue
+        if message.bucket != bucket:
+            plan.poison.append(PoisonMessage(
+                received, f"message for bucket {message.bucket!r}, this worker serves {bucket!r}"))
             continue
         plan.chunks.setdefault(message.key, message)
         plan.receipts.setdefault(message.key, []).append(received)

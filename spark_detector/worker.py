@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 
 import psycopg2
 from aws_lambda_powertools import Logger
-from botocore.exceptions import ClientError
 
 from spark_detector import engine, outbox
 from spark_detector.backfill import backfill
@@ -82,7 +81,7 @@ class Worker:
         s3,
         sqs,
         connect: Callable[[], object],
-        aggregate: Callable[[list[tuple[str, str]]], BatchResult],
+        aggregate: Callable[[list[str]], BatchResult],
         y_start_time: datetime | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -186,7 +185,7 @@ class Worker:
         received = self.receive()
         if not received:
             return None
-        plan = plan_batch(received)
+        plan = plan_batch(received, self.settings.bucket)
         summary = BatchSummary()
         self._handle_poison(plan, summary)
         todo = self._drop_done(plan, summary)
@@ -232,22 +231,22 @@ class Worker:
         s = self.settings
         started = time.perf_counter()
         failpoint("before_spark")
-        result = self._aggregate([(plan.chunks[key].bucket, key) for key in todo])
+        result = self._aggregate(todo)
         failpoint("after_spark")
         summary.spark_ms = round((time.perf_counter() - started) * 1000)
         for key in todo:
             message = plan.chunks[key]
-            if key in result.missing:
+            if key in result.missing_chunks:
                 summary.poison += 1
                 logger.error("chunk object not found; message left for retry / DLQ",
-                             extra={"chunk_key": key, "bucket": message.bucket})
+                             extra={"chunk_key": key})
                 self._postpone(plan.receipts[key])
                 continue
             chunk = engine.ChunkRef(key=key, etag=message.etag,
                                     event_time=parse_event_time(message.event_time))
             if key in result.rejected_chunks:
                 reason = result.rejected_chunks[key]
-                qkey = quarantine_chunk(self.s3, message.bucket, s.quarantine_prefix, key, reason)
+                qkey = quarantine_chunk(self.s3, s.bucket, s.quarantine_prefix, key, reason)
                 self.db(lambda conn, c=chunk, r=reason, q=qkey:
                         engine.record_rejected_chunk(conn, c, r, q))
                 logger.warning("chunk rejected whole", extra={
@@ -288,6 +287,3 @@ class Worker:
                 "merchant_id": detection.merchant_id,
                 "customer_name": detection.customer_name, "seq": detection.seq})
 
-
-def is_missing_object(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound"}

@@ -26,7 +26,7 @@ def test_plan_orders_chunks_by_key_and_groups_duplicate_deliveries():
         received(body("stream_chunks/chunk-00000002.csv"), 1),
         received(body("stream_chunks/chunk-00000001.csv"), 2),
         received(body("stream_chunks/chunk-00000002.csv"), 3),
-    ])
+    ], bucket="b")
     assert plan.keys == ["stream_chunks/chunk-00000001.csv", "stream_chunks/chunk-00000002.csv"]
     assert [r.message_id for r in plan.receipts["stream_chunks/chunk-00000002.csv"]] == ["m1", "m3"]
     assert plan.poison == []
@@ -37,9 +37,10 @@ def test_plan_orders_chunks_by_key_and_groups_duplicate_deliveries():
     ("[1, 2]", "not a JSON object"),
     (json.dumps({"version": 99, "bucket": "b", "key": "k", "size": 1}), "unsupported"),
     (json.dumps({"version": 1, "bucket": "b", "size": 1}), "missing or bad field"),
+    (ChunkMessage(bucket="other", key="k", size=1).to_json(), "this worker serves 'b'"),
 ])
 def test_garbage_bodies_are_poison_with_a_reason(raw, reason):
-    plan = plan_batch([received(raw)])
+    plan = plan_batch([received(raw)], bucket="b")
     assert plan.keys == []
     assert len(plan.poison) == 1 and reason in plan.poison[0].reason
 
