@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 from datetime import UTC, datetime
 
 import boto3
@@ -27,7 +28,7 @@ def aws_clients() -> tuple[object, object]:
 
 def cmd_run(settings: WorkerSettings, args: argparse.Namespace) -> int:
     from spark_detector import db
-    from spark_detector.spark_job import SparkAggregator
+    from spark_detector.aggregator import ReferenceUnavailable, SparkAggregator
     from spark_detector.worker import Worker, logger
 
     if args.flush_partial_after is not None:
@@ -35,18 +36,25 @@ def cmd_run(settings: WorkerSettings, args: argparse.Namespace) -> int:
     if args.backfill_every is not None:
         settings = _replace(settings, backfill_every_seconds=args.backfill_every)
     y_start_time = datetime.now(UTC)
-    s3, sqs = aws_clients()
-    aggregator = SparkAggregator.start(settings, s3)
-    worker = Worker(settings, s3=s3, sqs=sqs, connect=lambda: db.connect(settings.database_url),
-                    aggregate=aggregator.aggregate, y_start_time=y_start_time)
+    stop_event = threading.Event()
 
     def stop(signum: int, _frame: object) -> None:
         logger.info("stop requested: finishing the current batch",
                     extra={"signal": signal.Signals(signum).name})
-        worker.stop_event.set()
+        stop_event.set()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    s3, sqs = aws_clients()
+    try:
+        aggregator = SparkAggregator.start(settings, s3, stop_event)
+    except ReferenceUnavailable:
+        return 0  # asked to stop while waiting: nothing was started, nothing to clean up
+    # PySpark installs its own SIGINT handler when the session starts: take it back.
+    signal.signal(signal.SIGINT, stop)
+    worker = Worker(settings, s3=s3, sqs=sqs, connect=lambda: db.connect(settings.database_url),
+                    aggregate=aggregator.aggregate, y_start_time=y_start_time,
+                    stop_event=stop_event)
     try:
         worker.run(drain=args.drain)
     finally:

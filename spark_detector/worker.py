@@ -84,6 +84,7 @@ class Worker:
         aggregate: Callable[[list[str]], BatchResult],
         y_start_time: datetime | None = None,
         clock: Callable[[], float] = time.monotonic,
+        stop_event: threading.Event | None = None,
     ) -> None:
         self.settings = settings
         self.s3 = s3
@@ -95,7 +96,7 @@ class Worker:
         self._clock = clock
         self._last_activity = clock()
         self._last_backfill: float | None = None
-        self.stop_event = threading.Event()
+        self.stop_event = stop_event or threading.Event()
 
     # --- PostgreSQL with reconnects -------------------------------------------------------
 
