@@ -12,7 +12,9 @@ CUSTOMERS = 4_112
 STEPS = 180
 ZIP_CODE = "28007"
 
-TRANSACTION_HEADER = "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud"
+TRANSACTION_HEADER = (
+    "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud"
+)
 IMPORTANCE_HEADER = "Source,Target,Weight,typeTrans,fraud"
 
 # merchant -> (transactions in the full file, category)

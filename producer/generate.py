@@ -148,7 +148,9 @@ def _merchant_weights(rng: random.Random, customers: Sequence[Customer], merchan
     if merchant == TRANSPORT[0]:
         return [c.activity * c.transport_affinity * c.first_transport_share for c in customers]
     if merchant == TRANSPORT[1]:
-        return [c.activity * c.transport_affinity * (1 - c.first_transport_share) for c in customers]
+        return [
+            c.activity * c.transport_affinity * (1 - c.first_transport_share) for c in customers
+        ]
     female = MALE_LEANING_FEMALE_AFFINITY if merchant == MALE_LEANING_MERCHANT else FEMALE_AFFINITY
     # Squared exponential taste: most customers never visit a small merchant, a few are regulars.
     return [
@@ -195,7 +197,9 @@ def generate(out_dir: Path, rows: int = profile.FULL_ROWS, seed: int = 0) -> Gen
     if rows < 1:
         raise ValueError(f"rows must be at least 1, got {rows}")
     rng = random.Random(seed)
-    customer_count = min(profile.CUSTOMERS, max(10, round(profile.CUSTOMERS * rows / profile.FULL_ROWS)))
+    # Keep the real density of transactions per customer at any size.
+    scaled = round(profile.CUSTOMERS * rows / profile.FULL_ROWS)
+    customer_count = min(profile.CUSTOMERS, max(10, scaled))
     customers = make_customers(rng, customer_count)
     merchant_rows = scaled_counts({m: n for m, (n, _) in profile.MERCHANTS.items()}, rows)
     pairs = plan_pairs(rng, customers, merchant_rows)
