@@ -8,7 +8,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -98,12 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _install_stop_handlers(stop: threading.Event) -> None:
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Ctrl-C / SIGTERM ask the loop to stop after the current upload instead of killing it."""
+
     def request_stop(signum: int, _frame: object) -> None:
         stop.set()
 
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_generate(args: argparse.Namespace, out: TextIO) -> int:
@@ -128,13 +136,19 @@ def run_stream_command(args: argparse.Namespace, err: TextIO) -> int:
     s3 = boto3.client("s3", config=Config(retries={"max_attempts": 6, "mode": "standard"}))
     store = LocalStore(args.dry_run) if args.dry_run else S3Store(s3, settings.require_bucket())
     stop = threading.Event()
-    _install_stop_handlers(stop)
     reporter = ChunkReporter(err, settings.interval, progress=err.isatty())
     options = StreamOptions(args.source, args.importance, args.max_chunks, args.from_start)
-    log_line(err, "stream_started", source=args.source, target=store.location,
-             rows_per_chunk=settings.rows_per_chunk, interval_s=settings.interval)
+
+    def started(next_row: int, next_seq: int) -> None:
+        log_line(err, "stream_started", source=args.source, target=store.location,
+                 next_row=next_row, next_seq=next_seq,
+                 rows_per_chunk=settings.rows_per_chunk, interval_s=settings.interval)
+
     try:
-        result = run_stream(settings, options, store, s3, stop=stop, report=reporter)
+        with stop_on_signals(stop):
+            result = run_stream(
+                settings, options, store, s3, stop=stop, report=reporter, on_start=started
+            )
     finally:
         reporter.finish()
     log_line(err, "stream_stopped" if result.stopped_by_signal else "stream_finished",

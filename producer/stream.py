@@ -178,6 +178,7 @@ def run_stream(
     sleep: Callable[[float], object] | None = None,
     now: Callable[[], datetime] = utc_now,
     report: Callable[[ChunkReport], None] = lambda _: None,
+    on_start: Callable[[int, int], None] = lambda next_row, next_seq: None,
 ) -> StreamResult:
     stop = stop or threading.Event()
     with ExitStack() as stack:
@@ -213,6 +214,7 @@ def run_stream(
             raise SourceError(options.source, "has a header but no data rows")
 
         # Nothing has been written so far: every input has been checked first.
+        on_start(next_row, next_seq)
         reference_uploaded = False
         if importance is not None:
             reference_uploaded = upload_reference(store, settings.reference_key, importance)
