@@ -274,3 +274,36 @@ def test_cli_streams_into_the_bucket_with_json_lines(bucket, monkeypatch, capsys
     assert sorted(o["Key"].split("/")[0] for o in listed) == [
         "_state", "reference", "stream_chunks", "stream_chunks"
     ]
+
+
+def _report(lag: float, chunks: int = 3) -> ChunkReport:
+    return ChunkReport(key=f"stream_chunks/chunk-{chunks:08d}-x.csv", seq=chunks, first_row=0,
+                       rows=10_000, size=800_000, lag=lag, upload_seconds=0.3,
+                       chunks_sent=chunks, rows_sent=chunks * 10_000, elapsed=chunks - 1.0)
+
+
+def test_reporter_warns_once_when_falling_behind_and_when_back_on_schedule():
+    import io
+
+    from producer.__main__ import ChunkReporter
+
+    out = io.StringIO()
+    reporter = ChunkReporter(out, interval=1.0, progress=False)
+    for lag in (0.0, 2.5, 3.0, 0.0):
+        reporter(_report(lag))
+    events = [json.loads(line)["event"] for line in out.getvalue().splitlines()]
+    assert events == ["chunk_written", "behind_schedule", "chunk_written", "chunk_written",
+                      "back_on_schedule", "chunk_written"]
+
+
+def test_reporter_on_a_terminal_rewrites_one_progress_line():
+    import io
+
+    from producer.__main__ import ChunkReporter
+
+    out = io.StringIO()
+    reporter = ChunkReporter(out, interval=1.0, progress=True)
+    reporter(_report(0.0, chunks=3))
+    reporter.finish()
+    assert out.getvalue().startswith("\rchunks 3  rows 30,000  rate 10,000 rows/s  lag 0.00 s")
+    assert out.getvalue().endswith("\n")
