@@ -45,6 +45,8 @@ class ChunkReporter:
 
     def __call__(self, r: ChunkReport) -> None:
         behind = self.interval > 0 and r.lag > self.interval
+        if self.progress and behind != self.behind:
+            self.out.write("\n")  # keep the warning off the progress line
         if behind and not self.behind:
             log_line(self.out, "behind_schedule", "WARNING", key=r.key, lag_s=round(r.lag, 3),
                      message="uploads are slower than the interval; catching up without sleeping")

@@ -53,12 +53,22 @@ def google_drive_download_url(url: str) -> str:
     return f"https://drive.usercontent.google.com/download?id={file_id}&export=download&confirm=t"
 
 
-class _Prefixed(io.RawIOBase):
-    """A raw stream that yields ``head`` and then the rest of ``rest``."""
+class TruncatedSource(OSError):
+    """The source ended before the size it announced (a cut connection, a shrinking file)."""
 
-    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+
+class _Prefixed(io.RawIOBase):
+    """A raw stream that yields ``head`` and then the rest of ``rest``.
+
+    It also checks the announced size: ``http.client`` returns a short read, not an error, when
+    a connection is cut, and a cut file must not be mistaken for a complete one.
+    """
+
+    def __init__(self, head: bytes, rest: BinaryIO, expected_size: int | None) -> None:
         self._head = memoryview(head)
         self._rest = rest
+        self._expected = expected_size
+        self._seen = len(head)
 
     def readable(self) -> bool:
         return True
@@ -70,6 +80,11 @@ class _Prefixed(io.RawIOBase):
             self._head = self._head[n:]
             return n
         data = self._rest.read(len(buffer))
+        if not data and self._expected is not None and self._seen < self._expected:
+            raise TruncatedSource(
+                f"source ended after {self._seen} of {self._expected} bytes"
+            )
+        self._seen += len(data)
         buffer[: len(data)] = data
         return len(data)
 
@@ -158,7 +173,7 @@ def open_source(uri: str, s3: Any = None) -> OpenSource:
     if not head:
         raw.close()
         raise SourceError(uri, "file is empty")
-    stream = io.BufferedReader(_Prefixed(head, raw), buffer_size=READ_BUFFER)
+    stream = io.BufferedReader(_Prefixed(head, raw, size), buffer_size=READ_BUFFER)
     return OpenSource(uri, _fingerprint(head, size), size, stream)
 
 

@@ -7,6 +7,7 @@ clock, sleep, stop flag, reporter), so tests drive it directly with moto or a lo
 from __future__ import annotations
 
 import hashlib
+import http.client
 import tempfile
 import threading
 import time
@@ -107,8 +108,8 @@ def prepare_importance(uri: str, s3: Any, workdir: Path) -> PreparedImportance:
                     size += len(block)
                     if copy:
                         copy.write(block)
-            except (OSError, BotoCoreError) as exc:
-                raise SourceError(uri, f"read failed ({exc})") from exc
+            except (OSError, http.client.HTTPException, BotoCoreError) as exc:
+                raise SourceError(uri, f"read failed ({exc!r})") from exc
     return PreparedImportance(target, digest.hexdigest(), size)
 
 
@@ -163,8 +164,8 @@ def _guarded(chunks: Iterator[Chunk], source: str) -> Iterator[Chunk]:
     """Turn a read failure in the middle of the file into a ``SourceError`` for that source."""
     try:
         yield from chunks
-    except (OSError, BotoCoreError) as exc:
-        raise SourceError(source, f"read failed ({exc})") from exc
+    except (OSError, http.client.HTTPException, BotoCoreError) as exc:
+        raise SourceError(source, f"read failed ({exc!r})") from exc
 
 
 def run_stream(

@@ -307,3 +307,37 @@ def test_reporter_on_a_terminal_rewrites_one_progress_line():
     reporter.finish()
     assert out.getvalue().startswith("\rchunks 3  rows 30,000  rate 10,000 rows/s  lag 0.00 s")
     assert out.getvalue().endswith("\n")
+
+
+def test_a_connection_cut_mid_file_exits_2_without_a_partial_chunk(tmp_path: Path, capsys):
+    import http.server
+    import threading
+
+    body = HEADER + b"".join(source_rows()[:2500])
+
+    class Truncating(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/csv")
+            self.send_header("Content-Length", str(len(body) + 10_000))  # promises more
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = True
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Truncating)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/t.csv"
+    out = tmp_path / "out"
+    try:
+        code, err = run_cli(["stream", url, "--dry-run", str(out), "--interval", "0",
+                             "--rows-per-chunk", "1000"], capsys)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 2 and f"error: {url}: read failed" in err.splitlines()[-1]
+    store = LocalStore(out)
+    assert chunk_rows(store) == source_rows()[:2000]  # two whole chunks, not the cut third
+    assert json.loads(store.get(SETTINGS.state_key))["next_row"] == 2000
