@@ -1,0 +1,4 @@
+"""Mechanism X: the BankSim-shaped data generator and the chunk streamer.
+
+Run as ``python -m producer generate|stream``.
+"""

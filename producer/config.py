@@ -1,0 +1,77 @@
+"""The producer's settings, read once from the environment; CLI flags override them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+
+class MissingSetting(ValueError):
+    """A required environment variable is not set."""
+
+    def __init__(self, variable: str) -> None:
+        super().__init__(f"environment variable {variable} is required but not set")
+        self.variable = variable
+
+
+class InvalidSetting(ValueError):
+    """An environment variable or flag has a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class ProducerSettings:
+    bucket: str | None = None  # BUCKET; required unless --dry-run writes chunks locally
+    chunk_prefix: str = "stream_chunks/"  # CHUNK_PREFIX
+    reference_key: str = "reference/CustomerImportance.csv"  # REFERENCE_KEY
+    state_prefix: str = "_state/"  # STATE_PREFIX
+    rows_per_chunk: int = 10_000  # ROWS_PER_CHUNK
+    interval: float = 1.0  # CHUNK_INTERVAL_SECONDS; 0 = as fast as possible
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ProducerSettings:
+        env = os.environ if environ is None else environ
+        defaults = cls()
+        settings = cls(
+            bucket=env.get("BUCKET") or None,
+            chunk_prefix=env.get("CHUNK_PREFIX", defaults.chunk_prefix),
+            reference_key=env.get("REFERENCE_KEY", defaults.reference_key),
+            state_prefix=env.get("STATE_PREFIX", defaults.state_prefix),
+            rows_per_chunk=_parse(env, "ROWS_PER_CHUNK", int, defaults.rows_per_chunk),
+            interval=_parse(env, "CHUNK_INTERVAL_SECONDS", float, defaults.interval),
+        )
+        settings.validate()
+        return settings
+
+    def override(self, **changes: object) -> ProducerSettings:
+        """A copy with the CLI flags that were given (``None`` means "not given")."""
+        settings = replace(self, **{k: v for k, v in changes.items() if v is not None})
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.rows_per_chunk < 1:
+            raise InvalidSetting(f"rows per chunk must be at least 1, got {self.rows_per_chunk}")
+        if not self.interval >= 0:  # also rejects NaN
+            raise InvalidSetting(f"interval must be >= 0 seconds, got {self.interval}")
+
+    def require_bucket(self) -> str:
+        if not self.bucket:
+            raise MissingSetting("BUCKET")
+        return self.bucket
+
+    @property
+    def state_key(self) -> str:
+        return f"{self.state_prefix}producer.json"
+
+
+def _parse(env: Mapping[str, str], name: str, kind: type, default: object):
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return kind(raw)
+    except ValueError as exc:
+        raise InvalidSetting(
+            f"environment variable {name}={raw!r} is not a valid {kind.__name__}"
+        ) from exc

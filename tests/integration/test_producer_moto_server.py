@@ -1,0 +1,86 @@
+"""``python -m producer stream`` as a real process against a moto S3 server on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+SAMPLE = Path(__file__).resolve().parent.parent / "data" / "banksim_sample"
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+@pytest.fixture
+def moto_endpoint(aws_credentials: None) -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def producer_env(endpoint: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint, BUCKET="data",
+    )
+    return env
+
+
+def stream_args(*extra: str) -> list[str]:
+    return [sys.executable, "-m", "producer", "stream", str(SAMPLE / "transactions.csv"),
+            "--importance", str(SAMPLE / "CustomerImportance.csv"), "--rows-per-chunk", "500",
+            *extra]
+
+
+def test_sigterm_stops_after_the_current_chunk_and_a_restart_finishes_the_file(
+    moto_endpoint: str,
+):
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint)
+    s3.create_bucket(Bucket="data")
+    env = producer_env(moto_endpoint)
+
+    # A long interval: after the first chunk the producer is waiting for its next slot.
+    proc = subprocess.Popen(stream_args("--interval", "30"), cwd=REPO, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:
+            if json.loads(line)["event"] == "chunk_written":
+                break
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    last = json.loads(rest.splitlines()[-1])
+    assert (last["event"], last["chunks_sent"], last["next_row"]) == ("stream_stopped", 1, 500)
+
+    done = subprocess.run(stream_args("--interval", "0"), cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stderr.splitlines()]
+    assert events[0]["event"] == "stream_started" and events[0]["next_row"] == 500
+    assert events[-1]["event"] == "stream_finished" and events[-1]["next_row"] == 3000
+    assert events[-1]["reference_uploaded"] is False  # identical, already there
+
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="data", Prefix="stream_chunks/")
+                  ["Contents"])
+    assert len(keys) == 6
+    rows = []
+    for key in keys:
+        body = s3.get_object(Bucket="data", Key=key)["Body"].read()
+        rows.extend(body.splitlines(keepends=True)[1:])
+    assert rows == (SAMPLE / "transactions.csv").read_bytes().splitlines(keepends=True)[1:]
