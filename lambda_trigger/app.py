@@ -20,7 +20,7 @@ from botocore.config import Config
 
 from lambda_trigger.config import TriggerSettings
 from lambda_trigger.records import chunk_message, object_key, skip_reason
-from lambda_trigger.sqs_batch import EnqueueFailed, enqueue
+from lambda_trigger.sqs_batch import EnqueueFailed, RetryPolicy, enqueue
 
 SERVICE = "chunk-trigger"
 NAMESPACE = "TxnPipeline"
@@ -68,7 +68,9 @@ def enqueue_chunks(event: S3Event, config: TriggerSettings, sqs: Any) -> dict[st
         return {"enqueued": 0, "skipped": skipped}
 
     try:
-        enqueued = enqueue(sqs, config.queue_url, messages, fifo=config.fifo)
+        retry = RetryPolicy(max_attempts=config.enqueue_max_attempts,
+                            base_delay=config.enqueue_base_delay)
+        enqueued = enqueue(sqs, config.queue_url, messages, fifo=config.fifo, retry=retry)
     except EnqueueFailed as exc:
         _log_enqueued(exc.enqueued)
         for failure in exc.failed:

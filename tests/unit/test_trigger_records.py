@@ -81,3 +81,16 @@ def test_missing_setting_names_the_variable(missing):
     env[missing] = ""
     with pytest.raises(MissingSetting, match=missing):
         TriggerSettings.from_env(env)
+
+
+def test_retry_settings_are_validated():
+    from lambda_trigger.config import InvalidSetting
+
+    env = {"BUCKET": "b", "QUEUE_URL": "q", "ENQUEUE_MAX_ATTEMPTS": "2",
+           "ENQUEUE_BASE_DELAY_SECONDS": "0.05"}
+    s = TriggerSettings.from_env(env)
+    assert (s.enqueue_max_attempts, s.enqueue_base_delay) == (2, 0.05)
+    with pytest.raises(InvalidSetting, match="ENQUEUE_MAX_ATTEMPTS"):
+        TriggerSettings.from_env({**env, "ENQUEUE_MAX_ATTEMPTS": "0"})
+    with pytest.raises(InvalidSetting, match="ENQUEUE_BASE_DELAY_SECONDS"):
+        TriggerSettings.from_env({**env, "ENQUEUE_BASE_DELAY_SECONDS": "soon"})
