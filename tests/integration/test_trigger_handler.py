@@ -238,13 +238,23 @@ def test_missing_queue_url_fails_naming_the_variable(trigger, monkeypatch):
     assert "QUEUE_URL" in str(result)
 
 
-def test_handler_module_imports_nothing_from_the_worker():
+def test_built_package_is_the_trigger_alone_and_imports_nothing_from_the_worker(tmp_path):
+    """`sam build` runs `make build-TriggerFunction`; import the handler from its output."""
+    subprocess.run(["make", "-s", "build-TriggerFunction", f"ARTIFACTS_DIR={tmp_path}"],
+                   cwd=REPO_ROOT, check=True, capture_output=True, timeout=60)
+    shipped = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert shipped == [f"lambda_trigger/{name}.py" for name in
+                       ("__init__", "app", "config", "message", "records", "sqs_batch")]
     code = (
         "import sys, lambda_trigger.app\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('pyspark', 'spark_detector', 'py4j', 'psycopg2'))\n"
+        "('pyspark', 'spark_detector', 'py4j', 'psycopg2', 'producer'))\n"
+        "print(lambda_trigger.app.__file__)\n"
         "print(heavy)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env={"PATH": ""},
+    # Run from the package folder so that its copy of lambda_trigger is the one imported.
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PATH": ""},
                           capture_output=True, text=True, check=True, timeout=60)
-    assert done.stdout.strip() == "[]"
+    imported_from, heavy = done.stdout.splitlines()
+    assert imported_from == str(tmp_path / "lambda_trigger" / "app.py")
+    assert heavy == "[]"
