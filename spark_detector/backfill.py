@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from aws_lambda_powertools import Logger
 
 from lambda_trigger.message import ChunkMessage
+from lambda_trigger.sqs_batch import enqueue
 from spark_detector import engine
 
 logger = Logger(service="spark_detector")
@@ -45,27 +46,12 @@ def missing_messages(bucket: str, listed: Iterable[ListedChunk],
     ]
 
 
-def enqueue(sqs, queue_url: str, messages: list[ChunkMessage]) -> None:
-    fifo = queue_url.endswith(".fifo")
-    for start in range(0, len(messages), 10):
-        entries = []
-        for i, message in enumerate(messages[start : start + 10]):
-            entry = {"Id": str(i), "MessageBody": message.to_json()}
-            if fifo:
-                entry["MessageGroupId"] = message.key
-                entry["MessageDeduplicationId"] = f"backfill-{message.etag or message.key}"[:128]
-            entries.append(entry)
-        response = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
-        if response.get("Failed"):
-            raise RuntimeError(f"backfill could not enqueue: {response['Failed']}")
-
-
 def backfill(conn, s3, sqs, settings) -> list[str]:
     """Enqueue every chunk under the prefix that is neither applied nor rejected."""
     listed = list(list_chunks(s3, settings.bucket, settings.chunk_prefix, settings.chunk_suffix))
     done = engine.done_chunk_keys(conn, [c.key for c in listed])
     messages = missing_messages(settings.bucket, listed, done)
-    enqueue(sqs, settings.queue_url, messages)
+    enqueue(sqs, settings.queue_url, messages, fifo=settings.queue_url.endswith(".fifo"))
     logger.info("backfill", extra={"listed": len(listed), "done": len(done),
                                    "enqueued": len(messages)})
     return [m.key for m in messages]
