@@ -310,3 +310,10 @@ def test_two_threads_applying_different_chunks_equal_a_sequential_order(
                              for m, s in sorted(model.merchants.items())]
     finally:
         connection.close()
+
+
+def test_names_with_separators_and_backslashes_are_stored_verbatim(conn):
+    odd = ["C\t1", "C\\N", "C\n2", 'C"3,', "Cé\r"]
+    apply(conn, chunk_from_rows("c1", [(c, "M\\1", "1", "F") for c in odd]))
+    assert query(conn, "SELECT merchant, customer FROM pair_state ORDER BY customer COLLATE \"C\""
+                 ) == [("M\\1", c) for c in sorted(odd)]
