@@ -1,19 +1,24 @@
 """Time ``apply_chunk`` on 10,000-row chunks against a full-size state.
 
     python -m spark_detector.bench_apply [--extra-chunks 40] [--seed 7]
+    python -m spark_detector.bench_apply --transactions transactions.csv \
+        --importance CustomerImportance.csv [--extra-chunks 0]
 
 Builds a synthetic stream shaped like the BankSim data (594,643 rows, 50 merchants, two with
 ~300k and ~205k transactions and ~4,000 customers each, ~47k (merchant, customer) pairs, every
 transaction weighted), applies it in 10,000-row chunks with the SPEC's default thresholds, then
 applies ``--extra-chunks`` more chunks against the full state. Prints one JSON object: apply
 times (median / p99, wall time of the ``apply_chunk`` call including its commit) and the
-detection counts per pattern. Uses ``DATABASE_URL`` (a fresh database is created on that server)
-or, when unset, an embedded PostgreSQL in a temporary directory.
+detection counts per pattern. With ``--transactions`` and ``--importance`` it replays those
+files (BankSim format) in 10,000-row chunks instead of the synthetic stream. Uses
+``DATABASE_URL`` (a fresh database is created on that server) or, when unset, an embedded
+PostgreSQL in a temporary directory.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import random
 import statistics
@@ -30,7 +35,12 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 
 from spark_detector import db
-from spark_detector.aggregates import ChunkAggregates, Transaction, build_aggregates
+from spark_detector.aggregates import (
+    ChunkAggregates,
+    Transaction,
+    build_aggregates,
+    key_weights,
+)
 from spark_detector.engine import ChunkRef, apply_chunk
 
 TOTAL_ROWS = 594_643
@@ -73,6 +83,39 @@ def synthetic_stream(seed: int, chunks: int) -> Iterator[ChunkAggregates]:
             rows.append(Transaction(row, customer, merchant, "es_transportation",
                                     gender[customer], amount))
         yield build_aggregates(f"stream_chunks/chunk-{number:08d}.csv", rows, weights)
+
+
+def _clean(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] == "'":
+        return value[1:-1]
+    return value
+
+
+def replay_stream(transactions: Path, importance: Path) -> Iterator[ChunkAggregates]:
+    """The files' rows in 10,000-row chunks (a bench reader: it assumes well-formed input)."""
+    with importance.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        next(reader)
+        weights = key_weights(
+            ((_clean(src), _clean(dst), _clean(cat)), Decimal(_clean(w)))
+            for src, dst, w, cat, _fraud in reader
+        )
+    with transactions.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        next(reader)
+        rows: list[Transaction] = []
+        number = 0
+        for record in reader:
+            _step, customer, _age, gender, _zip, merchant, _zm, category, amount, _fraud = record
+            rows.append(Transaction(len(rows) + 1, _clean(customer), _clean(merchant),
+                                    _clean(category), _clean(gender), Decimal(_clean(amount))))
+            if len(rows) == CHUNK_ROWS:
+                number += 1
+                yield build_aggregates(f"stream_chunks/chunk-{number:08d}.csv", rows, weights)
+                rows = []
+        if rows:
+            yield build_aggregates(f"stream_chunks/chunk-{number + 1:08d}.csv", rows, weights)
 
 
 def _zipf_weights(n: int, rng: random.Random) -> list[float]:
@@ -126,8 +169,13 @@ def _summary(times_ms: list[float]) -> dict[str, float]:
     }
 
 
-def run(extra_chunks: int, seed: int) -> dict:
+def run(extra_chunks: int, seed: int, files: tuple[Path, Path] | None = None) -> dict:
     full_chunks = -(-TOTAL_ROWS // CHUNK_ROWS)
+    if files is None:
+        stream = synthetic_stream(seed, full_chunks + extra_chunks)
+    else:
+        stream = replay_stream(*files)
+        extra_chunks = 0
     y_start = datetime.now(UTC)
     with _server_url() as server_url, _fresh_database(server_url) as url:
         conn = db.connect(url)
@@ -135,7 +183,7 @@ def run(extra_chunks: int, seed: int) -> dict:
             db.migrate(conn)
             times: list[float] = []
             pairs: list[int] = []
-            for aggregates in synthetic_stream(seed, full_chunks + extra_chunks):
+            for aggregates in stream:
                 started = time.perf_counter()
                 apply_chunk(conn, ChunkRef(aggregates.chunk_key), aggregates,
                             y_start_time=y_start)
@@ -145,6 +193,9 @@ def run(extra_chunks: int, seed: int) -> dict:
                 cur.execute("SELECT pattern_id, count(*) FROM detected_patterns GROUP BY 1"
                             " ORDER BY 1")
                 detections = dict(cur.fetchall())
+                cur.execute("SELECT pattern_id, min(apply_order), max(apply_order)"
+                            " FROM detected_patterns GROUP BY 1 ORDER BY 1")
+                firing = {p: [first, last] for p, first, last in cur.fetchall()}
                 cur.execute("SELECT count(*) FROM pair_state")
                 (state_pairs,) = cur.fetchone()
                 cur.execute("SELECT count(*), max(total) FROM merchant_state")
@@ -163,6 +214,8 @@ def run(extra_chunks: int, seed: int) -> dict:
         "chunk_5_ms": round(times[4], 1),
         "chunk_60_ms": round(times[min(59, len(times) - 1)], 1),
         "detections_per_pattern": detections,
+        "first_and_last_firing_chunk": firing,
+        "source": "synthetic" if files is None else [str(f) for f in files],
     }
 
 
@@ -170,8 +223,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--extra-chunks", type=int, default=40)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--transactions", type=Path, help="replay this transactions.csv")
+    parser.add_argument("--importance", type=Path, help="with its CustomerImportance.csv")
     args = parser.parse_args()
-    print(json.dumps(run(args.extra_chunks, args.seed), indent=2))
+    if (args.transactions is None) != (args.importance is None):
+        parser.error("--transactions and --importance go together")
+    files = (args.transactions, args.importance) if args.transactions else None
+    print(json.dumps(run(args.extra_chunks, args.seed, files), indent=2))
 
 
 if __name__ == "__main__":

@@ -317,3 +317,12 @@ def test_names_with_separators_and_backslashes_are_stored_verbatim(conn):
     apply(conn, chunk_from_rows("c1", [(c, "M\\1", "1", "F") for c in odd]))
     assert query(conn, "SELECT merchant, customer FROM pair_state ORDER BY customer COLLATE \"C\""
                  ) == [("M\\1", c) for c in sorted(odd)]
+
+
+def test_a_chunk_without_good_rows_is_recorded_as_applied(conn):
+    empty = ChunkAggregates("c1", rows_good=0, rows_rejected=7, pairs=())
+    assert apply_chunk(conn, ChunkRef("c1", etag="abc", event_time=Y_START), empty,
+                       y_start_time=Y_START, spark_ms=12) == []
+    assert query(conn, "SELECT apply_order, etag, rows_good, rows_rejected, pairs, event_time,"
+                 " spark_ms, apply_ms IS NOT NULL FROM processed_chunks"
+                 ) == [(1, "abc", 0, 7, 0, Y_START, 12, True)]
