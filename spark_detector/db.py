@@ -8,7 +8,10 @@ file leaves the schema as it was.
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +24,8 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 LOCK_NAMESPACE = 0x53504B44  # "SPKD"
 MIGRATION_LOCK = 1
 ENGINE_LOCK = 2
+
+log = logging.getLogger(__name__)
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -41,6 +46,25 @@ def connect(url: str) -> psycopg2.extensions.connection:
     conn = psycopg2.connect(url)
     conn.autocommit = False
     return conn
+
+
+@contextmanager
+def transaction(conn: psycopg2.extensions.connection) -> Iterator[None]:
+    """Commit when the block ends normally; otherwise roll back and re-raise the block's error.
+
+    A rollback that itself fails (the connection is gone) is logged, never raised over the
+    original error.
+    """
+    try:
+        yield
+    except BaseException:
+        if not conn.closed:
+            try:
+                conn.rollback()
+            except psycopg2.Error as exc:
+                log.warning("rollback failed", extra={"error": str(exc)})
+        raise
+    conn.commit()
 
 
 def available_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
@@ -64,34 +88,29 @@ def migrate(conn: psycopg2.extensions.connection, directory: Path = MIGRATIONS_D
     so the second one finds everything applied.
     """
     migrations = available_migrations(directory)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NAMESPACE, MIGRATION_LOCK))
-            cur.execute(
-                """
-                CREATE TABLE IF NOT EXISTS schema_migrations (
-                    version    integer PRIMARY KEY,
-                    name       text NOT NULL,
-                    applied_at timestamptz NOT NULL DEFAULT clock_timestamp()
-                )
-                """
+    with transaction(conn), conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NAMESPACE, MIGRATION_LOCK))
+        cur.execute(
+            """
+            CREATE TABLE IF NOT EXISTS schema_migrations (
+                version    integer PRIMARY KEY,
+                name       text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT clock_timestamp()
             )
-            cur.execute("SELECT version FROM schema_migrations")
-            applied = {row[0] for row in cur.fetchall()}
-            for migration in migrations:
-                if migration.version in applied:
-                    continue
-                cur.execute(migration.sql)
-                cur.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                    (migration.version, migration.name),
-                )
-            cur.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
-            version = cur.fetchone()[0]
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
+            """
+        )
+        cur.execute("SELECT version FROM schema_migrations")
+        applied = {row[0] for row in cur.fetchall()}
+        for migration in migrations:
+            if migration.version in applied:
+                continue
+            cur.execute(migration.sql)
+            cur.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                (migration.version, migration.name),
+            )
+        cur.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        version = cur.fetchone()[0]
     return version
 
 

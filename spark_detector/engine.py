@@ -32,7 +32,7 @@ from decimal import Decimal
 import psycopg2.extensions
 
 from spark_detector.aggregates import ChunkAggregates
-from spark_detector.db import ENGINE_LOCK, LOCK_NAMESPACE
+from spark_detector.db import ENGINE_LOCK, LOCK_NAMESPACE, transaction
 from spark_detector.detection import DETECTION_COLUMNS, Detection, detection_from_row
 from spark_detector.outbox import close_full_files
 
@@ -292,55 +292,49 @@ def apply_chunk(
     if y_start_time.tzinfo is None:
         raise ValueError("y_start_time must be timezone-aware")
     _validate(chunk, aggregates)
-    try:
-        with conn.cursor() as cur:
-            _lock(cur)
-            cur.execute(
-                _CLAIM_SQL,
-                {
-                    "key": chunk.key,
-                    "etag": chunk.etag,
-                    "rows_good": aggregates.rows_good,
-                    "rows_rejected": aggregates.rows_rejected,
-                    "pairs": len(aggregates.pairs),
-                    "event_time": chunk.event_time,
-                    "spark_ms": spark_ms,
-                },
-            )
-            claimed = cur.fetchone()
-            if claimed is None:
-                conn.rollback()
-                log.info("chunk already done", extra={"chunk_key": chunk.key})
-                return []
-            apply_order = claimed[0]
-            cur.copy_expert(_COPY_SQL, _pairs_copy_data(aggregates))
-            cur.execute(_UPSERT_STATE_SQL, {"apply_order": apply_order})
-            cur.execute(
-                _EVALUATE_SQL,
-                {
-                    "chunk_key": chunk.key,
-                    "apply_order": apply_order,
-                    "y_start_time": y_start_time,
-                    "upgrade_min_total": thresholds.upgrade_min_total,
-                    "count_percentile": thresholds.upgrade_count_percentile,
-                    "weight_percentile": thresholds.upgrade_weight_percentile,
-                    "child_min_count": thresholds.child_min_count,
-                    "child_max_avg_amount": thresholds.child_max_avg_amount,
-                    "dei_min_female": thresholds.dei_min_female,
-                },
-            )
-            detections = sorted((detection_from_row(r) for r in cur.fetchall()),
-                                key=lambda d: d.seq)
-            files = close_full_files(cur)
-            apply_ms = round((time.perf_counter() - started) * 1000)
-            cur.execute(
-                "UPDATE processed_chunks SET apply_ms = %s, detections = %s WHERE chunk_key = %s",
-                (apply_ms, len(detections), chunk.key),
-            )
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
+    with transaction(conn), conn.cursor() as cur:
+        _lock(cur)
+        cur.execute(
+            _CLAIM_SQL,
+            {
+                "key": chunk.key,
+                "etag": chunk.etag,
+                "rows_good": aggregates.rows_good,
+                "rows_rejected": aggregates.rows_rejected,
+                "pairs": len(aggregates.pairs),
+                "event_time": chunk.event_time,
+                "spark_ms": spark_ms,
+            },
+        )
+        claimed = cur.fetchone()
+        if claimed is None:
+            log.info("chunk already done", extra={"chunk_key": chunk.key})
+            return []
+        apply_order = claimed[0]
+        cur.copy_expert(_COPY_SQL, _pairs_copy_data(aggregates))
+        cur.execute(_UPSERT_STATE_SQL, {"apply_order": apply_order})
+        cur.execute(
+            _EVALUATE_SQL,
+            {
+                "chunk_key": chunk.key,
+                "apply_order": apply_order,
+                "y_start_time": y_start_time,
+                "upgrade_min_total": thresholds.upgrade_min_total,
+                "count_percentile": thresholds.upgrade_count_percentile,
+                "weight_percentile": thresholds.upgrade_weight_percentile,
+                "child_min_count": thresholds.child_min_count,
+                "child_max_avg_amount": thresholds.child_max_avg_amount,
+                "dei_min_female": thresholds.dei_min_female,
+            },
+        )
+        detections = sorted((detection_from_row(r) for r in cur.fetchall()),
+                            key=lambda d: d.seq)
+        files = close_full_files(cur)
+        apply_ms = round((time.perf_counter() - started) * 1000)
+        cur.execute(
+            "UPDATE processed_chunks SET apply_ms = %s, detections = %s WHERE chunk_key = %s",
+            (apply_ms, len(detections), chunk.key),
+        )
     log.info(
         "chunk applied",
         extra={
@@ -357,21 +351,16 @@ def apply_chunk(
 
 def chunk_status(conn: psycopg2.extensions.connection, key: str) -> str | None:
     """"applied", "rejected" or None (never seen)."""
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                """
-                SELECT 'applied' FROM processed_chunks WHERE chunk_key = %(key)s
-                UNION ALL
-                SELECT 'rejected' FROM rejected_chunks WHERE chunk_key = %(key)s
-                """,
-                {"key": key},
-            )
-            row = cur.fetchone()
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
+    with transaction(conn), conn.cursor() as cur:
+        cur.execute(
+            """
+            SELECT 'applied' FROM processed_chunks WHERE chunk_key = %(key)s
+            UNION ALL
+            SELECT 'rejected' FROM rejected_chunks WHERE chunk_key = %(key)s
+            """,
+            {"key": key},
+        )
+        row = cur.fetchone()
     return row[0] if row else None
 
 
@@ -380,22 +369,17 @@ def done_chunk_keys(conn: psycopg2.extensions.connection, keys: Iterable[str]) -
     wanted = list(dict.fromkeys(keys))
     if not wanted:
         return set()
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                """
-                SELECT k.key
-                FROM unnest(%(keys)s::text[]) AS k(key)
-                WHERE EXISTS (SELECT 1 FROM processed_chunks p WHERE p.chunk_key = k.key)
-                   OR EXISTS (SELECT 1 FROM rejected_chunks r WHERE r.chunk_key = k.key)
-                """,
-                {"keys": wanted},
-            )
-            done = {row[0] for row in cur.fetchall()}
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
+    with transaction(conn), conn.cursor() as cur:
+        cur.execute(
+            """
+            SELECT k.key
+            FROM unnest(%(keys)s::text[]) AS k(key)
+            WHERE EXISTS (SELECT 1 FROM processed_chunks p WHERE p.chunk_key = k.key)
+               OR EXISTS (SELECT 1 FROM rejected_chunks r WHERE r.chunk_key = k.key)
+            """,
+            {"keys": wanted},
+        )
+        done = {row[0] for row in cur.fetchall()}
     return done
 
 
@@ -406,29 +390,24 @@ def record_rejected_chunk(
 
     Takes the engine lock, so a chunk can never end up both applied and rejected.
     """
-    try:
-        with conn.cursor() as cur:
-            _lock(cur)
-            cur.execute(
-                """
-                INSERT INTO rejected_chunks (chunk_key, reason, quarantine_key, etag, event_time)
-                SELECT %(key)s, %(reason)s, %(quarantine_key)s, %(etag)s, %(event_time)s
-                WHERE NOT EXISTS (SELECT 1 FROM processed_chunks WHERE chunk_key = %(key)s)
-                ON CONFLICT (chunk_key) DO NOTHING
-                """,
-                {
-                    "key": chunk.key,
-                    "reason": reason,
-                    "quarantine_key": quarantine_key,
-                    "etag": chunk.etag,
-                    "event_time": chunk.event_time,
-                },
-            )
-            recorded = cur.rowcount == 1
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
+    with transaction(conn), conn.cursor() as cur:
+        _lock(cur)
+        cur.execute(
+            """
+            INSERT INTO rejected_chunks (chunk_key, reason, quarantine_key, etag, event_time)
+            SELECT %(key)s, %(reason)s, %(quarantine_key)s, %(etag)s, %(event_time)s
+            WHERE NOT EXISTS (SELECT 1 FROM processed_chunks WHERE chunk_key = %(key)s)
+            ON CONFLICT (chunk_key) DO NOTHING
+            """,
+            {
+                "key": chunk.key,
+                "reason": reason,
+                "quarantine_key": quarantine_key,
+                "etag": chunk.etag,
+                "event_time": chunk.event_time,
+            },
+        )
+        recorded = cur.rowcount == 1
     if recorded:
         log.info("chunk rejected", extra={"chunk_key": chunk.key, "reason": reason})
     return recorded

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 
 import psycopg2.extensions
 
-from spark_detector.db import ENGINE_LOCK, LOCK_NAMESPACE
+from spark_detector.db import ENGINE_LOCK, LOCK_NAMESPACE, transaction
 from spark_detector.detection import DETECTION_COLUMNS, Detection, detection_from_row
 
 FILE_SIZE = 50
@@ -80,14 +80,9 @@ def close_partial_file(conn: psycopg2.extensions.connection) -> int | None:
 
     Returns the new file's number, or None when nothing was waiting. Commits.
     """
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NAMESPACE, ENGINE_LOCK))
-            closed = close_full_files(cur, partial=True)
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
+    with transaction(conn), conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NAMESPACE, ENGINE_LOCK))
+        closed = close_full_files(cur, partial=True)
     return closed[-1] if closed else None
 
 
@@ -96,22 +91,17 @@ def pending_files(
 ) -> list[OutboxFile]:
     """Closed files not yet written to S3, in file order, each with its detections in seq order."""
     columns = ", ".join(f"d.{c.strip()}" for c in DETECTION_COLUMNS.split(","))
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                f"""
-                SELECT f.file_no, {columns}
-                FROM outbox_files f
-                JOIN detected_patterns d ON d.file_no = f.file_no
-                WHERE f.written_at IS NULL
-                ORDER BY f.file_no, d.seq
-                """
-            )
-            rows = cur.fetchall()
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
+    with transaction(conn), conn.cursor() as cur:
+        cur.execute(
+            f"""
+            SELECT f.file_no, {columns}
+            FROM outbox_files f
+            JOIN detected_patterns d ON d.file_no = f.file_no
+            WHERE f.written_at IS NULL
+            ORDER BY f.file_no, d.seq
+            """
+        )
+        rows = cur.fetchall()
     grouped: dict[int, list[Detection]] = {}
     for row in rows:
         grouped.setdefault(row[0], []).append(detection_from_row(row[1:]))
@@ -123,26 +113,21 @@ def pending_files(
 
 def mark_written(conn: psycopg2.extensions.connection, file_no: int, s3_key: str) -> None:
     """Record that the file is in S3 under ``s3_key`` (idempotent; keeps the first written_at)."""
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                """
-                UPDATE outbox_files
-                SET s3_key = %(key)s, written_at = coalesce(written_at, clock_timestamp())
-                WHERE file_no = %(file_no)s
-                """,
-                {"key": s3_key, "file_no": file_no},
-            )
-            if cur.rowcount == 0:
-                raise UnknownOutboxFile(f"outbox file {file_no} does not exist")
-            cur.execute(
-                "UPDATE detected_patterns SET s3_key = %(key)s WHERE file_no = %(file_no)s",
-                {"key": s3_key, "file_no": file_no},
-            )
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
+    with transaction(conn), conn.cursor() as cur:
+        cur.execute(
+            """
+            UPDATE outbox_files
+            SET s3_key = %(key)s, written_at = coalesce(written_at, clock_timestamp())
+            WHERE file_no = %(file_no)s
+            """,
+            {"key": s3_key, "file_no": file_no},
+        )
+        if cur.rowcount == 0:
+            raise UnknownOutboxFile(f"outbox file {file_no} does not exist")
+        cur.execute(
+            "UPDATE detected_patterns SET s3_key = %(key)s WHERE file_no = %(file_no)s",
+            {"key": s3_key, "file_no": file_no},
+        )
 
 
 def ist_timestamp(moment: datetime) -> str:

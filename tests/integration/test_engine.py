@@ -326,3 +326,12 @@ def test_a_chunk_without_good_rows_is_recorded_as_applied(conn):
     assert query(conn, "SELECT apply_order, etag, rows_good, rows_rejected, pairs, event_time,"
                  " spark_ms, apply_ms IS NOT NULL FROM processed_chunks"
                  ) == [(1, "abc", 0, 7, 0, Y_START, 12, True)]
+
+
+def test_a_failure_inside_apply_leaves_no_trace_and_the_connection_usable(conn):
+    # PostgreSQL text cannot hold NUL: the COPY fails after the chunk was claimed.
+    broken = chunk_from_rows("c1", [("C\x001", "M1", "1", "F")])
+    with pytest.raises(psycopg2.Error):
+        apply(conn, broken)
+    assert chunk_status(conn, "c1") is None
+    assert len(apply(conn, chunk_from_rows("c1", [("C1", "M1", "1", "F")] * 3))) == 1
