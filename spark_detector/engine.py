@@ -108,8 +108,8 @@ def _lock(cur: psycopg2.extensions.cursor) -> None:
 _CLAIM_SQL = """
 SET LOCAL client_min_messages = warning;
 CREATE TEMP TABLE IF NOT EXISTS chunk_pairs (
-    merchant        text NOT NULL,
-    customer        text NOT NULL,
+    merchant        text COLLATE "C" NOT NULL,
+    customer        text COLLATE "C" NOT NULL,
     txn_count       bigint NOT NULL,
     amount_sum      numeric NOT NULL,
     weight_sum      numeric NOT NULL,

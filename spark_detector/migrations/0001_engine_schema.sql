@@ -1,9 +1,11 @@
 -- The detection engine's state, its audit trail and the detection outbox (SPEC sections 4-6).
 -- Every write to these tables happens under the engine's advisory lock, so "max + 1" numbering
 -- (apply_order, seq, file_no) is gap-free and equals the commit order.
+-- Keys are text COLLATE "C": bytewise comparison is several times cheaper than a locale's in
+-- the per-chunk index probes, and the order of names is the same on every server.
 
 CREATE TABLE processed_chunks (
-    chunk_key      text PRIMARY KEY,
+    chunk_key      text COLLATE "C" PRIMARY KEY,
     apply_order    integer NOT NULL UNIQUE CHECK (apply_order > 0),
     etag           text NOT NULL DEFAULT '',
     rows_good      integer NOT NULL CHECK (rows_good >= 0),
@@ -17,7 +19,7 @@ CREATE TABLE processed_chunks (
 );
 
 CREATE TABLE rejected_chunks (
-    chunk_key       text PRIMARY KEY,
+    chunk_key       text COLLATE "C" PRIMARY KEY,
     reason          text NOT NULL,
     quarantine_key  text NOT NULL,
     etag            text NOT NULL DEFAULT '',
@@ -28,8 +30,8 @@ CREATE TABLE rejected_chunks (
 -- Cumulative state per (merchant, customer). avg_weight is derived in double precision because
 -- percentile_cont works on double precision; weight_sum itself stays exact.
 CREATE TABLE pair_state (
-    merchant           text NOT NULL,
-    customer           text NOT NULL,
+    merchant           text COLLATE "C" NOT NULL,
+    customer           text COLLATE "C" NOT NULL,
     txn_count          bigint NOT NULL CHECK (txn_count > 0),
     amount_sum         numeric NOT NULL,
     weight_sum         numeric NOT NULL,
@@ -44,7 +46,7 @@ CREATE TABLE pair_state (
 ) WITH (fillfactor = 80);                     -- room for HOT updates: the key never changes
 
 CREATE TABLE merchant_state (
-    merchant   text PRIMARY KEY,
+    merchant   text COLLATE "C" PRIMARY KEY,
     total      bigint NOT NULL,              -- transactions
     customers  integer NOT NULL,             -- distinct customers
     female     integer NOT NULL,             -- distinct customers whose pair gender is F
@@ -64,10 +66,10 @@ CREATE TABLE outbox_files (
 
 CREATE TABLE detected_patterns (
     seq             integer PRIMARY KEY CHECK (seq > 0),
-    pattern_id      text NOT NULL CHECK (pattern_id IN ('PatId1', 'PatId2', 'PatId3')),
+    pattern_id      text COLLATE "C" NOT NULL CHECK (pattern_id IN ('PatId1', 'PatId2', 'PatId3')),
     action_type     text NOT NULL,
-    customer_name   text NOT NULL,           -- '' for PatId3
-    merchant_id     text NOT NULL,
+    customer_name   text COLLATE "C" NOT NULL,           -- '' for PatId3
+    merchant_id     text COLLATE "C" NOT NULL,
     -- evidence at the moment it fired (NULL where it does not apply)
     txn_count       bigint,
     amount_sum      numeric,
@@ -78,7 +80,7 @@ CREATE TABLE detected_patterns (
     female          integer,
     male            integer,
     merchant_total  bigint,
-    chunk_key       text NOT NULL REFERENCES processed_chunks (chunk_key),
+    chunk_key       text COLLATE "C" NOT NULL REFERENCES processed_chunks (chunk_key),
     apply_order     integer NOT NULL,
     detected_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
     y_start_time    timestamptz NOT NULL,

@@ -335,3 +335,14 @@ def test_a_failure_inside_apply_leaves_no_trace_and_the_connection_usable(conn):
         apply(conn, broken)
     assert chunk_status(conn, "c1") is None
     assert len(apply(conn, chunk_from_rows("c1", [("C1", "M1", "1", "F")] * 3))) == 1
+
+
+def test_detection_latency_is_measured_from_the_s3_event(conn):
+    aggregates = chunk_from_rows("c1", [("C1", "M1", "1", "F")] * 3)
+    event_time = datetime(2026, 11, 27, 0, 0, tzinfo=UTC)
+    (fired,) = apply_chunk(conn, ChunkRef("c1", event_time=event_time), aggregates,
+                           y_start_time=Y_START, thresholds=SMALL)
+    ((latency_ms,),) = query(conn, "SELECT latency_ms FROM detection_latency")
+    assert float(latency_ms) == pytest.approx(
+        (fired.detected_at - event_time).total_seconds() * 1000
+    )

@@ -24,6 +24,7 @@ def test_migrate_applies_every_file_once_and_records_the_version(database_url):
                         " weight_rank, F, M, patternId, actionType, chunk_name, processed_at"
                         " FROM detected_patterns")
             cur.execute("SELECT chunk_name FROM processed_chunks")
+            cur.execute("SELECT seq, latency_ms FROM detection_latency")
         conn.rollback()
     finally:
         conn.close()
