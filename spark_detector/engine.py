@@ -170,10 +170,12 @@ ON CONFLICT (merchant) DO UPDATE SET
     male = ms.male + excluded.male
 """
 
-# The rules on the state after this chunk, for the merchants it touched (SPEC section 4).
-# PatId2 depends on the pair alone, so only pairs in the chunk can newly satisfy it. Keys that
-# fired before are skipped before numbering, which keeps seq gap-free; ON CONFLICT stays as the
-# guard of emit-once. Text ordering uses the "C" collation: bytewise, the same as Python's.
+# The rules on the state after this chunk, for all customers of the merchants it touched, as
+# SPEC section 4 says. (With fixed thresholds only the chunk's own pairs could newly satisfy
+# PatId2, but scanning the touched merchants' pairs costs the same one pass over pair_state and
+# stays right when thresholds are changed between runs.) Keys that fired before are skipped
+# before numbering, which keeps seq gap-free; ON CONFLICT stays as the guard of emit-once.
+# Text ordering uses the "C" collation: bytewise, the same as Python's.
 _EVALUATE_SQL = f"""
 WITH touched AS (
     SELECT DISTINCT merchant FROM chunk_pairs
@@ -204,8 +206,8 @@ WITH touched AS (
     UNION ALL
     SELECT 'PatId2', 'CHILD', p.customer, p.merchant,
            p.txn_count, p.amount_sum, NULL, NULL, NULL, NULL, NULL, NULL
-    FROM chunk_pairs c
-    JOIN pair_state p USING (merchant, customer)
+    FROM pair_state p
+    JOIN touched USING (merchant)
     WHERE p.txn_count >= %(child_min_count)s
       AND p.amount_sum < %(child_max_avg_amount)s::numeric * p.txn_count
     UNION ALL
