@@ -105,3 +105,54 @@ def spark():
     )
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def migrated_template(postgres_server_url: str) -> Iterator[str]:
+    """Name of a database holding the engine's migrated schema, created once per session.
+
+    Tests copy it (``CREATE DATABASE ... TEMPLATE``), which costs no more than an empty database
+    and saves running the migrations in every test.
+    """
+    from spark_detector.db import connect, migrate
+
+    name = f"template_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(postgres_server_url)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        conn = connect(_replace_database(postgres_server_url, name))
+        try:
+            migrate(conn)
+        finally:
+            conn.close()
+        yield name
+        with admin.cursor() as cur:
+            cur.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+    finally:
+        admin.close()
+
+
+@pytest.fixture
+def migrated_database_url(postgres_server_url: str, migrated_template: str) -> Iterator[str]:
+    """A fresh database with the engine's schema already migrated, dropped afterwards."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(postgres_server_url)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(migrated_template)
+                )
+            )
+        yield _replace_database(postgres_server_url, name)
+        with admin.cursor() as cur:
+            cur.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+    finally:
+        admin.close()

@@ -1,0 +1,127 @@
+"""PostgreSQL connection and schema migrations for the detection engine.
+
+Migrations are the numbered files ``spark_detector/migrations/NNNN_name.sql``, applied in order,
+each recorded in ``schema_migrations``. ``migrate`` runs them all in one transaction under an
+advisory lock, so two workers starting together apply each file exactly once and a failing
+file leaves the schema as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg2
+import psycopg2.extensions
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+# Advisory lock keys (two-int form): one namespace for this project, one key per purpose.
+LOCK_NAMESPACE = 0x53504B44  # "SPKD"
+MIGRATION_LOCK = 1
+ENGINE_LOCK = 2
+
+log = logging.getLogger(__name__)
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+class MigrationError(RuntimeError):
+    """The migration files are inconsistent (duplicate or unparsable version numbers)."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def connect(url: str) -> psycopg2.extensions.connection:
+    """A connection with autocommit off: every engine call commits its own transaction."""
+    conn = psycopg2.connect(url)
+    conn.autocommit = False
+    return conn
+
+
+@contextmanager
+def transaction(conn: psycopg2.extensions.connection) -> Iterator[None]:
+    """Commit when the block ends normally; otherwise roll back and re-raise the block's error.
+
+    A rollback that itself fails (the connection is gone) is logged, never raised over the
+    original error.
+    """
+    try:
+        yield
+    except BaseException:
+        if not conn.closed:
+            try:
+                conn.rollback()
+            except psycopg2.Error as exc:
+                log.warning("rollback failed", extra={"error": str(exc)})
+        raise
+    conn.commit()
+
+
+def available_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """The migration files in version order; the version is the file name's 4-digit prefix."""
+    migrations: list[Migration] = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _MIGRATION_NAME.match(path.name)
+        if match is None:
+            raise MigrationError(f"{path}: migration files must be named NNNN_name.sql")
+        migrations.append(Migration(int(match.group(1)), path.stem, path.read_text("utf-8")))
+    versions = [m.version for m in migrations]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"{directory}: duplicate migration versions {versions}")
+    return migrations
+
+
+def migrate(conn: psycopg2.extensions.connection, directory: Path = MIGRATIONS_DIR) -> int:
+    """Apply every migration not yet recorded, in order, in one transaction; return the version.
+
+    Idempotent. The transaction-level advisory lock makes concurrent callers wait for each other,
+    so the second one finds everything applied.
+    """
+    migrations = available_migrations(directory)
+    with transaction(conn), conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NAMESPACE, MIGRATION_LOCK))
+        cur.execute(
+            """
+            CREATE TABLE IF NOT EXISTS schema_migrations (
+                version    integer PRIMARY KEY,
+                name       text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT clock_timestamp()
+            )
+            """
+        )
+        cur.execute("SELECT version FROM schema_migrations")
+        applied = {row[0] for row in cur.fetchall()}
+        for migration in migrations:
+            if migration.version in applied:
+                continue
+            cur.execute(migration.sql)
+            cur.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                (migration.version, migration.name),
+            )
+        cur.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        version = cur.fetchone()[0]
+    return version
+
+
+def schema_version(conn: psycopg2.extensions.connection) -> int:
+    """The highest applied migration version (0 when the database was never migrated)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            conn.rollback()
+            return 0
+        cur.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        version = cur.fetchone()[0]
+    conn.rollback()
+    return version
