@@ -82,7 +82,7 @@ def cmd_status(settings: WorkerSettings, args: argparse.Namespace) -> int:
     from spark_detector import db
     from spark_detector.status import collect_status, format_status
 
-    s3, sqs = aws_clients()
+    _, sqs = aws_clients()
     conn = db.connect(settings.database_url)
     try:
         db.migrate(conn)

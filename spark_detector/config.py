@@ -9,10 +9,9 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from urllib.parse import quote
 
-from spark_detector.engine import Thresholds
+from spark_detector.engine import Thresholds, thresholds_from_env
 
 
 class ConfigError(ValueError):
@@ -46,6 +45,13 @@ def _optional_seconds(env: Mapping[str, str], name: str) -> float | None:
         raise ConfigError(f"{name}={raw!r} is not a number of seconds") from exc
 
 
+def _thresholds(env: Mapping[str, str]) -> Thresholds:
+    try:
+        return thresholds_from_env(env)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def database_url_from_env(env: Mapping[str, str]) -> str:
     """DATABASE_URL, or a URL built from DB_SECRET (the JSON of an RDS Secrets Manager secret).
 
@@ -69,22 +75,6 @@ def database_url_from_env(env: Mapping[str, str]) -> str:
     port = data.get("port", 5432)
     dbname = data.get("dbname", "postgres")
     return f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/{dbname}"
-
-
-def thresholds_from_env(env: Mapping[str, str]) -> Thresholds:
-    default = Thresholds()
-    return Thresholds(
-        upgrade_min_total=_number(env, "RULE_UPGRADE_MIN_TOTAL", str(default.upgrade_min_total),
-                                  int),
-        upgrade_count_percentile=_number(env, "RULE_UPGRADE_COUNT_PERCENTILE",
-                                         str(default.upgrade_count_percentile)),
-        upgrade_weight_percentile=_number(env, "RULE_UPGRADE_WEIGHT_PERCENTILE",
-                                          str(default.upgrade_weight_percentile)),
-        child_min_count=_number(env, "RULE_CHILD_MIN_COUNT", str(default.child_min_count), int),
-        child_max_avg_amount=_number(env, "RULE_CHILD_MAX_AVG_AMOUNT",
-                                     str(default.child_max_avg_amount), Decimal),
-        dei_min_female=_number(env, "RULE_DEI_MIN_FEMALE", str(default.dei_min_female), int),
-    )
 
 
 @dataclass(frozen=True)
@@ -133,5 +123,5 @@ class WorkerSettings:
             flush_partial_after_seconds=_optional_seconds(env, "WORKER_FLUSH_PARTIAL_AFTER"),
             backfill_every_seconds=_optional_seconds(env, "WORKER_BACKFILL_EVERY"),
             dlq_url=env.get("DLQ_URL", "").strip() or None,
-            thresholds=thresholds_from_env(env),
+            thresholds=_thresholds(env),
         )

@@ -166,7 +166,7 @@ class Heartbeat:
             try:
                 change_visibility(*self._args, self._extend_to)
                 self._on_beat()
-            except Exception as exc:  # noqa: BLE001 - a missed beat risks a redo, never a loss
+            except Exception as exc:
                 self._on_error(exc)
 
     def __enter__(self) -> Heartbeat:

@@ -12,6 +12,7 @@ Step 0, before any Spark work: messages for chunks already applied or rejected a
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -109,10 +110,8 @@ class Worker:
         logger.warning("database unavailable, reconnecting", extra={
             "attempt": attempt, "error": str(exc).strip(), "retry_in_s": round(delay, 2)})
         if self._conn is not None:
-            try:
+            with contextlib.suppress(psycopg2.Error):  # already broken: just drop it
                 self._conn.close()
-            except psycopg2.Error:
-                pass  # already broken: the point is to drop it
         self._conn = None
 
     def db(self, fn: Callable[[object], object]):
@@ -143,7 +142,7 @@ class Worker:
             try:
                 summary = self.run_batch()
                 self.idle_work(summary)
-            except Exception:  # noqa: BLE001 - the outermost loop: log with context, go on
+            except Exception:
                 logger.exception("batch failed; its messages will be redelivered")
                 self.stop_event.wait(1.0)
         if drain:
@@ -159,8 +158,10 @@ class Worker:
                 and now - self._last_activity >= s.flush_partial_after_seconds):
             self.flush_partial("idle")
             self._last_activity = now
-        if s.backfill_every_seconds is not None and (
-                self._last_backfill is None or now - self._last_backfill >= s.backfill_every_seconds):
+        due = self._last_backfill is None or (
+            s.backfill_every_seconds is not None
+            and now - self._last_backfill >= s.backfill_every_seconds)
+        if s.backfill_every_seconds is not None and due:
             self._last_backfill = now
             self.db(lambda conn: backfill(conn, self.s3, self.sqs, s))
 

@@ -26,12 +26,14 @@ def test_a_missing_required_variable_is_named(missing):
 
 
 def test_thresholds_and_numbers_are_overridable_and_validated():
-    env = {**BASE, "RULE_CHILD_MIN_COUNT": "3", "RULE_UPGRADE_MIN_TOTAL": "10",
+    env = {**BASE, "PATID2_MIN_COUNT": "3", "PATID1_MIN_TOTAL": "10",
            "WORKER_FLUSH_PARTIAL_AFTER": "2.5"}
     settings = WorkerSettings.from_env(env)
     assert settings.thresholds.child_min_count == 3
     assert settings.thresholds.upgrade_min_total == 10
     assert settings.flush_partial_after_seconds == 2.5
+    with pytest.raises(ConfigError, match="PATID3_MIN_FEMALE"):
+        WorkerSettings.from_env({**BASE, "PATID3_MIN_FEMALE": "lots"})
     with pytest.raises(ConfigError, match="WORKER_MAX_BATCH_CHUNKS"):
         WorkerSettings.from_env({**BASE, "WORKER_MAX_BATCH_CHUNKS": "many"})
 
