@@ -197,7 +197,7 @@ def parse_amount(text: str) -> Decimal | str:
     value = parse_decimal(text, "amount", AMOUNT_INTEGER_DIGITS)
     if isinstance(value, str):
         return value.replace("is too large", "is too large for decimal(18,2)")
-    value = quantize(value, AMOUNT_PLACES)
+    value = quantize(abs(value), AMOUNT_PLACES)  # abs: "-0.00" is zero, not negative zero
     if value.adjusted() >= AMOUNT_INTEGER_DIGITS:  # 9999999999999999.995 rounds up past the type
         return f"amount {text} is too large for decimal(18,2)"
     return value
