@@ -45,9 +45,9 @@ AMOUNT_INTEGER_DIGITS = 16
 # decimal(22,10) holds a key weight: 12 digits before the point.
 WEIGHT_INTEGER_DIGITS = 12
 
-# Whole-value patterns. Python matches them with fullmatch; Spark's rlike (Java regex) gets
-# them anchored with ^ and \z, since Java's $ would also match before a trailing "\r".
-DECIMAL_PATTERN = r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)"
+# Whole-value patterns: Python matches them with fullmatch, Spark's rlike gets them anchored
+# (see spark_job.java_fullmatch). No backslashes, so that they read the same inside SQL text.
+DECIMAL_PATTERN = r"[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)"
 NON_FINITE_PATTERN = r"(?i)[+-]?(inf|infinity|nan|snan)"
 _DECIMAL = re.compile(DECIMAL_PATTERN)
 _NON_FINITE = re.compile(NON_FINITE_PATTERN)
