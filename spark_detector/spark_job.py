@@ -29,7 +29,6 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 from pyspark.sql.types import (
     DecimalType,
     IntegerType,
@@ -250,10 +249,8 @@ def _clean_sql(column: str) -> str:
     )
 
 
-_CHUNK_COLUMNS = ("chunk_key", "status", "chunk_reason", "n_lines")
 _FIELDS = ("customer", "merchant", "category", "gender", "amount")
-_TRIM = "' \\t'"  # FIELD_WHITESPACE as a SQL literal
-assert "'" + FIELD_WHITESPACE.replace("\t", "\\t") + "'" == _TRIM
+_TRIM = "'" + FIELD_WHITESPACE.replace("\t", "\\t") + "'"  # as a SQL literal: ' \t'
 
 # Rounds half-up, as parsing.parse_amount does; null when the value overflows the type.
 _AMOUNT_SQL = "try_cast(amount_text AS DECIMAL(18,2))"
@@ -276,36 +273,84 @@ CASE
   WHEN {_AMOUNT_SQL} IS NULL THEN concat('amount ', amount_text, ' is too large for decimal(18,2)')
 END"""
 
+_CHUNK = "chunk_key, status, chunk_reason, n_lines"
+_INDEXES = ", ".join(f"i_{name}" for name in _FIELDS)
+_TRIMMED = ", ".join(
+    f"btrim(try_element_at(fields, i_{name} + 1), {_TRIM}) AS {name}_t" for name in _FIELDS
+)
+_CLEANED = ", ".join(
+    f"{_clean_sql(name + '_t')} AS {'amount_text' if name == 'amount' else name}"
+    for name in _FIELDS
+)
+_PARSE_LINES_SQL = f"""
+WITH lines AS (
+  SELECT {_CHUNK}, n_columns, {_INDEXES},
+         posexplode_outer(split(body, '\\n', -1)) AS (pos, line)
+  FROM {{fetched}}
+), split AS (
+  SELECT {_CHUNK}, n_columns, {_INDEXES}, pos + 1 AS row, line, split(line, ',', -1) AS fields
+  FROM lines
+), trimmed AS (
+  SELECT {_CHUNK}, n_columns, row, line, size(fields) AS n_fields, {_TRIMMED}
+  FROM split
+), cleaned AS (
+  SELECT {_CHUNK}, n_columns, row, line, n_fields, {_CLEANED}
+  FROM trimmed
+)
+SELECT {_CHUNK}, row, line, {_ROW_REASON_SQL} AS reason,
+       customer, merchant, category, gender, {_AMOUNT_SQL} AS amount
+FROM cleaned
+"""
 
-def parse_lines(fetched: DataFrame) -> DataFrame:
+
+def parse_lines(spark: SparkSession, fetched: DataFrame) -> DataFrame:
     """One row per data line (or one marker row per chunk without lines), parsed and checked.
 
     ``reason`` is null for a valid row, else the reason ``parsing.parse_row`` gives. Written
-    as SQL expressions: the same plan built with Column objects costs ~2,000 py4j calls,
-    about 200 ms per batch on the driver before Spark even starts.
+    in SQL: the same plan built from Column objects costs ~2,000 py4j round trips (~200 ms
+    per batch on the driver before Spark starts); one ``spark.sql`` costs a handful.
     """
-    lines = fetched.selectExpr(
-        *_CHUNK_COLUMNS, "n_columns", *(f"i_{name}" for name in _FIELDS),
-        "posexplode_outer(split(body, '\\n', -1)) AS (pos, line)",
-    )  # fmt: skip
-    split = lines.selectExpr(
-        *_CHUNK_COLUMNS, "n_columns", *(f"i_{name}" for name in _FIELDS),
-        "pos + 1 AS row", "line", "split(line, ',', -1) AS fields",
-    )  # fmt: skip
-    trimmed = split.selectExpr(
-        *_CHUNK_COLUMNS, "n_columns", "row", "line", "size(fields) AS n_fields",
-        *(f"btrim(try_element_at(fields, i_{name} + 1), {_TRIM}) AS {name}_t" for name in _FIELDS),
-    )  # fmt: skip
-    cleaned = trimmed.selectExpr(
-        *_CHUNK_COLUMNS, "n_columns", "row", "line", "n_fields",
-        *(f"{_clean_sql(name + '_t')} AS {name}" for name in _FIELDS if name != "amount"),
-        f"{_clean_sql('amount_t')} AS amount_text",
-    )  # fmt: skip
-    return cleaned.selectExpr(
-        *_CHUNK_COLUMNS, "row", "line", f"{_ROW_REASON_SQL} AS reason",
-        "customer", "merchant", "category", "gender",
-        f"{_AMOUNT_SQL} AS amount",
-    )  # fmt: skip
+    return spark.sql(_PARSE_LINES_SQL, fetched=fetched)
+
+
+_AGGREGATE_LINES_SQL = f"""
+WITH kinds AS (
+  SELECT *, CASE WHEN line IS NULL THEN '{CHUNK}'
+                 WHEN reason IS NOT NULL THEN '{REJECTED_ROW}'
+                 ELSE '{PAIR}' END AS kind
+  FROM {{parsed}}
+), keyed AS (
+  -- only valid rows have a pair and a weight; a rejected row is keyed by its number
+  SELECT {_CHUNK}, kind, row, line, reason, category, gender, amount,
+         IF(kind = '{PAIR}', customer, NULL) AS customer,
+         IF(kind = '{PAIR}', merchant, NULL) AS merchant,
+         IF(kind = '{REJECTED_ROW}', row, NULL) AS reject_row
+  FROM kinds
+)
+SELECT /*+ BROADCAST(w) */
+       k.chunk_key, k.kind, max(k.status) AS status, max(k.chunk_reason) AS chunk_reason,
+       max(k.n_lines) AS n_lines, k.merchant, k.customer,
+       count(1) AS txn_count, sum(k.amount) AS amount_sum,
+       sum(w.weight) AS weight_sum, count(w.weight) AS weighted_count,
+       min_by(k.gender, k.row) AS first_gender,
+       k.reject_row, max(k.reason) AS reason, max(k.line) AS line
+FROM keyed AS k
+LEFT JOIN {{weights}} AS w
+  ON k.customer = w.customer AND k.merchant = w.merchant AND k.category = w.category
+GROUP BY k.chunk_key, k.kind, k.merchant, k.customer, k.reject_row
+"""
+
+
+def aggregate_lines(spark: SparkSession, parsed: DataFrame, weights: DataFrame) -> DataFrame:
+    """Per chunk: one row per (merchant, customer) pair, per rejected row, and a marker row.
+
+    Weights are joined with a broadcast left join on the full (customer, merchant, category)
+    key, one weights row per key, so a transaction is never multiplied. Rejected rows and
+    markers go through the same ``GROUP BY`` as the pairs (each rejected row is its own
+    group) so that the whole batch is one query with one shuffle: a second query for the
+    rejects would fetch and parse every chunk again.
+    """
+    return spark.sql(_AGGREGATE_LINES_SQL, parsed=parsed, weights=weights)
 
 
 OUTPUT_COLUMNS = (
@@ -313,45 +358,6 @@ OUTPUT_COLUMNS = (
     "merchant", "customer", "txn_count", "amount_sum", "weight_sum", "weighted_count",
     "first_gender", "reject_row", "reason", "line",
 )  # fmt: skip
-
-
-def aggregate_lines(parsed: DataFrame, weights: DataFrame) -> DataFrame:
-    """Per chunk: one row per (merchant, customer) pair, per rejected row, and a marker row.
-
-    Rejected rows and markers go through the same ``groupBy`` as the pairs (each rejected row
-    is its own group) so that the whole batch is one query with one shuffle: a second query
-    for the rejects would fetch and parse every chunk again.
-    """
-    kinds = parsed.selectExpr(
-        "*",
-        f"CASE WHEN line IS NULL THEN '{CHUNK}' WHEN reason IS NOT NULL THEN '{REJECTED_ROW}' "
-        f"ELSE '{PAIR}' END AS kind",
-    )
-    # only valid rows have a pair and a weight; a rejected row is keyed by its number
-    rows = kinds.selectExpr(
-        *_CHUNK_COLUMNS, "kind", "row", "line", "reason", "category", "gender", "amount",
-        f"IF(kind = '{PAIR}', customer, NULL) AS customer",
-        f"IF(kind = '{PAIR}', merchant, NULL) AS merchant",
-        f"IF(kind = '{REJECTED_ROW}', row, NULL) AS reject_row",
-    )  # fmt: skip
-    weighted = rows.join(
-        F.broadcast(weights), on=["customer", "merchant", "category"], how="left"
-    )
-    grouped = weighted.groupBy("chunk_key", "kind", "merchant", "customer", "reject_row").agg(
-        *(F.expr(sql) for sql in (
-            "max(status) AS status",
-            "max(chunk_reason) AS chunk_reason",
-            "max(n_lines) AS n_lines",
-            "count(1) AS txn_count",
-            "sum(amount) AS amount_sum",
-            "sum(weight) AS weight_sum",
-            "count(weight) AS weighted_count",
-            "min_by(gender, row) AS first_gender",
-            "max(reason) AS reason",
-            "max(line) AS line",
-        ))
-    )  # fmt: skip
-    return grouped.select(*OUTPUT_COLUMNS)
 
 
 def aggregate_batch(
@@ -365,10 +371,10 @@ def aggregate_batch(
     keys = sorted(set(chunk_keys))
     if not keys:
         return BatchResult({}, {}, {}, ())
-    parsed = parse_lines(fetch_chunks(spark, fetch_spec, keys))
+    parsed = parse_lines(spark, fetch_chunks(spark, fetch_spec, keys))
     # Arrow, not collect(): a batch of 10 chunks returns ~40,000 pair rows, which collect()
     # unpickles into Row objects at ~25 us each; Arrow columns convert in a few ms.
-    table = aggregate_lines(parsed, weights_df).toArrow()
+    table = aggregate_lines(spark, parsed, weights_df).toArrow()
     columns = [table.column(name).to_pylist() for name in OUTPUT_COLUMNS]
     return assemble_batch(keys, (OutputRow(*values) for values in zip(*columns, strict=True)))
 
