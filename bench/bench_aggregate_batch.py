@@ -50,6 +50,8 @@ def customer_importance(chunk: bytes) -> bytes:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--csv", type=Path, default=SAMPLE if SAMPLE.exists() else None)
+    parser.add_argument("--importance", type=Path, default=None,
+                        help="a CustomerImportance file (default: derived from the chunk)")
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     chunk = args.csv.read_bytes() if args.csv else generated_chunk()
@@ -69,7 +71,8 @@ def main() -> None:
     spark.sparkContext.setLogLevel("ERROR")
     try:
         started = time.perf_counter()
-        weights = load_weights(spark, customer_importance(chunk))
+        importance = args.importance.read_bytes() if args.importance else None
+        weights = load_weights(spark, importance or customer_importance(chunk))
         elapsed = time.perf_counter() - started
         print(json.dumps({"case": "load_weights", "keys": weights.count(),
                           "ms": round(1000 * elapsed)}))
