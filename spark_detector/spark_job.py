@@ -313,16 +313,20 @@ WITH lines AS (
                  ELSE '{PAIR}' END AS kind
   FROM parsed
 ), keyed AS (
-  -- only valid rows have a pair and a weight; a rejected row is keyed by its number
-  SELECT {_CHUNK}, kind, row, line, reason, category, gender, amount,
+  -- only valid rows have a pair and a weight; a rejected row is keyed by its number and
+  -- keeps its line (a pair aggregating every line's text would be wasted work)
+  SELECT {_CHUNK}, kind, row, reason, category, gender, amount,
          IF(kind = '{PAIR}', customer, NULL) AS customer,
          IF(kind = '{PAIR}', merchant, NULL) AS merchant,
-         IF(kind = '{REJECTED_ROW}', row, NULL) AS reject_row
+         IF(kind = '{REJECTED_ROW}', row, NULL) AS reject_row,
+         IF(kind = '{REJECTED_ROW}', line, NULL) AS line
   FROM kinds
 )
 SELECT /*+ BROADCAST(w) */
-       k.chunk_key, k.kind, max(k.status) AS status, max(k.chunk_reason) AS chunk_reason,
-       max(k.n_lines) AS n_lines, k.merchant, k.customer,
+       -- status, chunk_reason and n_lines are the same on every row of a chunk
+       k.chunk_key, k.kind, any_value(k.status) AS status,
+       any_value(k.chunk_reason) AS chunk_reason, any_value(k.n_lines) AS n_lines,
+       k.merchant, k.customer,
        count(1) AS txn_count, sum(k.amount) AS amount_sum,
        sum(w.weight) AS weight_sum, count(w.weight) AS weighted_count,
        min_by(k.gender, k.row) AS first_gender,
