@@ -76,9 +76,10 @@ def main() -> None:
         elapsed = time.perf_counter() - started
         print(json.dumps({"case": "load_weights", "keys": weights.count(),
                           "ms": round(1000 * elapsed)}))
+        for _ in range(5):  # warm-up, as in a running worker: JVM JIT, Python workers, S3 client
+            aggregate_batch(spark, spec, keys[:1], weights)
+            aggregate_batch(spark, spec, keys, weights)
         for batch in (keys[:1], keys):
-            for _ in range(2):  # warm-up: JVM JIT, Python workers, S3 client
-                aggregate_batch(spark, spec, batch, weights)
             times = []
             for _ in range(args.repeats):
                 started = time.perf_counter()

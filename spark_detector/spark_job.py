@@ -164,7 +164,7 @@ def load_weights(
     at a bounded intermediate scale followed by a cast, i.e. two roundings. Those can only
     disagree with the exactly rounded mean for a key with about a million rows, so Spark
     would agree in practice; the driver version is exact by construction instead. The file
-    is read once at start-up: ~3.5 s for a 594,643-row file with 54,000 keys, measured.
+    is read once at start-up: ~4-5 s for a 594,643-row file with 54,000 keys, measured.
     """
     if isinstance(source, bytes | bytearray):
         parsed = parse_customer_importance(bytes(source))
@@ -234,7 +234,7 @@ def fetch_chunks(spark: SparkSession, spec: FetchSpec, chunk_keys: list[str]) ->
 
 
 def java_fullmatch(pattern: str) -> str:
-    """A ``re.fullmatch`` pattern for Spark's rlike (Java regex, which searches).
+    r"""A ``re.fullmatch`` pattern for Spark's rlike (Java regex, which searches).
 
     UNIX_LINES (``d``): only "\n" ends a line, which no field contains, so ``$`` is the end
     of the value; by default Java's ``$`` also matches before a final "\r" or "\u2028".

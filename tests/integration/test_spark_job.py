@@ -269,3 +269,14 @@ def test_fetch_chunk_reads_checks_and_reports_a_missing_object(s3, bucket):
     assert fetch_chunk(s3, bucket, "stream_chunks/none.csv")[:3] == (
         "stream_chunks/none.csv", "missing", "object does not exist",
     )
+
+
+def test_fetch_spec_takes_region_and_endpoint_from_the_environment_but_no_secrets():
+    spec = FetchSpec.from_env("bkt", {"AWS_DEFAULT_REGION": "eu-west-1",
+                                      "AWS_ENDPOINT_URL": "http://127.0.0.1:5000",
+                                      "AWS_SECRET_ACCESS_KEY": "s3cr3t"})
+    assert spec == FetchSpec("bkt", region="eu-west-1", endpoint_url="http://127.0.0.1:5000")
+    assert FetchSpec.from_env("bkt", {"AWS_REGION": "ap-south-1"}).region == "ap-south-1"
+    assert FetchSpec.from_env("bkt", {}) == FetchSpec("bkt", region="us-east-1")
+    assert "testing" not in repr(FetchSpec("b", access_key_id="testing",
+                                           secret_access_key="testing"))
