@@ -285,6 +285,7 @@ _CLEANED = ", ".join(
     f"{_clean_sql(name + '_t')} AS {'amount_text' if name == 'amount' else name}"
     for name in _FIELDS
 )
+
 # The query of one micro-batch, as named steps. It is SQL rather than Column objects because
 # building the same plan from Columns costs ~2,000 py4j round trips (~200 ms per batch on the
 # driver before Spark starts); one spark.sql call costs a handful.
