@@ -1,0 +1,282 @@
+"""The Spark job against the pure-Python reference, with S3 served by a moto server.
+
+PySpark runs Python code in separate worker processes, where moto's in-process ``mock_aws``
+does not exist: the executors fetch chunks over HTTP from a ``ThreadedMotoServer`` instead.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from spark_detector.aggregates import build_aggregates, key_weights
+from spark_detector.parsing import (
+    ChunkRejected,
+    parse_chunk,
+    parse_customer_importance,
+)
+from spark_detector.spark_job import (
+    BatchResult,
+    FetchSpec,
+    aggregate_batch,
+    fetch_chunk,
+    load_weights,
+)
+from tests.conftest import TEST_DATA
+
+pytestmark = pytest.mark.spark
+
+HEADER = "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud"
+CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server on a free local port, reachable from Spark's Python workers."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{server.get_host_and_port()[1]}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3(s3_endpoint: str):
+    return boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **CREDENTIALS)
+
+
+@pytest.fixture
+def bucket(s3) -> str:
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def fetch_spec(bucket: str, s3_endpoint: str) -> FetchSpec:
+    # Explicit credentials: the Spark workers were started before this test set any env.
+    return FetchSpec(bucket, region="us-east-1", endpoint_url=s3_endpoint,
+                     access_key_id="testing", secret_access_key="testing")
+
+
+def chunk_text(rows: list[str], header: str = HEADER, newline: str = "\n") -> bytes:
+    return (newline.join([header, *rows]) + newline).encode()
+
+
+def banksim_rows(rng: random.Random, n: int, quoted: bool = True) -> list[str]:
+    """BankSim-like rows; few customers and merchants, so pairs repeat within a chunk."""
+    q = "'" if quoted else ""
+    categories = ["es_transportation", "es_food", "es_health"]
+    return [
+        f"{rng.randrange(3)},{q}C{rng.randrange(25)}{q},{q}{rng.randrange(7)}{q},"
+        f"{q}{rng.choice('FMEU')}{q},{q}28007{q},{q}M{rng.randrange(4)}{q},{q}28007{q},"
+        f"{q}{rng.choice(categories)}{q},{rng.randrange(0, 50000) / 100},0"
+        for _ in range(n)
+    ]
+
+
+def importance_of(rows: list[str], rng: random.Random) -> bytes:
+    """CustomerImportance for some of the rows' keys, each key usually on several rows."""
+    lines = ["Source,Target,Weight,typeTrans,fraud"]
+    for row in rows:
+        f = row.split(",")
+        if rng.random() < 0.7:  # the other keys stay unweighted
+            weight = f"{rng.randrange(0, 10**9) / 10**7}"  # more places than the 6 kept
+            lines.append(f"{f[1]},{f[5]},{weight},{f[7]},0")
+    lines.append("'C1','M1',not-a-weight,'es_food',0")  # counted and skipped
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def put(s3, bucket: str, chunks: dict[str, bytes]) -> None:
+    for key, data in chunks.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=data)
+
+
+def assert_matches_reference(result: BatchResult, chunks: dict[str, bytes], weights) -> None:
+    """Every chunk's Spark result equals the pure-Python parse + build_aggregates."""
+    for key, data in chunks.items():
+        try:
+            parsed = parse_chunk(key, data)
+        except ChunkRejected as exc:
+            assert result.rejected_chunks[key] == exc.reason
+            assert key not in result.aggregates
+            continue
+        expected = build_aggregates(key, parsed.transactions, weights, len(parsed.rejected))
+        assert result.aggregates[key] == expected, key
+        assert result.rejected_rows[key] == parsed.rejected, key
+
+
+def test_spark_aggregation_equals_the_python_reference(spark, s3, bucket, fetch_spec):
+    rng = random.Random(5)
+    good = banksim_rows(rng, 400)
+    unquoted = banksim_rows(rng, 200, quoted=False)
+    crlf = banksim_rows(rng, 200)
+    with_bad_rows = banksim_rows(rng, 100)
+    importance = importance_of(good + unquoted + crlf + with_bad_rows, rng)
+    with_bad_rows[10:10] = ["0,'C1','4','F','28007','','28007','es_food',1.00,0", "", "1,2,3"]
+    with_bad_rows[50:50] = ["0,'C2','4','F','28007','M1','28007','es_food',-3,0"]
+    reordered = "amount,merchant,customer,category,gender,step,age,zipcodeOri,zipMerchant,fraud,x"
+    chunks = {
+        "stream_chunks/chunk-01.csv": chunk_text(good),
+        "stream_chunks/chunk-02.csv": chunk_text(unquoted),
+        "stream_chunks/chunk-03.csv": chunk_text(crlf, newline="\r\n"),
+        "stream_chunks/chunk-04.csv": chunk_text(with_bad_rows),
+        "stream_chunks/chunk-05.csv": chunk_text([], header=HEADER.replace("merchant,", "")),
+        "stream_chunks/chunk-06.csv": b"\xef\xbb\xbf" + chunk_text(
+            ["7.5,'M2','C3','es_food','F',0,'3','1','2',0,extra"], header=reordered
+        ),
+        "stream_chunks/chunk-07.csv": chunk_text([]),  # header only: valid, no rows
+        "stream_chunks/chunk-08.csv": (TEST_DATA / "banksim-first-200.csv").read_bytes(),
+    }
+    put(s3, bucket, chunks)
+
+    weights_df = load_weights(spark, importance)
+    result = aggregate_batch(spark, fetch_spec, sorted(chunks), weights_df)
+
+    weights = key_weights(parse_customer_importance(importance).rows)
+    assert_matches_reference(result, chunks, weights)
+    assert set(result.aggregates) == set(chunks) - {"stream_chunks/chunk-05.csv"}
+    assert result.rejected_chunks == {
+        "stream_chunks/chunk-05.csv": "header lacks required columns: merchant"
+    }
+    assert result.aggregates["stream_chunks/chunk-03.csv"].rows_good == 200
+    assert [r.reason for r in result.rejected_rows["stream_chunks/chunk-04.csv"]] == [
+        "empty merchant", "empty line", "expected 10 fields, got 3", "amount -3 is negative",
+    ]
+    assert any(p.weighted_count for p in result.aggregates["stream_chunks/chunk-01.csv"].pairs)
+
+
+NASTY_FIELDS = {
+    "customer": ["'C1'", "C1", " 'C2' ", "''", "", "  ", "'", "'C3", "\t'C1'\t", "'C 4'"],
+    "merchant": ["'M1'", "M1", "''", "", "'M2' ", "\"M3\"", "'M1''"],
+    "gender": ["'F'", "'M'", "F", "''", " 'U' "],
+    "amount": ["4.55", "'4.55'", " 12 ", "1.005", "2.0049", ".5", "7.", "+3", "-0.00", "-0.001",
+               "-1", "abc", "", "''", "1e3", "inf", "-Infinity", "NaN", "1.2.3", "0x10",
+               "9999999999999999.994", "9999999999999999.995", "12345678901234567", "١٢",
+               "4.55\r", " ", "00012.50", "-", ".", "+.5"],
+}
+
+
+def nasty_line(rng: random.Random) -> str:
+    fields = [
+        "0",
+        rng.choice(NASTY_FIELDS["customer"]),
+        "'4'",
+        rng.choice(NASTY_FIELDS["gender"]),
+        "'28007'",
+        rng.choice(NASTY_FIELDS["merchant"]),
+        "'28007'",
+        rng.choice(["'es_food'", "es_food", "'es_bar'"]),
+        rng.choice(NASTY_FIELDS["amount"]),
+        "0",
+    ]
+    shape = rng.random()
+    if shape < 0.05:
+        fields = fields[: rng.randrange(10)]
+    elif shape < 0.08:
+        fields.append("extra")
+    line = ",".join(fields)
+    return "" if shape > 0.98 else line
+
+
+def test_every_row_rule_and_reason_agrees_with_the_reference(spark, s3, bucket, fetch_spec):
+    rng = random.Random(11)
+    lines = [nasty_line(rng) for _ in range(3000)]
+    chunks = {
+        "stream_chunks/nasty-lf.csv": chunk_text(lines),
+        "stream_chunks/nasty-crlf.csv": chunk_text(lines, newline="\r\n"),
+        "stream_chunks/nasty-no-final-newline.csv": chunk_text(lines)[:-1],
+    }
+    put(s3, bucket, chunks)
+    importance = (
+        b"Source,Target,Weight,typeTrans,fraud\n'C1','M1',2,'es_food',0\n'C1','M1',3,'es_food',0\n"
+        b"C2,M2,0.1234567,es_bar,0\n"
+    )
+
+    result = aggregate_batch(spark, fetch_spec, sorted(chunks), load_weights(spark, importance))
+
+    weights = key_weights(parse_customer_importance(importance).rows)
+    assert_matches_reference(result, chunks, weights)
+    reasons = {r.reason for r in result.rejected_rows["stream_chunks/nasty-lf.csv"]}
+    assert {"empty customer", "empty merchant", "empty amount", "empty line",
+            "amount 'inf' is not a finite number", "amount -1 is negative",
+            "amount 9999999999999999.995 is too large for decimal(18,2)"} <= reasons
+    assert result.aggregates["stream_chunks/nasty-lf.csv"].rows_good > 100
+
+
+def test_whole_chunk_rejects_and_missing_objects_do_not_stop_the_batch(
+    spark, s3, bucket, fetch_spec
+):
+    good = chunk_text(banksim_rows(random.Random(3), 50))
+    chunks = {
+        "stream_chunks/a-good.csv": good,
+        "stream_chunks/b-empty.csv": b"",
+        "stream_chunks/c-latin1.csv": chunk_text(["0,'C1','4','F','1','Mé','1','x',1,0"])
+        .decode()
+        .encode("latin-1"),
+        "stream_chunks/d-binary.csv": b"PK\x03\x04\x00\x00" + good,
+        "stream_chunks/e-good.csv": good,
+    }
+    put(s3, bucket, chunks)
+    keys = [*chunks, "stream_chunks/f-never-uploaded.csv", "stream_chunks/a-good.csv"]
+    latin1_at = len(HEADER + "\n0,'C1','4','F','1','M")  # where the é is
+
+    result = aggregate_batch(spark, fetch_spec, keys, load_weights(spark, []))
+
+    assert result.rejected_chunks == {
+        "stream_chunks/b-empty.csv": "empty: no header line",
+        "stream_chunks/c-latin1.csv": f"not UTF-8: invalid byte at offset {latin1_at}",
+        "stream_chunks/d-binary.csv": "not CSV: contains NUL characters",
+    }
+    assert result.missing_chunks == ("stream_chunks/f-never-uploaded.csv",)
+    assert sorted(result.aggregates) == ["stream_chunks/a-good.csv", "stream_chunks/e-good.csv"]
+    assert_matches_reference(result, chunks, {})
+
+
+def test_load_weights_equals_key_weights_and_keeps_one_row_per_key(spark):
+    importance = (
+        b"Source,Target,Weight,typeTrans,fraud\n"
+        b"'C1','M1',1,'es_food',0\n"
+        b"'C1','M1',2,'es_food',0\n"
+        b"'C1','M1',2,'es_food',0\n"
+        b"'C1','M1',4.55,'es_travel',0\n"
+        b"'C2','M1',1.0000005,'es_food',0\n"
+        b"'C2','M1',0.0000004,'es_food',0\n"
+        b"'C3','M2',999999999999.999999,'es_food',0\n"
+    )
+
+    frame = load_weights(spark, importance)
+
+    got = {(r.customer, r.merchant, r.category): r.weight for r in frame.collect()}
+    assert got == key_weights(parse_customer_importance(importance).rows)
+    assert got[("C1", "M1", "es_food")] == Decimal("1.6666666667")
+    assert got[("C2", "M1", "es_food")] == Decimal("0.5000005000")
+    assert frame.count() == 4
+
+
+def test_fetch_chunk_reads_checks_and_reports_a_missing_object(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="stream_chunks/x.csv", Body=chunk_text(["1,2"]))
+    row = fetch_chunk(s3, bucket, "stream_chunks/x.csv")
+    assert row[:5] == ("stream_chunks/x.csv", "ok", None, 1, 10)
+    assert row[-1] == "1,2"
+    assert fetch_chunk(s3, bucket, "stream_chunks/none.csv")[:3] == (
+        "stream_chunks/none.csv", "missing", "object does not exist",
+    )
+
+
+def test_fetch_spec_takes_region_and_endpoint_from_the_environment_but_no_secrets():
+    spec = FetchSpec.from_env("bkt", {"AWS_DEFAULT_REGION": "eu-west-1",
+                                      "AWS_ENDPOINT_URL": "http://127.0.0.1:5000",
+                                      "AWS_SECRET_ACCESS_KEY": "s3cr3t"})
+    assert spec == FetchSpec("bkt", region="eu-west-1", endpoint_url="http://127.0.0.1:5000")
+    assert FetchSpec.from_env("bkt", {"AWS_REGION": "ap-south-1"}).region == "ap-south-1"
+    assert FetchSpec.from_env("bkt", {}) == FetchSpec("bkt", region="us-east-1")
+    assert "testing" not in repr(FetchSpec("b", access_key_id="testing",
+                                           secret_access_key="testing"))
