@@ -45,10 +45,10 @@ def resources(moto_endpoint: str) -> AwsResources:
 
 def make_worker(resources: AwsResources, database_url: str, spark, weights_df,
                 **overrides) -> Worker:
-    settings = WorkerSettings(
-        bucket=resources.bucket, queue_url=resources.queue_url, database_url=database_url,
-        wait_time_seconds=0, batch_window_seconds=0.2, max_batch_chunks=4,
-        thresholds=THRESHOLDS, **overrides)
+    options = {"wait_time_seconds": 0, "batch_window_seconds": 0.2, "max_batch_chunks": 4,
+               "thresholds": THRESHOLDS, **overrides}
+    settings = WorkerSettings(bucket=resources.bucket, queue_url=resources.queue_url,
+                              database_url=database_url, **options)
     spec = FetchSpec(resources.bucket, endpoint_url=resources.endpoint,
                      access_key_id="testing", secret_access_key="testing")
     aggregator = SparkAggregator(spark, spec, weights_df)
@@ -169,11 +169,13 @@ def test_a_database_restart_mid_run_loses_and_duplicates_nothing(
     worker = make_worker(resources, migrated_database_url, spark, weights_df,
                          max_batch_chunks=2)
     assert worker.run_batch().chunks == 2
+    connection_before = worker._conn
     # Every server connection of this database is cut, as a PostgreSQL restart would.
     with psycopg2.connect(migrated_database_url) as conn, conn.cursor() as cur:
         cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                     " WHERE datname = current_database() AND pid <> pg_backend_pid()")
     run_until_idle(worker)
+    assert worker._conn is not connection_before  # it did reconnect
     assert sorted(applied_order(migrated_database_url)) == sorted(chunks)
     worker.close()
 
