@@ -6,12 +6,12 @@ from dataclasses import replace
 
 import psycopg2
 import pytest
-from spark_detector.spark_job import FetchSpec, load_weights
 
 from producer.generate import generate
 from spark_detector import db
 from spark_detector.aggregator import SparkAggregator
 from spark_detector.config import WorkerSettings
+from spark_detector.spark_job import FetchSpec, load_weights
 from spark_detector.worker import Worker
 from tests.integration.worker_support import (
     THRESHOLDS,
