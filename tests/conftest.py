@@ -91,6 +91,25 @@ def aws(aws_credentials: None) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A moto server on a loopback port, for code that runs in other processes.
+
+    PySpark's Python workers and the real producer/worker processes cannot see moto's
+    in-process mock, so they talk to this server over HTTP. Tests share it, so each one
+    creates its own uniquely named bucket and queues.
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def spark():
     """One local SparkSession for the whole test session (starting Spark costs seconds)."""
     from pyspark.sql import SparkSession

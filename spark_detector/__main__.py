@@ -1,0 +1,146 @@
+"""`python -m spark_detector {run,backfill,status,migrate}` — the worker's edge.
+
+Reads settings once, builds the clients, and hands them to the loop in `worker.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from datetime import UTC, datetime
+
+import boto3
+from botocore.config import Config
+
+from spark_detector.config import ConfigError, WorkerSettings
+
+# botocore's standard mode retries throttling and 5xx with capped exponential backoff.
+BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 8},
+                     connect_timeout=5, read_timeout=30)
+
+
+def aws_clients() -> tuple[object, object]:
+    session = boto3.session.Session()
+    return session.client("s3", config=BOTO_CONFIG), session.client("sqs", config=BOTO_CONFIG)
+
+
+def cmd_run(settings: WorkerSettings, args: argparse.Namespace) -> int:
+    from spark_detector import db
+    from spark_detector.aggregator import ReferenceUnavailable, SparkAggregator
+    from spark_detector.worker import Worker, logger
+
+    if args.flush_partial_after is not None:
+        settings = _replace(settings, flush_partial_after_seconds=args.flush_partial_after)
+    if args.backfill_every is not None:
+        settings = _replace(settings, backfill_every_seconds=args.backfill_every)
+    y_start_time = datetime.now(UTC)
+    stop_event = threading.Event()
+
+    def stop(signum: int, _frame: object) -> None:
+        logger.info("stop requested: finishing the current batch",
+                    extra={"signal": signal.Signals(signum).name})
+        stop_event.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    s3, sqs = aws_clients()
+    try:
+        aggregator = SparkAggregator.start(settings, s3, stop_event)
+    except ReferenceUnavailable:
+        return 0  # asked to stop while waiting: nothing was started, nothing to clean up
+    # PySpark installs its own SIGINT handler when the session starts: take it back.
+    signal.signal(signal.SIGINT, stop)
+    worker = Worker(settings, s3=s3, sqs=sqs, connect=lambda: db.connect(settings.database_url),
+                    aggregate=aggregator.aggregate, y_start_time=y_start_time,
+                    stop_event=stop_event)
+    try:
+        worker.run(drain=args.drain)
+    finally:
+        worker.close()
+        aggregator.stop()
+    return 0
+
+
+def cmd_backfill(settings: WorkerSettings, _args: argparse.Namespace) -> int:
+    from spark_detector import db
+    from spark_detector.backfill import backfill
+
+    s3, sqs = aws_clients()
+    conn = db.connect(settings.database_url)
+    try:
+        db.migrate(conn)
+        keys = backfill(conn, s3, sqs, settings)
+    finally:
+        conn.close()
+    print(f"enqueued {len(keys)} chunk(s) that were neither applied nor rejected")
+    return 0
+
+
+def cmd_status(settings: WorkerSettings, args: argparse.Namespace) -> int:
+    from spark_detector import db
+    from spark_detector.status import collect_status, format_status
+
+    _, sqs = aws_clients()
+    conn = db.connect(settings.database_url)
+    try:
+        db.migrate(conn)
+        status = collect_status(conn, sqs, settings)
+    finally:
+        conn.close()
+    print(format_status(status, as_json=args.json))
+    return 0
+
+
+def cmd_migrate(settings: WorkerSettings, _args: argparse.Namespace) -> int:
+    from spark_detector import db
+
+    conn = db.connect(settings.database_url)
+    try:
+        print(f"schema version {db.migrate(conn)}")
+    finally:
+        conn.close()
+    return 0
+
+
+def _replace(settings: WorkerSettings, **changes: object) -> WorkerSettings:
+    from dataclasses import replace
+
+    return replace(settings, **changes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m spark_detector",
+                                     description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="drain the chunk queue forever (until SIGTERM/SIGINT)")
+    run.add_argument("--drain", action="store_true",
+                     help="at a graceful stop, also write the last partial detection file")
+    run.add_argument("--flush-partial-after", type=float, metavar="SECONDS",
+                     help="write a partial detection file after this much idle time")
+    run.add_argument("--backfill-every", type=float, metavar="SECONDS",
+                     help="also enqueue chunks whose S3 event was lost, this often")
+    run.set_defaults(func=cmd_run)
+    sub.add_parser("backfill", help="enqueue every chunk neither applied nor rejected"
+                   ).set_defaults(func=cmd_backfill)
+    status = sub.add_parser("status", help="queue depths, chunks, detections, outbox")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+    sub.add_parser("migrate", help="apply the schema migrations and exit"
+                   ).set_defaults(func=cmd_migrate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = WorkerSettings.from_env()
+    except ConfigError as exc:
+        print(f"spark_detector: {exc}", file=sys.stderr)
+        return 2
+    return args.func(settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

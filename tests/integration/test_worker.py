@@ -1,0 +1,181 @@
+"""The worker's loop in-process: moto server, real PostgreSQL, the session's SparkSession."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import psycopg2
+import pytest
+
+from producer.generate import generate
+from spark_detector import db
+from spark_detector.aggregator import SparkAggregator
+from spark_detector.config import WorkerSettings
+from spark_detector.spark_job import FetchSpec, load_weights
+from spark_detector.worker import Worker
+from tests.integration.worker_support import (
+    THRESHOLDS,
+    AwsResources,
+    applied_order,
+    assert_files_hold_each_detection_once,
+    committed_detections,
+    expected_detections,
+    split_chunks,
+)
+
+pytestmark = pytest.mark.spark
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> tuple[bytes, bytes]:
+    out = tmp_path_factory.mktemp("banksim")
+    generate(out, rows=20_000, seed=3)
+    return (out / "transactions.csv").read_bytes(), (out / "CustomerImportance.csv").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def weights_df(spark, dataset):
+    return load_weights(spark, dataset[1])
+
+
+@pytest.fixture
+def resources(moto_endpoint: str) -> AwsResources:
+    return AwsResources.create(moto_endpoint)
+
+
+def make_worker(resources: AwsResources, database_url: str, spark, weights_df,
+                **overrides) -> Worker:
+    options = {"wait_time_seconds": 0, "batch_window_seconds": 0.2, "max_batch_chunks": 4,
+               "thresholds": THRESHOLDS, **overrides}
+    settings = WorkerSettings(bucket=resources.bucket, queue_url=resources.queue_url,
+                              database_url=database_url, **options)
+    spec = FetchSpec(resources.bucket, endpoint_url=resources.endpoint,
+                     access_key_id="testing", secret_access_key="testing")
+    aggregator = SparkAggregator(spark, spec, weights_df)
+    worker = Worker(settings, s3=resources.s3, sqs=resources.sqs,
+                    connect=lambda: db.connect(database_url), aggregate=aggregator.aggregate)
+    worker.start()
+    return worker
+
+
+def run_until_idle(worker: Worker, max_batches: int = 200) -> int:
+    """Run batches until a receive finds nothing visible; the number of batches run."""
+    for n in range(max_batches):
+        if worker.run_batch() is None:
+            return n
+    raise AssertionError("the queue never went idle")
+
+
+def test_a_run_matches_the_reference_and_files_hold_fifty_each(
+        spark, weights_df, dataset, resources, migrated_database_url):
+    transactions, importance = dataset
+    chunks = split_chunks(transactions, 1000)
+    assert len(chunks) == 20
+    resources.upload(chunks)
+    resources.s3.put_object(Bucket=resources.bucket, Key="reference/CustomerImportance.csv",
+                            Body=importance)
+    resources.enqueue(chunks)
+    worker = make_worker(resources, migrated_database_url, spark, weights_df)
+
+    batches = run_until_idle(worker)
+
+    order = applied_order(migrated_database_url)
+    assert sorted(order) == sorted(chunks)
+    assert batches < len(chunks)  # micro-batches of several chunks
+    expected = expected_detections(chunks, importance, order)
+    assert {p for _, p, *_ in expected} == {"PatId1", "PatId2", "PatId3"}
+    assert committed_detections(migrated_database_url) == expected
+    assert_files_hold_each_detection_once(resources, expected, complete=False)
+    assert resources.depth() == 0
+
+    worker.flush_partial("drain")
+    assert_files_hold_each_detection_once(resources, expected, complete=True)
+    worker.close()
+
+
+def test_bad_input_is_set_aside_and_everything_else_is_processed(
+        spark, weights_df, dataset, resources, migrated_database_url):
+    transactions = dataset[0]
+    good = dict(list(split_chunks(transactions, 500).items())[:3])
+    first, second, third = sorted(good)
+    header = transactions.split(b"\n", 1)[0]
+    bad_rows = first.replace("chunk-", "chunk-badrows-")
+    extra = {
+        # one row with an empty merchant, one with 3 fields, one with a negative amount
+        bad_rows: good[first].replace(b"'M348934600'", b"''", 1) + b"1,2,3\n"
+        + b"0,'C1','4','F','1','M1','1','x',-5,0\n",
+        "stream_chunks/chunk-bad-header.csv": header.replace(b"merchant", b"shop") + b"\n1\n",
+        "stream_chunks/chunk-latin1.csv": header + b"\n0,'C\xe9','4','F','1','M1','1','x',1,0\n",
+    }
+    resources.upload({**good, **extra})
+    resources.enqueue([first, second, third, first, second, *extra])
+    resources.enqueue(["stream_chunks/chunk-never-uploaded.csv"])
+    resources.send_raw("this is not a chunk message")
+    worker = make_worker(resources, migrated_database_url, spark, weights_df,
+                         poison_retry_delay_seconds=0)
+
+    run_until_idle(worker)
+
+    assert sorted(applied_order(migrated_database_url)) == sorted([*good, bad_rows])
+    with psycopg2.connect(migrated_database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT chunk_key, reason, quarantine_key FROM rejected_chunks"
+                    " ORDER BY chunk_key")
+        rejected = cur.fetchall()
+        cur.execute("SELECT rows_good, rows_rejected FROM processed_chunks WHERE chunk_key = %s",
+                    (bad_rows,))
+        rows_good, rows_rejected = cur.fetchone()
+    assert [key for key, *_ in rejected] == ["stream_chunks/chunk-bad-header.csv",
+                                             "stream_chunks/chunk-latin1.csv"]
+    assert "merchant" in rejected[0][1] and "UTF-8" in rejected[1][1]
+    assert (rows_good, rows_rejected) == (499, 3)
+    quarantined = resources.keys("quarantine/")
+    assert {key for _, _, key in rejected} <= set(quarantined)
+    rows_file = resources.read(f"quarantine/rows/{bad_rows.split('/')[-1]}").decode()
+    assert rows_file.splitlines()[0] == "row,reason,line"
+    assert len(rows_file.splitlines()) == 4 and "negative" in rows_file
+    # The poison (a missing object, a garbage body) went to the DLQ after its bounded
+    # retries; the duplicates were recognised and deleted.
+    assert resources.depth() == 0
+    assert resources.depth(resources.dlq_url) == 2
+    worker.close()
+
+
+def test_backfill_enqueues_only_chunks_neither_applied_nor_rejected(
+        spark, weights_df, dataset, resources, migrated_database_url):
+    chunks = dict(list(split_chunks(dataset[0], 500).items())[:5])
+    keys = sorted(chunks)
+    resources.upload(chunks)
+    resources.enqueue(keys[:2])  # the events of the other three were lost
+    worker = make_worker(resources, migrated_database_url, spark, weights_df)
+    run_until_idle(worker)
+    assert applied_order(migrated_database_url) == keys[:2]
+
+    worker.settings = replace(worker.settings, backfill_every_seconds=0.0)
+    worker.idle_work(None)  # the periodic backfill, due at once
+    assert resources.depth() == 3
+    run_until_idle(worker)
+
+    assert sorted(applied_order(migrated_database_url)) == keys
+    worker.idle_work(None)
+    assert resources.depth() == 0  # nothing left to enqueue
+    worker.close()
+
+
+def test_a_database_restart_mid_run_loses_and_duplicates_nothing(
+        spark, weights_df, dataset, resources, migrated_database_url):
+    chunks = dict(list(split_chunks(dataset[0], 500).items())[:6])
+    resources.upload(chunks)
+    resources.enqueue(sorted(chunks))
+    worker = make_worker(resources, migrated_database_url, spark, weights_df,
+                         max_batch_chunks=2)
+    assert worker.run_batch().chunks == 2
+    connection_before = worker._conn
+    # Every server connection of this database is cut, as a PostgreSQL restart would.
+    with psycopg2.connect(migrated_database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    run_until_idle(worker)
+    assert worker._conn is not connection_before  # it did reconnect
+    assert sorted(applied_order(migrated_database_url)) == sorted(chunks)
+    worker.close()
+
