@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: test lint demo up down bench clean check-java
+.PHONY: test lint demo up down bench clean check-java build-TriggerFunction
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found " + sys.version.split()[0] + ")")'
@@ -27,6 +27,14 @@ test: $(STAMP) check-java lint
 demo: $(STAMP) check-java
 	@echo "make demo is not ready yet: it is delivered by the local-stack issue (#6)."
 	@echo "Meanwhile: 'make test' runs the whole suite; see README.md for the producer's commands."
+
+# Called by `sam build` (template.yaml: TriggerFunction, BuildMethod: makefile) with
+# ARTIFACTS_DIR set. The package is lambda_trigger/ alone: boto3 is in the Lambda runtime and
+# Powertools comes from its public layer, so nothing of the worker (Spark, psycopg2) ships.
+build-TriggerFunction:
+	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set (sam build sets it)"; exit 1; }
+	mkdir -p "$(ARTIFACTS_DIR)/lambda_trigger"
+	cp lambda_trigger/*.py "$(ARTIFACTS_DIR)/lambda_trigger/"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
