@@ -22,21 +22,29 @@ NOTIFICATION_ID = "ChunkCreated"
 
 @dataclass(frozen=True)
 class StackSpec:
-    """Names and settings of the local resources (mirrors template.yaml's defaults)."""
+    """Names and settings of the local resources.
+
+    The settings come from template.yaml (``infra.local.template.spec_from_template``); the
+    defaults here are that template's defaults, for code that builds a spec by hand.
+    """
 
     bucket: str = "txn-pipeline-local"
     chunk_queue: str = "txn-pipeline-chunks"
     dead_letter_queue: str = "txn-pipeline-chunks-dlq"
-    # Local stand-ins for Lambda's async invocation queue and its on-failure destination.
+    trigger_failures_queue: str = "txn-pipeline-trigger-failures"  # Lambda's OnFailure
+    # Local stand-in for Lambda's internal queue of asynchronous invocations.
     events_queue: str = "txn-pipeline-s3-events"
-    trigger_failures_queue: str = "txn-pipeline-trigger-failures"
     chunk_prefix: str = "stream_chunks/"
     chunk_suffix: str = ".csv"
+    notification_events: tuple[str, ...] = (OBJECT_CREATED,)
     max_receive_count: int = 5
-    chunk_visibility_timeout: int = 300  # the worker extends it while a batch runs
+    chunk_visibility_timeout: int = 900
+    chunk_receive_wait_seconds: int = 20
     retention_seconds: int = 14 * 24 * 3600
-    # How long an event stays invisible while the runner invokes the handler (Lambda timeout).
-    events_visibility_timeout: int = 60
+    lambda_max_retry_attempts: int = 2
+    lambda_timeout_seconds: int = 30
+    # The function's literal environment (POWERTOOLS_*); BUCKET/QUEUE_URL/... are local.
+    lambda_environment: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,7 @@ def notification_configuration(spec: StackSpec, events_queue_arn: str) -> dict[s
         "QueueConfigurations": [{
             "Id": NOTIFICATION_ID,
             "QueueArn": events_queue_arn,
-            "Events": [OBJECT_CREATED],
+            "Events": list(spec.notification_events),
             "Filter": {"Key": {"FilterRules": [
                 {"Name": "prefix", "Value": spec.chunk_prefix},
                 {"Name": "suffix", "Value": spec.chunk_suffix},
@@ -81,11 +89,13 @@ def create_resources(s3: Any, sqs: Any, spec: StackSpec) -> Resources:
     queue_url, _ = _queue(sqs, spec.chunk_queue, {
         **retention,
         "VisibilityTimeout": str(spec.chunk_visibility_timeout),
+        "ReceiveMessageWaitTimeSeconds": str(spec.chunk_receive_wait_seconds),
         "RedrivePolicy": redrive_policy(dlq_arn, spec.max_receive_count),
     })
     failures_url, _ = _queue(sqs, spec.trigger_failures_queue, retention)
     events_url, events_arn = _queue(sqs, spec.events_queue, {
-        **retention, "VisibilityTimeout": str(spec.events_visibility_timeout)})
+        # An event stays invisible while the runner invokes the handler, like Lambda's timeout.
+        **retention, "VisibilityTimeout": str(spec.lambda_timeout_seconds * 2)})
 
     with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):  # created before
         s3.create_bucket(Bucket=spec.bucket)

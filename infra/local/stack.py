@@ -22,6 +22,7 @@ from pathlib import Path
 from infra.local import postgres
 from infra.local.moto_server import FAKE_CREDENTIALS, MotoProcess, start_moto
 from infra.local.resources import Resources, StackSpec, create_resources
+from infra.local.template import spec_from_template
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,8 +108,8 @@ class LocalStack:
         handles = _Handles()
         try:
             stack = launch(work_dir, database=database, database_url=database_url,
-                           spec=spec or StackSpec(), handler=handler, runner_env=runner_env,
-                           detached=False, handles=handles)
+                           spec=spec or spec_from_template(), handler=handler,
+                           runner_env=runner_env, detached=False, handles=handles)
             yield stack
         finally:
             handles.stop()
@@ -194,8 +195,11 @@ def launch(work_dir: Path, *, database: str, database_url: str | None, spec: Sta
         LAMBDA_EVENTS_QUEUE_URL=resources.events_queue_url,
         LAMBDA_ON_FAILURE_QUEUE_URL=resources.trigger_failures_queue_url,
         LAMBDA_HANDLER=handler,
-        # The Lambda gets only what template.yaml gives it, never the database.
+        LAMBDA_MAX_ATTEMPTS=str(spec.lambda_max_retry_attempts + 1),
+        LAMBDA_TIMEOUT_SECONDS=str(spec.lambda_timeout_seconds),
+        # The function gets what template.yaml gives it, never the database.
         DATABASE_URL="",
+        **dict(spec.lambda_environment),
         **(runner_env or {}),
     )
     runner_log = logs / "lambda.log"

@@ -91,3 +91,27 @@ def test_the_embedded_server_is_reused_and_its_database_recreated(tmp_path: Path
     assert not postgres.stop_embedded(pgdata)
     with pytest.raises(psycopg2.OperationalError):
         psycopg2.connect(first.url, connect_timeout=2)
+
+
+def test_the_real_trigger_handler_turns_a_chunk_into_a_chunk_message(
+    tmp_path: Path, database_url: str
+):
+    from lambda_trigger.message import ChunkMessage
+
+    with LocalStack.start(tmp_path / "stack", database_url=database_url) as stack:
+        s3, sqs = stack.clients()
+        key = "stream_chunks/chunk-00000001-20261127T040102.100Z.csv"
+        put = s3.put_object(Bucket=stack.bucket, Key=key, Body=b"step,customer\n1,'C1'\n")
+        s3.put_object(Bucket=stack.bucket, Key="quarantine/x.csv", Body=b"x")
+
+        def chunk_messages():
+            return sqs.receive_message(QueueUrl=stack.resources.queue_url,
+                                       WaitTimeSeconds=1).get("Messages")
+
+        [message] = poll(chunk_messages)
+        chunk = ChunkMessage.from_json(message["Body"])
+        assert (chunk.bucket, chunk.key, chunk.size) == (stack.bucket, key, 21)
+        assert chunk.etag == put["ETag"].strip('"')
+        assert chunk.event_time
+    log = (tmp_path / "stack" / "logs" / "lambda.log").read_text()
+    assert '"chunk enqueued"' in log  # the handler's own Powertools log line

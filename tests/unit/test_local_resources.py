@@ -8,6 +8,7 @@ from urllib.parse import unquote_plus
 import boto3
 
 from infra.local.resources import StackSpec, create_resources
+from infra.local.template import spec_from_template
 
 
 def event_keys(sqs, url: str) -> list[str]:
@@ -53,3 +54,18 @@ def test_the_chunk_queue_redrives_to_the_dlq(aws):
 def test_creating_twice_finds_the_same_resources(aws):
     s3, sqs = boto3.client("s3"), boto3.client("sqs")
     assert create_resources(s3, sqs, StackSpec()) == create_resources(s3, sqs, StackSpec())
+
+
+def test_the_local_spec_is_read_from_template_yaml():
+    spec = spec_from_template()
+    assert (spec.chunk_prefix, spec.chunk_suffix) == ("stream_chunks/", ".csv")
+    assert spec.notification_events == ("s3:ObjectCreated:*",)
+    assert spec.max_receive_count == 5
+    assert spec.lambda_max_retry_attempts == 2
+    assert ("POWERTOOLS_SERVICE_NAME", "chunk-trigger") in spec.lambda_environment
+
+
+def test_template_parameter_overrides_reach_the_spec():
+    spec = spec_from_template(overrides={"MaxReceiveCount": 3, "ChunkPrefix": "in/"})
+    assert spec.max_receive_count == 3
+    assert spec.chunk_prefix == "in/"
