@@ -49,8 +49,7 @@ class MotoProcess:
             self.process.stdout.close()
 
 
-def start_moto(log_path: Path, *, port: int = 0, detached: bool = False,
-               timeout: float = 30.0) -> MotoProcess:
+def start_moto(log_path: Path, *, port: int = 0, timeout: float = 30.0) -> MotoProcess:
     """Start the server and wait (by reading its first line, not by sleeping) until it is up."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
@@ -59,7 +58,7 @@ def start_moto(log_path: Path, *, port: int = 0, detached: bool = False,
         process = subprocess.Popen(
             [sys.executable, "-m", "infra.local.moto_server", "--port", str(port)],
             stdout=subprocess.PIPE, stderr=log, env=env, text=True,
-            start_new_session=detached,
+            start_new_session=True,  # Ctrl-C in a terminal is for the demo to handle
         )
     ready, _, _ = select.select([process.stdout], [], [], timeout)
     line = process.stdout.readline() if ready else ""

@@ -182,7 +182,7 @@ def launch(work_dir: Path, *, database: str, database_url: str | None, spec: Sta
             handles.pgdata = pgdata
         database_url = postgres.recreate_database(server.url, database)
 
-    handles.moto = start_moto(logs / "moto.log", port=port, detached=detached)
+    handles.moto = start_moto(logs / "moto.log", port=port)
     endpoint = handles.moto.endpoint
     probe = LocalStack(endpoint=endpoint, resources=Resources("", "", "", "", ""),
                        database_url=database_url, spec=spec, work_dir=work_dir)
@@ -207,7 +207,7 @@ def launch(work_dir: Path, *, database: str, database_url: str | None, spec: Sta
     with runner_log.open("ab") as log:
         handles.runner = subprocess.Popen(
             [sys.executable, "-m", "infra.local.lambda_runner"], cwd=REPO_ROOT, env=env,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=detached,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     wait_for_line(runner_log, offset, '"runner_started"', handles.runner, timeout=60)
     return LocalStack(endpoint=endpoint, resources=resources, database_url=database_url,
