@@ -41,8 +41,8 @@ from infra.local.view import (
 
 FULL_ROWS = 594_643
 DEMO_DATABASE = "txn_demo"
-RULES = ("UPGRADE_MIN_TOTAL", "UPGRADE_COUNT_PERCENTILE", "UPGRADE_WEIGHT_PERCENTILE",
-         "CHILD_MIN_COUNT", "CHILD_MAX_AVG_AMOUNT", "DEI_MIN_FEMALE")
+RULES = ("upgrade_min_total", "upgrade_count_percentile", "upgrade_weight_percentile",
+         "child_min_count", "child_max_avg_amount", "dei_min_female")  # engine.Thresholds
 CLEAR = "\x1b[H\x1b[2J"
 
 
@@ -50,16 +50,25 @@ class DemoError(RuntimeError):
     """The demo cannot start; the message says why and what to do."""
 
 
+def threshold_variable(name: str) -> str:
+    """The environment variable the worker reads for the ``Thresholds`` field ``name``."""
+    try:
+        from spark_detector.engine import THRESHOLD_ENV
+    except ImportError:  # the engine names its variables; without it, the RULE_ convention
+        return f"RULE_{name.upper()}"
+    return THRESHOLD_ENV[name]
+
+
 def parse_rules(values: Sequence[str]) -> dict[str, str]:
-    """``--rule CHILD_MIN_COUNT=40`` -> ``{"RULE_CHILD_MIN_COUNT": "40"}``."""
+    """``--rule child_min_count=40`` -> ``{<the worker's variable for it>: "40"}``."""
     rules = {}
     for value in values:
         name, sep, setting = value.partition("=")
-        name = name.strip().upper().removeprefix("RULE_")
+        name = name.strip().lower()
         if not sep or name not in RULES or not setting.strip():
             raise DemoError(f"--rule {value!r}: expected NAME=VALUE with NAME one of "
                             + ", ".join(RULES))
-        rules[f"RULE_{name}"] = setting.strip()
+        rules[threshold_variable(name)] = setting.strip()
     return rules
 
 
@@ -111,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--interval", type=float, default=1.0,
                         help="seconds between chunks (default 1.0; 0 = as fast as possible)")
     parser.add_argument("--rule", action="append", default=[], metavar="NAME=VALUE",
-                        help="override a detection threshold, e.g. CHILD_MIN_COUNT=40 "
+                        help="override a detection threshold, e.g. child_min_count=40 "
                              f"(names: {', '.join(RULES)})")
     parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / ".local",
                         help="data, logs, embedded PostgreSQL and outputs (default .local)")

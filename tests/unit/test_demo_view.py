@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from infra.local.demo import DemoError, parse_rules
+from infra.local.demo import DemoError, parse_rules, threshold_variable
 from infra.local.view import Snapshot, Summary, is_settled, render, render_summary, rows_per_second
 
 
@@ -74,7 +74,7 @@ def test_the_summary_says_where_the_outputs_are():
 
 
 def test_rule_overrides_name_known_thresholds_only():
-    assert parse_rules(["child_min_count=40", "RULE_DEI_MIN_FEMALE=5"]) == {
-        "RULE_CHILD_MIN_COUNT": "40", "RULE_DEI_MIN_FEMALE": "5"}
-    with pytest.raises(DemoError, match="CHILD_MIN_COUNT"):
-        parse_rules(["CHILD_MIN=3"])
+    assert parse_rules(["child_min_count=40", "DEI_MIN_FEMALE=5"]) == {
+        threshold_variable("child_min_count"): "40", threshold_variable("dei_min_female"): "5"}
+    with pytest.raises(DemoError, match="child_min_count"):
+        parse_rules(["child_min=3"])
