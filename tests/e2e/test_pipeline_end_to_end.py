@@ -116,7 +116,7 @@ def test_the_pipeline_detects_exactly_what_the_reference_model_does(
                 except psycopg2.errors.UndefinedTable:
                     return False
 
-            poll(all_applied, timeout=420, process=worker, log=worker_log)
+            poll(all_applied, timeout=240, process=worker, log=worker_log)
             worker.send_signal(signal.SIGTERM)
             assert worker.wait(timeout=180) == 0, worker_log.read_text()[-3000:]
         finally:
