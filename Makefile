@@ -24,9 +24,16 @@ lint: $(STAMP)
 test: $(STAMP) check-java lint
 	$(PY) -m pytest $(ARGS)
 
+# The whole pipeline locally, with a live view: `make demo ARGS="--rows 60000 --interval 0.5"`.
 demo: $(STAMP) check-java
-	@echo "make demo is not ready yet: it is delivered by the local-stack issue (#6)."
-	@echo "Meanwhile: 'make test' runs the whole suite; see README.md for the producer's commands."
+	@$(PY) -m infra.local.demo $(ARGS)
+
+# The local stack (moto S3/SQS + Lambda runner + PostgreSQL) in the background, for manual use.
+up: $(STAMP)
+	@$(PY) -m infra.local up $(ARGS)
+
+down: $(STAMP)
+	@$(PY) -m infra.local down $(ARGS)
 
 # Called by `sam build` (template.yaml: TriggerFunction, BuildMethod: makefile) with
 # ARTIFACTS_DIR set. The package is lambda_trigger/ alone: boto3 is in the Lambda runtime and

