@@ -38,11 +38,11 @@ from infra.local.view import (
     render,
     render_summary,
 )
+from spark_detector.engine import THRESHOLD_ENV
 
 FULL_ROWS = 594_643
 DEMO_DATABASE = "txn_demo"
-RULES = ("upgrade_min_total", "upgrade_count_percentile", "upgrade_weight_percentile",
-         "child_min_count", "child_max_avg_amount", "dei_min_female")  # engine.Thresholds
+RULES = tuple(THRESHOLD_ENV)  # the engine.Thresholds fields
 CLEAR = "\x1b[H\x1b[2J"
 
 
@@ -52,10 +52,6 @@ class DemoError(RuntimeError):
 
 def threshold_variable(name: str) -> str:
     """The environment variable the worker reads for the ``Thresholds`` field ``name``."""
-    try:
-        from spark_detector.engine import THRESHOLD_ENV
-    except ImportError:  # the engine names its variables; without it, the RULE_ convention
-        return f"RULE_{name.upper()}"
     return THRESHOLD_ENV[name]
 
 

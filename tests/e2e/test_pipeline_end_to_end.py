@@ -23,13 +23,9 @@ import pytest
 
 from infra.local.demo import threshold_variable
 from infra.local.stack import REPO_ROOT, LocalStack
-
-pytest.importorskip("spark_detector.worker", reason="the worker (issue 5) is not merged yet")
-
+from spark_detector.aggregates import build_aggregates, key_weights
 from spark_detector.engine import Thresholds
 from spark_detector.parsing import parse_chunk, parse_customer_importance
-
-from spark_detector.aggregates import build_aggregates, key_weights
 from tests.reference_model import ReferenceEngine
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]

@@ -17,12 +17,12 @@ from datetime import UTC, datetime, timedelta
 
 import boto3
 import psycopg2
-from spark_detector.parsing import parse_chunk, parse_customer_importance
 
 from lambda_trigger.message import ChunkMessage
 from producer.chunks import chunk_key
 from spark_detector.aggregates import build_aggregates, key_weights
 from spark_detector.engine import Thresholds
+from spark_detector.parsing import parse_chunk, parse_customer_importance
 from tests.reference_model import ReferenceEngine
 
 # Small enough that all three patterns fire on 20,000 generated rows (seed 3): about 70
