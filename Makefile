@@ -35,6 +35,11 @@ up: $(STAMP)
 down: $(STAMP)
 	@$(PY) -m infra.local down $(ARGS)
 
+# SPEC section 7 figures on the local stack, with plots: `make bench` (~10 min, full data set)
+# or `make bench ARGS="--quick"` (about a minute). Output: bench/results/<UTC timestamp>/.
+bench: $(STAMP) check-java
+	@$(PY) -m bench $(ARGS)
+
 # Called by `sam build` (template.yaml: TriggerFunction, BuildMethod: makefile) with
 # ARTIFACTS_DIR set. The package is lambda_trigger/ alone: boto3 is in the Lambda runtime and
 # Powertools comes from its public layer, so nothing of the worker (Spark, psycopg2) ships.

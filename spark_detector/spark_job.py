@@ -23,11 +23,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
+from pyspark import Accumulator
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import (
     DecimalType,
@@ -130,6 +132,8 @@ class BatchResult:
     rejected_rows: dict[str, tuple[RejectedRow, ...]]
     rejected_chunks: dict[str, str]
     missing_chunks: tuple[str, ...]
+    # S3 GET + whole-chunk checks on the executors, summed over tasks (part of the job's time)
+    fetch_ms: float | None = None
 
 
 def build_spark(
@@ -218,17 +222,29 @@ def fetch_chunk(s3: Any, bucket: str, key: str) -> tuple:
             layout.category, layout.gender, layout.amount, chunk.body)
 
 
-def _fetch_partition(spec: FetchSpec, keys: Iterable[str]) -> Iterator[tuple]:
+def _fetch_partition(
+    spec: FetchSpec, fetch_ms: Accumulator | None, keys: Iterable[str]
+) -> Iterator[tuple]:
     s3 = _s3_client(spec)
     for key in keys:
-        yield fetch_chunk(s3, spec.bucket, key)
+        started = time.perf_counter()
+        row = fetch_chunk(s3, spec.bucket, key)
+        if fetch_ms is not None:
+            fetch_ms.add((time.perf_counter() - started) * 1000)
+        yield row
 
 
-def fetch_chunks(spark: SparkSession, spec: FetchSpec, chunk_keys: list[str]) -> DataFrame:
-    """A ``FETCHED_SCHEMA`` row per chunk, fetched by the executors, chunks spread over tasks."""
+def fetch_chunks(
+    spark: SparkSession, spec: FetchSpec, chunk_keys: list[str],
+    fetch_ms: Accumulator | None = None,
+) -> DataFrame:
+    """A ``FETCHED_SCHEMA`` row per chunk, fetched by the executors, chunks spread over tasks.
+
+    ``fetch_ms``, when given, receives the executors' S3 GET + ``prepare_chunk`` time.
+    """
     slices = max(1, min(len(chunk_keys), spark.sparkContext.defaultParallelism))
     rdd = spark.sparkContext.parallelize(chunk_keys, slices).mapPartitions(
-        functools.partial(_fetch_partition, spec)
+        functools.partial(_fetch_partition, spec, fetch_ms)
     )
     return spark.createDataFrame(rdd, FETCHED_SCHEMA, verifySchema=False)
 
@@ -372,11 +388,14 @@ def aggregate_batch(
     keys = sorted(set(chunk_keys))
     if not keys:
         return BatchResult({}, {}, {}, ())
-    query = aggregate_chunks(spark, fetch_chunks(spark, fetch_spec, keys), weights_df)
+    fetch_ms = spark.sparkContext.accumulator(0.0)
+    query = aggregate_chunks(spark, fetch_chunks(spark, fetch_spec, keys, fetch_ms), weights_df)
     # Arrow, not collect(): a batch of 10 chunks returns ~40,000 pair rows, which collect()
     # unpickles into Row objects at ~25 us each; Arrow columns convert in a few ms.
     table = query.toArrow()
-    return assemble_batch(keys, {name: table.column(name).to_pylist() for name in OUTPUT_COLUMNS})
+    result = assemble_batch(
+        keys, {name: table.column(name).to_pylist() for name in OUTPUT_COLUMNS})
+    return replace(result, fetch_ms=fetch_ms.value)
 
 
 def assemble_batch(keys: list[str], columns: Mapping[str, list]) -> BatchResult:
