@@ -65,14 +65,12 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def distribution(values: Sequence[float]) -> dict[str, float]:
+def distribution(values: Sequence[float], places: int = 3) -> dict[str, float]:
     return {
         "n": len(values),
-        "p50": round(percentile(values, 50), 1),
-        "p90": round(percentile(values, 90), 1),
-        "p99": round(percentile(values, 99), 1),
-        "max": round(max(values), 1),
-        "mean": round(statistics.fmean(values), 1),
+        **{f"p{q}": round(percentile(values, q), places) for q in (50, 90, 99)},
+        "max": round(max(values), places),
+        "mean": round(statistics.fmean(values), places),
     }
 
 
@@ -125,8 +123,7 @@ def latency_figures(chunks: Sequence[ChunkRow]) -> dict:
     latencies = [(c.applied_at - c.event_time).total_seconds() for c in timed]
     return {
         "chunks": len(timed),
-        "latency_s": {k: (v if k == "n" else round(v, 3)) for k, v in
-                      distribution(latencies).items()},
+        "latency_s": distribution(latencies),
         "per_chunk_s": [round(v, 3) for v in latencies],
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
@@ -15,6 +16,7 @@ from spark_detector.spark_job import (
     aggregate_batch,
     build_spark,
     load_weights,
+    warm_up,
 )
 
 logger = Logger(service="spark_detector")
@@ -58,9 +60,13 @@ class SparkAggregator:
         reference = read_reference(s3, settings, stop)
         spark = build_spark(settings.spark_master)
         weights = load_weights(spark, reference)
-        logger.info("spark ready", extra={"master": settings.spark_master,
-                                          "reference_bytes": len(reference)})
-        return cls(spark, FetchSpec.from_env(settings.bucket), weights)
+        fetch_spec = FetchSpec.from_env(settings.bucket)
+        started = time.perf_counter()
+        warm_up(spark, fetch_spec, weights)
+        logger.info("spark ready", extra={
+            "master": settings.spark_master, "reference_bytes": len(reference),
+            "warm_up_ms": round((time.perf_counter() - started) * 1000)})
+        return cls(spark, fetch_spec, weights)
 
     def aggregate(self, keys: list[str]) -> BatchResult:
         return aggregate_batch(self.spark, self.fetch_spec, keys, self.weights)
