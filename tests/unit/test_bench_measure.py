@@ -74,15 +74,18 @@ def test_latency_is_event_time_to_commit_in_apply_order():
     assert figures["latency_s"]["p50"] == 1.25
 
 
-def test_cost_shares_a_batch_spark_job_among_its_chunks_and_normalises_partial_chunks():
+def test_cost_shares_a_batch_spark_job_among_its_chunks_and_skips_a_partial_last_chunk():
     chunks = [chunk(i, apply_ms=50, spark_ms=400) for i in range(1, 6)]
-    chunks.append(chunk(6, rows=5_000, apply_ms=50, spark_ms=400))
+    chunks.append(chunk(6, apply_ms=80, spark_ms=400))
+    chunks.append(chunk(7, rows=5_000, apply_ms=20, spark_ms=200))
     sizes = chunk_batch_sizes([batch([c.chunk_key for c in chunks[:4]], 0.0),
-                               batch([c.chunk_key for c in chunks[4:]], 1.0)])
+                               batch([c.chunk_key for c in chunks[4:6]], 1.0)])
     figures = cost_figures(chunks, sizes)
-    assert figures["total_ms"] == [150.0] * 4 + [250.0, 250.0]
-    assert figures["chunk_n_vs_5"] == 1.0
-    assert figures["chunk_n_vs_5_per_10k_rows"] == 2.0
+    assert figures["total_ms"] == [150.0] * 4 + [250.0, 280.0, 220.0]
+    assert figures["last_full_chunk"] == 6
+    assert figures["chunk_last_full_vs_5"] == 1.12
+    assert figures["apply_chunk_last_full_vs_5"] == 1.6
+    assert figures["chunk_last_vs_5"] == 0.88
 
 
 def test_ratios_use_what_there_is_and_refuse_what_there_is_not():
