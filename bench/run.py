@@ -36,6 +36,7 @@ from bench.memory import RssSampler
 from infra.local import postgres
 from infra.local.demo import count_rows, sample_data
 from infra.local.stack import REPO_ROOT, LocalStack, stop_process, wait_for_line
+from spark_detector.config import WorkerSettings
 
 FULL_ROWS, FULL_ROWS_PER_CHUNK = 594_643, 10_000
 QUICK_ROWS, QUICK_ROWS_PER_CHUNK = 12_000, 2_000
@@ -269,9 +270,10 @@ def run(config: BenchConfig) -> dict:
         "config": {"quick": config.quick, "rows": config.rows,
                    "rows_per_chunk": config.rows_per_chunk, "chunks": config.chunks,
                    "interval_s": config.interval_s, "data": str(transactions),
-                   "worker_max_batch_chunks": int(os.environ.get("WORKER_MAX_BATCH_CHUNKS", 10)),
-                   "worker_batch_window_s": float(os.environ.get("WORKER_BATCH_WINDOW_SECONDS",
-                                                                 0.5))},
+                   "worker_max_batch_chunks": int(os.environ.get(
+                       "WORKER_MAX_BATCH_CHUNKS", WorkerSettings.max_batch_chunks)),
+                   "worker_batch_window_s": float(os.environ.get(
+                       "WORKER_BATCH_WINDOW_SECONDS", WorkerSettings.batch_window_seconds))},
         "machine": machine(),
         "git": git_commit(),
     }
