@@ -57,6 +57,7 @@ def backlog_plot(results: dict, out: Path) -> Path:
         ax.bar(xs, values, bottom=bottom, label=stage.removesuffix("_ms"))
         bottom = [a + b for a, b in zip(bottom, values, strict=True)]
     ax.plot(xs, [b["batch_ms"] for b in batches], "k.", label="whole batch")
+    ax.set_xticks(list(xs), [f"{i}\n({b['chunks']} chunks)" for i, b in enumerate(batches, 1)])
     ax.set(xlabel="micro-batch", ylabel="ms",
            title=f"Backlog drain: {results['backlog']['rows_per_s']:,} rows/s, "
                  f"time per micro-batch by stage")

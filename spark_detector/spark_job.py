@@ -20,7 +20,9 @@ compare them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import logging
 import os
 import time
@@ -439,8 +441,31 @@ def aggregate_batch(
     return replace(result, fetch_ms=fetch_ms.value)
 
 
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pause Python's cycle collector around a burst of short-lived, acyclic allocations.
+
+    ``assemble_batch`` creates a few objects per result row (~190,000 rows for 30 chunks),
+    all freed by reference counting; meanwhile the collector runs hundreds of times and
+    scans the driver's whole heap in its full passes. Measured in the worker's process on
+    10 real chunks: ~0.5 s with it, ~0.23 s without. The previous state is restored.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def assemble_batch(keys: list[str], columns: Mapping[str, list]) -> BatchResult:
     """The ``aggregate_chunks`` result, as columns, as a ``BatchResult``; every line counted."""
+    with _cyclic_gc_paused():
+        return _assemble_batch(keys, columns)
+
+
+def _assemble_batch(keys: list[str], columns: Mapping[str, list]) -> BatchResult:
     status: dict[str, tuple[str, str | None, int]] = {}
     for key, state, reason, n_lines in zip(
         columns["chunk_key"], columns["status"], columns["chunk_reason"], columns["n_lines"],
