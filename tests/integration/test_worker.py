@@ -205,3 +205,23 @@ def test_a_failed_batch_is_released_for_a_retry_not_hidden_for_the_visibility_ti
     assert attrs["Attributes"]["ApproximateNumberOfMessages"] == "1"  # visible again now
     assert applied_order(migrated_database_url) == []
     worker.close()
+
+
+def test_an_idle_worker_flushes_the_partial_file_only_when_configured(
+        spark, weights_df, dataset, resources, migrated_database_url):
+    transactions, importance = dataset
+    chunks = dict(list(split_chunks(transactions, 500).items())[:2])
+    resources.upload(chunks)
+    resources.enqueue(chunks)
+    worker = make_worker(resources, migrated_database_url, spark, weights_df)
+    run_until_idle(worker)
+    expected = expected_detections(chunks, importance, applied_order(migrated_database_url))
+    assert 0 < len(expected) < 50
+
+    worker.idle_work(None)  # no idle flush configured: nothing is written
+    assert resources.keys("detected_patterns/") == []
+
+    worker.settings = replace(worker.settings, flush_partial_after_seconds=0.0)
+    worker.idle_work(None)
+    assert_files_hold_each_detection_once(resources, expected, complete=True)
+    worker.close()
