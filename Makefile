@@ -28,6 +28,10 @@ test: $(STAMP) check-java lint
 demo: $(STAMP) check-java
 	@$(PY) -m infra.local.demo $(ARGS)
 
+# SPEC section 7's figures on the local stack: `make bench`, or `make bench ARGS="--quick"`.
+bench: $(STAMP) check-java
+	@$(PY) -m bench $(ARGS)
+
 # The local stack (moto S3/SQS + Lambda runner + PostgreSQL) in the background, for manual use.
 up: $(STAMP)
 	@$(PY) -m infra.local up $(ARGS)

@@ -58,6 +58,7 @@ class BatchSummary:
     files_written: int = 0
     spark_ms: int = 0
     apply_ms: int = 0
+    publish_ms: int = 0  # writing closed detection files to S3
     lag_ms: int | None = None  # oldest S3 event in the batch -> last commit
     keys: list[str] = field(default_factory=list)
 
@@ -219,7 +220,9 @@ class Worker:
                            on_error=lambda exc: logger.warning(
                                "heartbeat failed", extra={"error": str(exc)})):
                 self._work(plan, todo, summary)
+        started = time.perf_counter()
         summary.files_written = len(self.publish())
+        summary.publish_ms = round((time.perf_counter() - started) * 1000)
         logger.info("batch done", extra=summary.__dict__)
         return summary
 
