@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -25,10 +26,22 @@ def java_major(version_output: str) -> int | None:
     return major
 
 
+def find_java() -> str | None:
+    """The java Spark will run: $JAVA_HOME/bin/java when JAVA_HOME is set, else the PATH's."""
+    home = os.environ.get("JAVA_HOME")
+    if home:
+        candidate = os.path.join(home, "bin", "java")
+        return candidate if os.access(candidate, os.X_OK) else None
+    return shutil.which("java")
+
+
 def main() -> int:
-    java = shutil.which("java")
+    java = find_java()
     if java is None:
-        print(f"Java not found: Spark needs Java {MIN_JAVA}+. {HOW_TO_INSTALL}", file=sys.stderr)
+        where = f"JAVA_HOME={os.environ['JAVA_HOME']} has no bin/java" if os.environ.get(
+            "JAVA_HOME") else "no java on PATH"
+        print(f"Java not found ({where}): Spark needs Java {MIN_JAVA}+. {HOW_TO_INSTALL}",
+              file=sys.stderr)
         return 1
     result = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
     major = java_major(result.stderr + result.stdout)

@@ -6,9 +6,11 @@ Reads settings once, builds the clients, and hands them to the loop in `worker.p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import boto3
@@ -63,32 +65,35 @@ def cmd_run(settings: WorkerSettings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_backfill(settings: WorkerSettings, _args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def migrated_connection(settings: WorkerSettings) -> Iterator[object]:
+    """A connection to the worker's database with the schema up to date, closed afterwards."""
     from spark_detector import db
-    from spark_detector.backfill import backfill
 
-    s3, sqs = aws_clients()
     conn = db.connect(settings.database_url)
     try:
         db.migrate(conn)
-        keys = backfill(conn, s3, sqs, settings)
+        yield conn
     finally:
         conn.close()
+
+
+def cmd_backfill(settings: WorkerSettings, _args: argparse.Namespace) -> int:
+    from spark_detector.backfill import backfill
+
+    s3, sqs = aws_clients()
+    with migrated_connection(settings) as conn:
+        keys = backfill(conn, s3, sqs, settings)
     print(f"enqueued {len(keys)} chunk(s) that were neither applied nor rejected")
     return 0
 
 
 def cmd_status(settings: WorkerSettings, args: argparse.Namespace) -> int:
-    from spark_detector import db
     from spark_detector.status import collect_status, format_status
 
     _, sqs = aws_clients()
-    conn = db.connect(settings.database_url)
-    try:
-        db.migrate(conn)
+    with migrated_connection(settings) as conn:
         status = collect_status(conn, sqs, settings)
-    finally:
-        conn.close()
     print(format_status(status, as_json=args.json))
     return 0
 
@@ -96,11 +101,8 @@ def cmd_status(settings: WorkerSettings, args: argparse.Namespace) -> int:
 def cmd_migrate(settings: WorkerSettings, _args: argparse.Namespace) -> int:
     from spark_detector import db
 
-    conn = db.connect(settings.database_url)
-    try:
-        print(f"schema version {db.migrate(conn)}")
-    finally:
-        conn.close()
+    with migrated_connection(settings) as conn:
+        print(f"schema version {db.schema_version(conn)}")
     return 0
 
 

@@ -95,7 +95,7 @@ class WorkerSettings:
     wait_time_seconds: int = 20
     visibility_timeout_seconds: int = 300
     heartbeat_after_seconds: float = 60.0
-    poison_retry_delay_seconds: int = 30
+    retry_delay_seconds: int = 30
     flush_partial_after_seconds: float | None = None
     backfill_every_seconds: float | None = None
     dlq_url: str | None = None
@@ -120,7 +120,7 @@ class WorkerSettings:
             visibility_timeout_seconds=_number(env, "WORKER_VISIBILITY_TIMEOUT_SECONDS", "300",
                                                int),
             heartbeat_after_seconds=_number(env, "WORKER_HEARTBEAT_AFTER_SECONDS", "60"),
-            poison_retry_delay_seconds=_number(env, "WORKER_POISON_RETRY_DELAY_SECONDS", "30",
+            retry_delay_seconds=_number(env, "WORKER_RETRY_DELAY_SECONDS", "30",
                                                int),
             flush_partial_after_seconds=_optional_seconds(env, "WORKER_FLUSH_PARTIAL_AFTER"),
             backfill_every_seconds=_optional_seconds(env, "WORKER_BACKFILL_EVERY"),

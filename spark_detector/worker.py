@@ -120,6 +120,7 @@ class Worker:
         self._last_activity = clock()
         self._last_backfill: float | None = None
         self.stop_event = stop_event or threading.Event()
+        self._batch: list[Received] = []  # the messages of the batch in progress
 
     # --- PostgreSQL with reconnects -------------------------------------------------------
 
@@ -164,8 +165,11 @@ class Worker:
             try:
                 summary = self.run_batch()
                 self.idle_work(summary)
-            except Exception:
-                logger.exception("batch failed; its messages will be redelivered")
+            except Exception:  # the outermost loop: log with context, go on
+                keys = sorted({m.message_id for m in self._batch})
+                logger.exception("batch failed; its messages will be retried",
+                                 extra={"message_ids": keys})
+                self._release_batch()
                 self.stop_event.wait(1.0)
         if drain:
             self.flush_partial("drain")
@@ -205,8 +209,22 @@ class Worker:
             wait_time_seconds=s.wait_time_seconds, window_seconds=s.batch_window_seconds,
             should_stop=self.stop_event.is_set)
 
+    def _release_batch(self) -> None:
+        """Make a failed batch's messages visible again after a short, growing delay.
+
+        Without this they would stay hidden for the queue's whole visibility timeout (15 min
+        in the template). Messages already deleted are reported as failed entries by SQS and
+        ignored; a message failing again and again reaches the DLQ by the redrive policy.
+        """
+        batch, self._batch = self._batch, []
+        try:
+            self._postpone(batch)
+        except Exception as exc:  # they reappear after the visibility timeout anyway
+            logger.warning("could not release the failed batch's messages",
+                           extra={"error": str(exc)})
+
     def run_batch(self) -> BatchSummary | None:
-        received = self.receive()
+        self._batch = received = self.receive()
         if not received:
             return None
         batch_started = time.perf_counter()
@@ -242,7 +260,7 @@ class Worker:
 
     def _postpone(self, messages: list[Received]) -> None:
         for message in messages:
-            delay = min(43_200, self.settings.poison_retry_delay_seconds
+            delay = min(43_200, self.settings.retry_delay_seconds
                         * 2 ** max(0, message.receive_count - 1))
             change_visibility(self.sqs, self.settings.queue_url, [message], delay)
 

@@ -7,6 +7,7 @@ empty database on that server, so tests never see each other's rows.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import uuid
@@ -47,22 +48,32 @@ def postgres_server_url() -> Iterator[str]:
         server.cleanup()
 
 
-@pytest.fixture
-def database_url(postgres_server_url: str) -> Iterator[str]:
-    """A fresh, empty database for one test, dropped afterwards."""
+@contextlib.contextmanager
+def scratch_database(server_url: str, template: str | None = None) -> Iterator[str]:
+    """A new database (a copy of `template` if given) on the server; its name. Dropped after."""
     name = f"test_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(postgres_server_url)
+    create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        create += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+    admin = psycopg2.connect(server_url)
     admin.autocommit = True
     try:
         with admin.cursor() as cur:
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        yield _replace_database(postgres_server_url, name)
+            cur.execute(create)
+        yield name
         with admin.cursor() as cur:
             cur.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
     finally:
         admin.close()
+
+
+@pytest.fixture
+def database_url(postgres_server_url: str) -> Iterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    with scratch_database(postgres_server_url) as name:
+        yield _replace_database(postgres_server_url, name)
 
 
 @pytest.fixture
@@ -135,43 +146,17 @@ def migrated_template(postgres_server_url: str) -> Iterator[str]:
     """
     from spark_detector.db import connect, migrate
 
-    name = f"template_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(postgres_server_url)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    with scratch_database(postgres_server_url) as name:
         conn = connect(_replace_database(postgres_server_url, name))
         try:
             migrate(conn)
         finally:
             conn.close()
         yield name
-        with admin.cursor() as cur:
-            cur.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-    finally:
-        admin.close()
 
 
 @pytest.fixture
 def migrated_database_url(postgres_server_url: str, migrated_template: str) -> Iterator[str]:
     """A fresh database with the engine's schema already migrated, dropped afterwards."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(postgres_server_url)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                    sql.Identifier(name), sql.Identifier(migrated_template)
-                )
-            )
+    with scratch_database(postgres_server_url, template=migrated_template) as name:
         yield _replace_database(postgres_server_url, name)
-        with admin.cursor() as cur:
-            cur.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-    finally:
-        admin.close()

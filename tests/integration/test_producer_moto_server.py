@@ -7,34 +7,20 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import uuid
 from pathlib import Path
 
 import boto3
-import pytest
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "banksim_sample"
 REPO = Path(__file__).resolve().parent.parent.parent
 
 
-@pytest.fixture
-def moto_endpoint(aws_credentials: None) -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-def producer_env(endpoint: str) -> dict[str, str]:
+def producer_env(endpoint: str, bucket: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(
         AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint, BUCKET="data",
+        AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint, BUCKET=bucket,
     )
     return env
 
@@ -46,11 +32,12 @@ def stream_args(*extra: str) -> list[str]:
 
 
 def test_sigterm_stops_after_the_current_chunk_and_a_restart_finishes_the_file(
-    moto_endpoint: str,
+    moto_endpoint: str, aws_credentials: None,
 ):
     s3 = boto3.client("s3", endpoint_url=moto_endpoint)
-    s3.create_bucket(Bucket="data")
-    env = producer_env(moto_endpoint)
+    bucket = f"data-{uuid.uuid4().hex[:10]}"  # the moto server is shared by the session
+    s3.create_bucket(Bucket=bucket)
+    env = producer_env(moto_endpoint, bucket)
 
     # A long interval: after the first chunk the producer is waiting for its next slot.
     proc = subprocess.Popen(stream_args("--interval", "30"), cwd=REPO, env=env,
@@ -76,11 +63,11 @@ def test_sigterm_stops_after_the_current_chunk_and_a_restart_finishes_the_file(
     assert events[-1]["event"] == "stream_finished" and events[-1]["next_row"] == 3000
     assert events[-1]["reference_uploaded"] is False  # identical, already there
 
-    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="data", Prefix="stream_chunks/")
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="stream_chunks/")
                   ["Contents"])
     assert len(keys) == 6
     rows = []
     for key in keys:
-        body = s3.get_object(Bucket="data", Key=key)["Body"].read()
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         rows.extend(body.splitlines(keepends=True)[1:])
     assert rows == (SAMPLE / "transactions.csv").read_bytes().splitlines(keepends=True)[1:]

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from spark_detector.aggregates import build_aggregates, key_weights
 from spark_detector.parsing import (
@@ -37,19 +35,8 @@ CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """A moto S3 server on a free local port, reachable from Spark's Python workers."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{server.get_host_and_port()[1]}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def s3(s3_endpoint: str):
-    return boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **CREDENTIALS)
+def s3(moto_endpoint: str):
+    return boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", **CREDENTIALS)
 
 
 @pytest.fixture
@@ -60,9 +47,9 @@ def bucket(s3) -> str:
 
 
 @pytest.fixture
-def fetch_spec(bucket: str, s3_endpoint: str) -> FetchSpec:
+def fetch_spec(bucket: str, moto_endpoint: str) -> FetchSpec:
     # Explicit credentials: the Spark workers were started before this test set any env.
-    return FetchSpec(bucket, region="us-east-1", endpoint_url=s3_endpoint,
+    return FetchSpec(bucket, region="us-east-1", endpoint_url=moto_endpoint,
                      access_key_id="testing", secret_access_key="testing")
 
 

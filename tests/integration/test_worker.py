@@ -112,7 +112,7 @@ def test_bad_input_is_set_aside_and_everything_else_is_processed(
     resources.enqueue(["stream_chunks/chunk-never-uploaded.csv"])
     resources.send_raw("this is not a chunk message")
     worker = make_worker(resources, migrated_database_url, spark, weights_df,
-                         poison_retry_delay_seconds=0)
+                         retry_delay_seconds=0)
 
     run_until_idle(worker)
 
@@ -179,3 +179,49 @@ def test_a_database_restart_mid_run_loses_and_duplicates_nothing(
     assert sorted(applied_order(migrated_database_url)) == sorted(chunks)
     worker.close()
 
+
+
+def test_a_failed_batch_is_released_for_a_retry_not_hidden_for_the_visibility_timeout(
+        resources, migrated_database_url):
+    chunks = {"stream_chunks/chunk-00000001.csv": b"irrelevant"}
+    resources.upload(chunks)
+    resources.enqueue(chunks)
+    settings = WorkerSettings(bucket=resources.bucket, queue_url=resources.queue_url,
+                              database_url=migrated_database_url, wait_time_seconds=0,
+                              retry_delay_seconds=0)
+    worker: Worker
+
+    def failing_spark_job(keys: list[str]):
+        worker.stop_event.set()  # one batch is enough for this test
+        raise ConnectionError("S3 unavailable")
+
+    worker = Worker(settings, s3=resources.s3, sqs=resources.sqs,
+                    connect=lambda: db.connect(migrated_database_url),
+                    aggregate=failing_spark_job)
+    worker.run()
+
+    attrs = resources.sqs.get_queue_attributes(
+        QueueUrl=resources.queue_url, AttributeNames=["ApproximateNumberOfMessages"])
+    assert attrs["Attributes"]["ApproximateNumberOfMessages"] == "1"  # visible again now
+    assert applied_order(migrated_database_url) == []
+    worker.close()
+
+
+def test_an_idle_worker_flushes_the_partial_file_only_when_configured(
+        spark, weights_df, dataset, resources, migrated_database_url):
+    transactions, importance = dataset
+    chunks = dict(list(split_chunks(transactions, 500).items())[:2])
+    resources.upload(chunks)
+    resources.enqueue(chunks)
+    worker = make_worker(resources, migrated_database_url, spark, weights_df)
+    run_until_idle(worker)
+    expected = expected_detections(chunks, importance, applied_order(migrated_database_url))
+    assert 0 < len(expected) < 50
+
+    worker.idle_work(None)  # no idle flush configured: nothing is written
+    assert resources.keys("detected_patterns/") == []
+
+    worker.settings = replace(worker.settings, flush_partial_after_seconds=0.0)
+    worker.idle_work(None)
+    assert_files_hold_each_detection_once(resources, expected, complete=True)
+    worker.close()
