@@ -105,6 +105,7 @@ def backlog_figures(batches: Sequence[dict], chunks: Sequence[ChunkRow]) -> dict
         # executor-side S3 GET + checks, summed over parallel tasks: inside spark_ms
         "fetch_ms_total_in_tasks": fetch_ms,
         # receive -> batch done, summed; the rest of wall_s is receiving and the batch window
+        # (slightly negative when nothing waits: the last batch publishes after its commit)
         "batch_ms_total": busy_ms,
         "outside_batches_ms": round(wall_s * 1000 - busy_ms),
         "per_batch": [
