@@ -28,16 +28,17 @@ test: $(STAMP) check-java lint
 demo: $(STAMP) check-java
 	@$(PY) -m infra.local.demo $(ARGS)
 
-# SPEC section 7's figures on the local stack: `make bench`, or `make bench ARGS="--quick"`.
-bench: $(STAMP) check-java
-	@$(PY) -m bench $(ARGS)
-
 # The local stack (moto S3/SQS + Lambda runner + PostgreSQL) in the background, for manual use.
 up: $(STAMP)
 	@$(PY) -m infra.local up $(ARGS)
 
 down: $(STAMP)
 	@$(PY) -m infra.local down $(ARGS)
+
+# SPEC section 7 figures on the local stack, with plots: `make bench` (~4 min, full data set)
+# or `make bench ARGS="--quick"` (about a minute). Output: bench/results/<UTC timestamp>/.
+bench: $(STAMP) check-java
+	@$(PY) -m bench $(ARGS)
 
 # Called by `sam build` (template.yaml: TriggerFunction, BuildMethod: makefile) with
 # ARTIFACTS_DIR set. The package is lambda_trigger/ alone: boto3 is in the Lambda runtime and

@@ -1,293 +1,387 @@
-"""`make bench`: SPEC section 7's figures, measured on the local stack with the real processes.
+"""``make bench``: the SPEC section 7 figures, measured on the local stack with the real processes.
 
-Scenarios (each on a fresh database and a fresh moto server):
-1. backlog: the producer streams the whole file with the worker stopped, so every chunk is
-   queued; then the worker drains it. rows/s from the worker's start to the last commit, and
-   the time split per stage from its per-batch log lines.
-2. nominal: the worker runs first, the producer streams one chunk per second. Per chunk:
-   S3 event -> commit latency, and its cost (Spark + apply) against its position.
-3. memory: peak RSS of the worker's Python process and of its JVM, sampled in both runs.
-4. baseline: the usual public solution, measured in this process on the same chunks —
-   after each new chunk, recompute the three rules from ALL rows so far with Spark.
-
-Writes bench/results/<UTC timestamp>/results.json and PNG plots, and prints a table.
+One run, in this order (each phase on its own fresh database of one local stack):
+1. backlog: the producer writes the whole data set at ``--interval 0`` with no worker running;
+   once every chunk message is queued, the worker (``python -m spark_detector run``) starts
+   and drains it. Rows/s from the first receive to the last commit, with the worker's own
+   per-stage timings ("batch done" log lines);
+2. nominal: the worker is started and ready, then the producer streams the same data set at
+   ``--interval`` (1 s); per chunk, S3 put -> commit, and the cost of each chunk against its
+   position;
+3. memory: the worker's process tree is sampled during both phases (psutil);
+4. baseline: after the worker has stopped, the same chunk objects are recomputed from all rows
+   so far after each chunk, with Spark (``bench.baseline``), in this process.
+Writes ``results.json`` and the plots under ``bench/results/<UTC timestamp>/`` and prints a table.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
-import signal
-import statistics
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 
 import psutil
 import psycopg2
 
-from infra.local.demo import sample_data
+from bench import measure, plots
+from bench.memory import RssSampler
+from infra.local import postgres
+from infra.local.demo import count_rows, sample_data
 from infra.local.stack import REPO_ROOT, LocalStack, stop_process, wait_for_line
+from spark_detector.config import WorkerSettings
 
-FULL_ROWS = 594_643
-
-
-@dataclass
-class MemorySampler:
-    """Peak RSS of a process (Python) and of its children (the JVM), sampled in a thread."""
-
-    pid: int
-    period_s: float = 0.2
-    peak_python: int = 0
-    peak_jvm: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def __enter__(self) -> MemorySampler:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        try:
-            process = psutil.Process(self.pid)
-            while not self._stop.wait(self.period_s):
-                self.peak_python = max(self.peak_python, process.memory_info().rss)
-                jvm = sum(c.memory_info().rss for c in process.children(recursive=True))
-                self.peak_jvm = max(self.peak_jvm, jvm)
-        except psutil.Error:
-            return  # the worker exited
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+FULL_ROWS, FULL_ROWS_PER_CHUNK = 594_643, 10_000
+QUICK_ROWS, QUICK_ROWS_PER_CHUNK = 12_000, 2_000
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks (NumPy's default), None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = q * (len(ordered) - 1)
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+class BenchError(RuntimeError):
+    """A phase of the bench did not complete; the message names the log to read."""
 
 
-def batch_lines(log: Path, offset: int) -> list[dict]:
-    """The worker's "batch done" JSON lines written after `offset`."""
-    lines = []
-    with log.open("rb") as f:
-        f.seek(offset)
-        for raw in f:
-            if b'"batch done"' in raw:
-                lines.append(json.loads(raw))
-    return lines
+@dataclass(frozen=True)
+class BenchConfig:
+    rows: int
+    rows_per_chunk: int
+    interval_s: float
+    quick: bool
+    results_dir: Path  # this run's output folder
+    work_dir: Path  # the stack's logs and embedded PostgreSQL
+    data_root: Path  # generated data, cached (shared with `make demo`)
+    baseline: bool = True
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.rows // self.rows_per_chunk)
 
 
-def chunk_rows(database_url: str) -> list[dict]:
-    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT apply_order, chunk_key, rows_good, spark_ms, apply_ms,"
-            " extract(epoch FROM applied_at)::float8, extract(epoch FROM event_time)::float8"
-            " FROM processed_chunks ORDER BY apply_order")
-        names = ("order", "key", "rows", "spark_ms", "apply_ms", "applied_at", "event_time")
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-
-def count(database_url: str, sql: str) -> int:
-    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
-        cur.execute(sql)
-        return cur.fetchone()[0]
-
-
-def wait_until(condition, timeout: float, what: str, process: subprocess.Popen | None = None):
+def poll(condition: Callable[[], object], timeout: float, what: str,
+         alive: subprocess.Popen | None = None, log: Path | None = None,
+         every: float = 0.2) -> object:
     deadline = time.monotonic() + timeout
-    while not condition():
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"the worker exited ({process.returncode}) before {what}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.25)
-
-
-def start_worker(stack: LocalStack, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
-    log = stack.logs / "worker.log"
-    offset = log.stat().st_size if log.exists() else 0
-    with log.open("ab") as out:
-        worker = subprocess.Popen([sys.executable, "-m", "spark_detector", "run", "--drain"],
-                                  cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    wait_for_line(log, offset, "worker started", worker, timeout=300)
-    return worker, offset
-
-
-def stream(stack: LocalStack, env: dict[str, str], transactions: Path, importance: Path,
-           rows_per_chunk: int, interval: float) -> subprocess.Popen:
-    with (stack.logs / "producer.log").open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "producer", "stream", str(transactions), "--importance",
-             str(importance), "--rows-per-chunk", str(rows_per_chunk), "--interval",
-             str(interval)],
-            cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if alive is not None and alive.poll() is not None:
+            raise BenchError(f"{what}: the process exited with {alive.returncode}; see {log}")
+        time.sleep(every)
+    raise BenchError(f"{what}: not done within {timeout:.0f} s; see {log}")
 
 
 def queue_visible(sqs, url: str) -> int:
-    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+    attrs = sqs.get_queue_attributes(QueueUrl=url,
+                                     AttributeNames=["ApproximateNumberOfMessages"])
     return int(attrs["Attributes"]["ApproximateNumberOfMessages"])
 
 
-def run_backlog(work_dir: Path, transactions: Path, importance: Path, rows_per_chunk: int,
-                n_chunks: int) -> dict:
-    with LocalStack.start(work_dir, database="txn_bench") as stack:
-        env = stack.env()
-        _, sqs = stack.clients()
-        producer = stream(stack, env, transactions, importance, rows_per_chunk, 0)
-        if producer.wait(timeout=600) != 0:
-            raise RuntimeError(f"the producer failed: see {stack.logs}/producer.log")
-        wait_until(lambda: queue_visible(sqs, stack.resources.queue_url) >= n_chunks, 300,
-                   "every chunk queued by the trigger")
-        worker, offset = start_worker(stack, env)
-        started = time.time()  # the worker's first receive follows "worker started" at once
-        with MemorySampler(worker.pid) as memory:
-            wait_until(lambda: count(stack.database_url,
-                                     "SELECT count(*) FROM processed_chunks") >= n_chunks,
-                       900, "the backlog drained", worker)
-        stop_process(worker, timeout=120)
-        chunks = chunk_rows(stack.database_url)
-        batches = batch_lines(stack.logs / "worker.log", offset)
-    seconds = max(c["applied_at"] for c in chunks) - started
-    rows = sum(c["rows"] for c in chunks)
-    stages = {name: sum(b[f"{name}_ms"] for b in batches) / 1000
-              for name in ("spark", "apply", "publish")}
-    stages["other"] = max(0.0, seconds - sum(stages.values()))
-    return {
-        "rows": rows, "chunks": len(chunks), "seconds": round(seconds, 3),
-        "rows_per_s": round(rows / seconds), "stage_seconds": {
-            k: round(v, 3) for k, v in stages.items()},
-        "batch_sizes": [b["chunks"] for b in batches],
-        "peak_rss_python_mib": round(memory.peak_python / 2**20),
-        "peak_rss_jvm_mib": round(memory.peak_jvm / 2**20),
-    }
+def applied_count(url: str) -> int:
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('processed_chunks') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            count = 0
+        else:
+            cur.execute("SELECT count(*) FROM processed_chunks")
+            count = cur.fetchone()[0]
+    conn.close()
+    return count
 
 
-def run_nominal(work_dir: Path, transactions: Path, importance: Path, rows_per_chunk: int,
-                n_chunks: int, interval: float) -> dict:
-    with LocalStack.start(work_dir, database="txn_bench") as stack:
-        env = stack.env()
-        s3, _ = stack.clients()
-        # Staged first so that the worker is warm before the first chunk, as in production.
-        s3.upload_file(str(importance), stack.bucket, "reference/CustomerImportance.csv")
-        worker, _ = start_worker(stack, env)
-        with MemorySampler(worker.pid) as memory:
-            producer = stream(stack, env, transactions, importance, rows_per_chunk, interval)
-            wait_until(lambda: count(stack.database_url,
-                                     "SELECT count(*) FROM processed_chunks") >= n_chunks,
-                       n_chunks * interval + 300, "every chunk applied", worker)
-        producer.wait(timeout=60)
-        stop_process(worker, timeout=120)
-        chunks = chunk_rows(stack.database_url)
-        with psycopg2.connect(stack.database_url) as conn, conn.cursor() as cur:
-            cur.execute("SELECT latency_ms FROM detection_latency ORDER BY seq")
-            detection_ms = [float(ms) for (ms,) in cur.fetchall()]
-    latency = [c["applied_at"] - c["event_time"] for c in chunks]
-    total_ms = [(c["spark_ms"] or 0) + (c["apply_ms"] or 0) for c in chunks]
-    apply_ms = [c["apply_ms"] or 0 for c in chunks]
-    first, last = total_ms[:10], total_ms[-10:]
-    return {
-        "chunks": len(chunks), "interval_s": interval,
-        "latency_s": {"p50": percentile(latency, .5), "p90": percentile(latency, .9),
-                      "p99": percentile(latency, .99), "max": max(latency)},
-        "detection_latency_s": {"p50": _s(percentile(detection_ms, .5)),
-                                "p99": _s(percentile(detection_ms, .99)),
-                                "count": len(detection_ms)},
-        "per_chunk": {"latency_s": latency, "total_ms": total_ms, "apply_ms": apply_ms,
-                      "batch_of_one": all(c is not None for c in total_ms)},
-        "history_ratio_last10_first10": round(statistics.median(last) / statistics.median(first),
-                                              3),
-        "chunk60_over_chunk5": (round(total_ms[59] / total_ms[4], 3)
-                                if len(total_ms) >= 60 else None),
-        "peak_rss_python_mib": round(memory.peak_python / 2**20),
-        "peak_rss_jvm_mib": round(memory.peak_jvm / 2**20),
-    }
+def read_chunks(url: str) -> list[measure.ChunkRow]:
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT chunk_key, apply_order, rows_good + rows_rejected, event_time,"
+                    " applied_at, apply_ms, spark_ms FROM processed_chunks ORDER BY apply_order")
+        rows = [measure.ChunkRow(*row) for row in cur.fetchall()]
+    conn.close()
+    return rows
 
 
-def _s(ms: float | None) -> float | None:
-    return None if ms is None else round(ms / 1000, 3)
+def detection_counts(url: str) -> dict[str, int]:
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pattern_id, count(*) FROM detected_patterns GROUP BY 1 ORDER BY 1")
+        counts = dict(cur.fetchall())
+    conn.close()
+    return counts
+
+
+class Phase:
+    """One worker run against its own fresh database, with its log and memory samples."""
+
+    def __init__(self, name: str, stack: LocalStack, server_url: str) -> None:
+        self.name = name
+        self.stack = stack
+        self.database_url = postgres.recreate_database(server_url, f"bench_{name}")
+        # a short long-poll so that a stop request is seen quickly
+        self.env = stack.env(DATABASE_URL=self.database_url, WORKER_WAIT_TIME_SECONDS="1")
+        self.worker_log = stack.logs / f"bench-{name}-worker.log"
+        self.producer_log = stack.logs / f"bench-{name}-producer.log"
+        self.worker: subprocess.Popen | None = None
+
+    def producer(self, transactions: Path, importance: Path, config: BenchConfig,
+                 interval: float, from_start: bool) -> subprocess.Popen:
+        args = [sys.executable, "-m", "producer", "stream", str(transactions),
+                "--importance", str(importance), "--rows-per-chunk", str(config.rows_per_chunk),
+                "--interval", str(interval)]
+        if from_start:
+            args.append("--from-start")
+        with self.producer_log.open("wb") as log:
+            return subprocess.Popen(args, cwd=REPO_ROOT, env=self.env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start_worker(self) -> subprocess.Popen:
+        with self.worker_log.open("wb") as log:
+            self.worker = subprocess.Popen(
+                [sys.executable, "-m", "spark_detector", "run"], cwd=REPO_ROOT, env=self.env,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self.worker
+
+    def wait_applied(self, chunks: int, timeout: float) -> None:
+        poll(lambda: applied_count(self.database_url) >= chunks, timeout,
+             f"{self.name}: {chunks} chunks applied", self.worker, self.worker_log)
+
+    def stop_worker(self) -> None:
+        if self.worker is not None and self.worker.poll() is None:
+            rc = stop_process(self.worker, timeout=120)
+            if rc != 0:
+                raise BenchError(f"{self.name}: the worker exited with {rc}; see "
+                                 f"{self.worker_log}")
+
+    def batches(self) -> list[dict]:
+        with self.worker_log.open(encoding="utf-8", errors="replace") as log:
+            return measure.batch_lines(log)
+
+
+def run_backlog(stack: LocalStack, server_url: str, config: BenchConfig,
+                transactions: Path, importance: Path) -> tuple[dict, RssSampler, Phase]:
+    phase = Phase("backlog", stack, server_url)
+    _, sqs = stack.clients()
+    producer = phase.producer(transactions, importance, config, interval=0, from_start=False)
+    if producer.wait(timeout=600) != 0:
+        raise BenchError(f"backlog: the producer failed; see {phase.producer_log}")
+    poll(lambda: queue_visible(sqs, stack.resources.queue_url) >= config.chunks, 180,
+         f"backlog: {config.chunks} chunk messages queued")
+    worker = phase.start_worker()
+    try:
+        with RssSampler(worker.pid, label="backlog") as memory:
+            phase.wait_applied(config.chunks, timeout=900)
+            phase.stop_worker()
+    finally:
+        phase.stop_worker()
+    return measure.backlog_figures(phase.batches(), read_chunks(phase.database_url)), memory, phase
+
+
+def run_nominal(stack: LocalStack, server_url: str, config: BenchConfig,
+                transactions: Path, importance: Path) -> tuple[list, RssSampler, Phase]:
+    phase = Phase("nominal", stack, server_url)
+    worker = phase.start_worker()
+    producer = None
+    try:
+        with RssSampler(worker.pid, label="nominal") as memory:
+            wait_for_line(phase.worker_log, 0, "worker started", worker, timeout=300)
+            # --from-start: the backlog phase streamed this file already (same bytes, new names)
+            producer = phase.producer(transactions, importance, config,
+                                      interval=config.interval_s, from_start=True)
+            phase.wait_applied(config.chunks, timeout=config.chunks * config.interval_s + 600)
+            if producer.wait(timeout=60) != 0:
+                raise BenchError(f"nominal: the producer failed; see {phase.producer_log}")
+            phase.stop_worker()
+    finally:
+        if producer is not None and producer.poll() is None:
+            stop_process(producer, timeout=30)
+        phase.stop_worker()
+    return read_chunks(phase.database_url), memory, phase
+
+
+def download_chunks(s3, bucket: str, keys: list[str], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for key in keys:
+        path = folder / Path(key).name
+        s3.download_file(bucket, key, str(path))
+        paths.append(path)
+    return paths
+
+
+def run_baseline_phase(paths: list[Path], importance: Path) -> dict:
+    from bench.baseline import run_baseline
+    from spark_detector.engine import Thresholds
+    from spark_detector.spark_job import build_spark
+
+    spark = build_spark(app_name="bench_baseline")
+    spark.sparkContext.setLogLevel("ERROR")
+    try:
+        return run_baseline(spark, paths, importance, Thresholds())
+    finally:
+        spark.stop()
 
 
 def machine() -> dict:
-    import pyspark
-
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                            text=True, check=False).stdout.strip()
     return {
-        "cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "platform": platform.platform(), "python": platform.python_version(),
-        "pyspark": pyspark.__version__, "git_commit": commit,
+        "cpu_count": os.cpu_count(),
+        "memory_bytes": psutil.virtual_memory().total,
+        "platform": platform.platform(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="make bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="a small version for a smoke check (about a minute)")
-    parser.add_argument("--rows", type=int, help="rows in the data set (default: full size)")
-    parser.add_argument("--rows-per-chunk", type=int, default=10_000)
-    parser.add_argument("--interval", type=float, default=1.0,
-                        help="seconds between chunks in the nominal-rate scenario")
-    parser.add_argument("--baseline-every", type=int, default=5,
-                        help="measure the recompute-everything baseline every N chunks")
-    parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / ".local")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
-    return parser
+def versions(database_url: str) -> dict:
+    java = subprocess.run(["java", "-version"], capture_output=True, text=True)
+    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+        cur.execute("SHOW server_version")
+        pg = cur.fetchone()[0]
+    conn.close()
+    packages = {}
+    for name in ("pyspark", "boto3", "moto", "psycopg2-binary", "pyarrow", "psutil",
+                 "matplotlib"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    return {"python": platform.python_version(),
+            "java": (java.stderr or java.stdout).splitlines()[0] if java.returncode == 0 else None,
+            "postgresql": pg, **packages}
 
 
-def main(argv: list[str] | None = None) -> int:
-    from bench.baseline import run_baseline
-    from bench.report import plot, summary_table
+def git_commit() -> dict:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
 
-    args = build_parser().parse_args(argv)
-    if args.quick:
-        rows, per_chunk, every = args.rows or 12_000, 2_000, 1
+    return {"commit": git("rev-parse", "HEAD") or None,
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def run(config: BenchConfig) -> dict:
+    started = time.monotonic()
+    transactions, importance = sample_data(config.data_root, config.rows)
+    transactions, importance = transactions.resolve(), importance.resolve()
+    rows_in_file = count_rows(transactions)
+    if rows_in_file != config.rows:
+        raise BenchError(f"{transactions}: {rows_in_file} rows, expected {config.rows}")
+    results: dict = {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": {"quick": config.quick, "rows": config.rows,
+                   "rows_per_chunk": config.rows_per_chunk, "chunks": config.chunks,
+                   "interval_s": config.interval_s, "data": str(transactions),
+                   "worker_max_batch_chunks": int(os.environ.get(
+                       "WORKER_MAX_BATCH_CHUNKS", WorkerSettings.max_batch_chunks)),
+                   "worker_batch_window_s": float(os.environ.get(
+                       "WORKER_BATCH_WINDOW_SECONDS", WorkerSettings.batch_window_seconds))},
+        "machine": machine(),
+        "git": git_commit(),
+    }
+    with LocalStack.start(config.work_dir, database="bench") as stack:
+        server_url = postgres.with_database(stack.database_url, "postgres")
+        results["versions"] = versions(stack.database_url)
+        print(f"[bench] backlog: {config.chunks} chunks queued, then the worker drains them",
+              flush=True)
+        backlog, backlog_memory, _ = run_backlog(stack, server_url, config, transactions,
+                                                 importance)
+        results["backlog"] = backlog
+        print(f"[bench] nominal: the producer at one chunk per {config.interval_s} s",
+              flush=True)
+        chunks, nominal_memory, nominal = run_nominal(stack, server_url, config, transactions,
+                                                      importance)
+        batches = nominal.batches()
+        results["nominal"] = {**measure.latency_figures(chunks),
+                              "batch_sizes": [len(b["keys"]) for b in batches]}
+        results["cost"] = measure.cost_figures(chunks, measure.chunk_batch_sizes(batches))
+        results["detections_per_pattern"] = detection_counts(nominal.database_url)
+        memories = (backlog_memory, nominal_memory)
+        results["memory"] = {
+            "peak_total_bytes": max(m.peak_total for m in memories),
+            "peak_bytes": {part: max(m.peaks[part] for m in memories)
+                           for part in RssSampler.PARTS},
+            "phases": [m.figures() for m in memories],
+        }
+        s3, _ = stack.clients()
+        paths = download_chunks(s3, stack.bucket, [c.chunk_key for c in chunks],
+                                config.work_dir / "baseline-chunks")
+    if config.baseline:
+        print(f"[bench] baseline: recompute from all rows after each of {len(paths)} chunks",
+              flush=True)
+        baseline = run_baseline_phase(paths, importance)
+        ours = results["cost"]["total_ms"]
+        baseline["ratio_at_last_chunk"] = round(baseline["per_chunk_ms"][-1] / ours[-1], 1)
+        baseline["ratio_last10_first10"] = measure.edge_ratio(baseline["per_chunk_ms"])
+        results["baseline"] = baseline
     else:
-        rows, per_chunk, every = args.rows or FULL_ROWS, args.rows_per_chunk, args.baseline_every
-    transactions, importance = sample_data(args.work_dir, rows)
-    n_chunks = -(-rows // per_chunk)
-    out = args.out / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out.mkdir(parents=True, exist_ok=True)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+        results["baseline"] = {"per_chunk_ms": [], "skipped": True}
+    results["targets"] = measure.target_checks(results)
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["bench_wall_s"] = round(time.monotonic() - started, 1)
 
-    print(f"bench: {rows:,} rows in {n_chunks} chunks of {per_chunk:,}; results in {out}",
-          flush=True)
-    print("1/3 backlog drain ...", flush=True)
-    backlog = run_backlog(args.work_dir, transactions, importance, per_chunk, n_chunks)
-    print("2/3 nominal rate ...", flush=True)
-    nominal = run_nominal(args.work_dir, transactions, importance, per_chunk, n_chunks,
-                          args.interval)
-    print("3/3 baseline (recompute everything with Spark after each chunk) ...", flush=True)
-    baseline = run_baseline(transactions, importance, per_chunk, every)
-    ours_last = nominal["per_chunk"]["total_ms"][-1]
-    baseline_last = baseline["per_chunk_ms"][-1] if baseline["per_chunk_ms"] else None
-    results = {
-        "machine": machine(), "rows": rows, "rows_per_chunk": per_chunk, "chunks": n_chunks,
-        "quick": args.quick, "backlog": backlog, "nominal": nominal, "baseline": baseline,
-        "baseline_over_ours_at_last_chunk": (round(baseline_last / ours_last, 1)
-                                             if baseline_last and ours_last else None),
-        "memory_peak_mib": {
-            "python": max(backlog["peak_rss_python_mib"], nominal["peak_rss_python_mib"]),
-            "jvm": max(backlog["peak_rss_jvm_mib"], nominal["peak_rss_jvm_mib"])},
-    }
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    plot(results, out)
-    print(summary_table(results), flush=True)
-    print(f"written: {out}/results.json and its plots", flush=True)
-    return 0
+    config.results_dir.mkdir(parents=True, exist_ok=True)
+    written = [plots.latency_plot(results, config.results_dir),
+               plots.backlog_plot(results, config.results_dir),
+               plots.cost_plot(results, config.results_dir),
+               plots.memory_plot({m.label: m.samples for m in memories}, config.results_dir)]
+    results["plots"] = [p.name for p in written]
+    (config.results_dir / "results.json").write_text(
+        json.dumps(results, indent=2, default=str) + "\n")
+    return results
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def format_table(results: dict, results_dir: Path) -> str:
+    b, n, c = results["backlog"], results["nominal"], results["cost"]
+    base, mem, targets = results["baseline"], results["memory"], results["targets"]
+    cfg = results["config"]
+
+    def verdict(name: str) -> str:
+        t = targets[name]
+        if t["met"] is None:
+            return ""
+        return "met" if t["met"] else f"MISSED ({t['measured_over_target']}x target)"
+
+    last = cfg["chunks"]
+    rows = [
+        ("backlog drain", f"{b['rows_per_s']:,} rows/s", ">= 50,000", verdict(
+            "backlog_rows_per_s")),
+        ("  micro-batches", " ".join(map(str, b["batch_sizes"])), "", ""),
+        ("latency p50", f"{n['latency_s']['p50']:.3f} s", "<= 1 s", verdict("latency_p50_s")),
+        ("latency p90 / p99 / max",
+         f"{n['latency_s']['p90']:.3f} / {n['latency_s']['p99']:.3f} / {n['latency_s']['max']:.3f}"
+         " s", "p99 <= 2.5 s", verdict("latency_p99_s")),
+        ("cost last10/first10 (apply)", f"{c['apply_ratio_last10_first10']}", "", ""),
+        ("cost last10/first10 (total)", f"{c['total_ratio_last10_first10']}", "", ""),
+        (f"cost chunk {c['last_full_chunk']}/5 (last full)", f"{c['chunk_last_full_vs_5']}"
+         f" (apply {c['apply_chunk_last_full_vs_5']}; chunk {last}/5 {c['chunk_last_vs_5']})",
+         "<= 1.2", verdict("cost_last_full_chunk_vs_5")),
+        ("memory peak (total)", f"{mem['peak_total_bytes'] / 1024**2:,.0f} MiB", "< 2048 MiB",
+         verdict("memory_peak_bytes")),
+        ("  python / jvm / py workers", " / ".join(
+            f"{mem['peak_bytes'][p] / 1024**2:,.0f}" for p in ("python", "jvm", "python_workers"))
+         + " MiB", "", ""),
+    ]
+    if not base.get("skipped"):
+        rows.append((f"baseline chunk {last} vs ours",
+                     f"{base['per_chunk_ms'][-1]:,.0f} ms vs {c['total_ms'][-1]:,.0f} ms",
+                     "", f"{base['ratio_at_last_chunk']}x"))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"bench: {cfg['chunks']} chunks x {cfg['rows_per_chunk']:,} rows "
+             f"({cfg['rows']:,} rows), {results['bench_wall_s']} s -> {results_dir}"]
+    lines += [f"{a:<{width}}  {b_:<34} {t:<13} {v}".rstrip() for a, b_, t, v in rows]
+    return "\n".join(lines)
+
+
+def default_config(quick: bool, results_dir: Path | None = None,
+                   work_dir: Path | None = None, data_root: Path | None = None,
+                   interval_s: float = 1.0, baseline: bool = True) -> BenchConfig:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return BenchConfig(
+        rows=QUICK_ROWS if quick else FULL_ROWS,
+        rows_per_chunk=QUICK_ROWS_PER_CHUNK if quick else FULL_ROWS_PER_CHUNK,
+        interval_s=interval_s, quick=quick,
+        results_dir=results_dir or REPO_ROOT / "bench" / "results" / stamp,
+        work_dir=(work_dir or REPO_ROOT / ".local" / "bench").resolve(),
+        data_root=(data_root or REPO_ROOT / ".local").resolve(),
+        baseline=baseline,
+    )
+

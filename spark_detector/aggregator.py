@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 
 from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
@@ -17,6 +16,7 @@ from spark_detector.spark_job import (
     aggregate_batch,
     build_spark,
     load_weights,
+    warm_up,
 )
 
 logger = Logger(service="spark_detector")
@@ -60,25 +60,13 @@ class SparkAggregator:
         reference = read_reference(s3, settings, stop)
         spark = build_spark(settings.spark_master)
         weights = load_weights(spark, reference)
-        aggregator = cls(spark, FetchSpec.from_env(settings.bucket), weights)
-        warm_up_ms = aggregator.warm_up(settings.chunk_prefix)
-        logger.info("spark ready", extra={"master": settings.spark_master,
-                                          "reference_bytes": len(reference),
-                                          "warm_up_ms": warm_up_ms})
-        return aggregator
-
-    def warm_up(self, chunk_prefix: str) -> int:
-        """Run the batch query once on a key that does not exist, before the first chunk.
-
-        The first query of a JVM costs seconds (Python workers, code generation, JIT); paying
-        it at start-up keeps it out of the first chunk's detection latency. The key lies under
-        the chunk prefix, where the worker may list, so S3 answers 404 rather than 403.
-        """
+        fetch_spec = FetchSpec.from_env(settings.bucket)
         started = time.perf_counter()
-        result = self.aggregate([f"{chunk_prefix}.warm-up-{uuid.uuid4().hex}"])
-        if result.aggregates or result.rejected_chunks:
-            raise AssertionError("the warm-up key unexpectedly exists")
-        return round((time.perf_counter() - started) * 1000)
+        warm_up(spark, fetch_spec, weights)
+        logger.info("spark ready", extra={
+            "master": settings.spark_master, "reference_bytes": len(reference),
+            "warm_up_ms": round((time.perf_counter() - started) * 1000)})
+        return cls(spark, fetch_spec, weights)
 
     def aggregate(self, keys: list[str]) -> BatchResult:
         return aggregate_batch(self.spark, self.fetch_spec, keys, self.weights)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -56,11 +56,32 @@ class BatchSummary:
     rows_rejected: int = 0
     detections: int = 0
     files_written: int = 0
+    # Where the batch's time went, in stage order (ms); fetch_ms is part of spark_ms.
+    received_at: str | None = None  # UTC, when the batch's messages were in hand
+    dedup_ms: int = 0  # looking up chunks already done
     spark_ms: int = 0
+    fetch_ms: int | None = None  # S3 GET + chunk checks on the executors, summed over tasks
+    quarantine_ms: int = 0
     apply_ms: int = 0
-    publish_ms: int = 0  # writing closed detection files to S3
+    delete_ms: int = 0  # SQS deletes after each commit
+    publish_ms: int = 0  # closed outbox files written to S3
+    batch_ms: int = 0  # received_at -> batch done
     lag_ms: int | None = None  # oldest S3 event in the batch -> last commit
     keys: list[str] = field(default_factory=list)
+
+
+def _ms_since(started: float) -> int:
+    return round((time.perf_counter() - started) * 1000)
+
+
+@contextlib.contextmanager
+def _timed(summary: BatchSummary, stage: str) -> Iterator[None]:
+    """Add the block's wall time to ``summary.<stage>`` (ms), even when the stage repeats."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        setattr(summary, stage, getattr(summary, stage) + _ms_since(started))
 
 
 def parse_event_time(value: str) -> datetime | None:
@@ -206,10 +227,12 @@ class Worker:
         self._batch = received = self.receive()
         if not received:
             return None
+        batch_started = time.perf_counter()
         plan = plan_batch(received, self.settings.bucket)
-        summary = BatchSummary()
+        summary = BatchSummary(received_at=datetime.now(UTC).isoformat(timespec="milliseconds"))
         self._handle_poison(plan, summary)
-        todo = self._drop_done(plan, summary)
+        with _timed(summary, "dedup_ms"):
+            todo = self._drop_done(plan, summary)
         if todo:
             with Heartbeat(self.sqs, self.settings.queue_url,
                            [m for key in todo for m in plan.receipts[key]],
@@ -220,9 +243,9 @@ class Worker:
                            on_error=lambda exc: logger.warning(
                                "heartbeat failed", extra={"error": str(exc)})):
                 self._work(plan, todo, summary)
-        started = time.perf_counter()
-        summary.files_written = len(self.publish())
-        summary.publish_ms = round((time.perf_counter() - started) * 1000)
+        with _timed(summary, "publish_ms"):
+            summary.files_written = len(self.publish())
+        summary.batch_ms = _ms_since(batch_started)
         logger.info("batch done", extra=summary.__dict__)
         return summary
 
@@ -256,7 +279,8 @@ class Worker:
         failpoint("before_spark")
         result = self._aggregate(todo)
         failpoint("after_spark")
-        summary.spark_ms = round((time.perf_counter() - started) * 1000)
+        summary.spark_ms = _ms_since(started)
+        summary.fetch_ms = None if result.fetch_ms is None else round(result.fetch_ms)
         for key in todo:
             message = plan.chunks[key]
             if key in result.missing_chunks:
@@ -279,7 +303,8 @@ class Worker:
                 continue
             self._apply(chunk, result, summary)
             failpoint("after_commit")
-            delete_messages(self.sqs, s.queue_url, plan.receipts[key])
+            with _timed(summary, "delete_ms"):
+                delete_messages(self.sqs, s.queue_url, plan.receipts[key])
             summary.chunks += 1
             summary.keys.append(key)
             if chunk.event_time is not None:
@@ -292,7 +317,8 @@ class Worker:
         aggregates = result.aggregates[key]
         rejects = result.rejected_rows.get(key, [])
         if rejects:
-            qkey = quarantine_rows(self.s3, s.bucket, s.quarantine_prefix, key, rejects)
+            with _timed(summary, "quarantine_ms"):
+                qkey = quarantine_rows(self.s3, s.bucket, s.quarantine_prefix, key, rejects)
             logger.warning("rows rejected", extra={
                 "chunk_key": key, "rows_rejected": len(rejects), "quarantine_key": qkey,
                 "first_reason": f"row {rejects[0].row}: {rejects[0].reason}"})
@@ -300,7 +326,7 @@ class Worker:
         detections = self.db(lambda conn: engine.apply_chunk(
             conn, chunk, aggregates, y_start_time=self.y_start_time,
             thresholds=s.thresholds, spark_ms=summary.spark_ms))
-        summary.apply_ms += round((time.perf_counter() - started) * 1000)
+        summary.apply_ms += _ms_since(started)
         summary.rows_good += aggregates.rows_good
         summary.rows_rejected += aggregates.rows_rejected
         summary.detections += len(detections)

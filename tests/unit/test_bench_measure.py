@@ -1,0 +1,95 @@
+"""The bench's arithmetic, on hand-made inputs (no services)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from bench.measure import (
+    ChunkRow,
+    backlog_figures,
+    batch_lines,
+    chunk_batch_sizes,
+    cost_figures,
+    edge_ratio,
+    latency_figures,
+    percentile,
+    position_ratio,
+)
+
+T0 = datetime(2026, 11, 27, 4, 0, tzinfo=UTC)
+
+
+def chunk(order: int, *, rows: int = 10_000, put_s: float = 0.0, commit_s: float = 1.0,
+          apply_ms: int = 60, spark_ms: int = 500) -> ChunkRow:
+    return ChunkRow(f"stream_chunks/chunk-{order:08d}.csv", order, rows,
+                    T0 + timedelta(seconds=put_s), T0 + timedelta(seconds=commit_s),
+                    apply_ms, spark_ms)
+
+
+def batch(keys: list[str], received_s: float, **stages: int) -> dict:
+    return {"message": "batch done", "chunks": len(keys), "keys": keys,
+            "rows_good": 10_000 * len(keys), "rows_rejected": 0,
+            "received_at": (T0 + timedelta(seconds=received_s)).isoformat(), **stages}
+
+
+def test_percentile_interpolates_linearly_like_percentile_cont():
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert percentile([10, 20], 90) == pytest.approx(19.0)
+    assert percentile([7], 99) == 7
+
+
+def test_batch_lines_keeps_only_batches_that_applied_chunks():
+    lines = [
+        "WARNING: Using incubator modules",
+        json.dumps({"message": "worker started"}),
+        json.dumps(batch(["a"], 0.0)),
+        json.dumps({"message": "batch done", "chunks": 0, "keys": []}),
+        '{"truncated',
+    ]
+    assert [b["keys"] for b in batch_lines(lines)] == [["a"]]
+
+
+def test_backlog_rate_runs_from_first_receive_to_last_commit():
+    chunks = [chunk(1, commit_s=2.0), chunk(2, commit_s=3.0), chunk(3, commit_s=4.0)]
+    batches = [batch([chunks[0].chunk_key, chunks[1].chunk_key], 1.0, spark_ms=900,
+                     apply_ms=120, batch_ms=1_100, fetch_ms=40),
+               batch([chunks[2].chunk_key], 3.0, spark_ms=500, apply_ms=60, batch_ms=700)]
+    figures = backlog_figures(batches, chunks)
+    assert figures["wall_s"] == 3.0
+    assert figures["rows_per_s"] == 10_000
+    assert figures["batch_sizes"] == [2, 1]
+    assert figures["stage_ms_total"]["spark_ms"] == 1_400
+    assert figures["fetch_ms_total_in_tasks"] == 40
+    assert figures["outside_batches_ms"] == 3_000 - 1_800
+
+
+def test_latency_is_event_time_to_commit_in_apply_order():
+    chunks = [chunk(2, put_s=1.0, commit_s=3.0), chunk(1, put_s=0.0, commit_s=0.5)]
+    figures = latency_figures(chunks)
+    assert figures["per_chunk_s"] == [0.5, 2.0]
+    assert figures["latency_s"]["max"] == 2.0
+    assert figures["latency_s"]["p50"] == 1.25
+
+
+def test_cost_shares_a_batch_spark_job_among_its_chunks_and_skips_a_partial_last_chunk():
+    chunks = [chunk(i, apply_ms=50, spark_ms=400) for i in range(1, 6)]
+    chunks.append(chunk(6, apply_ms=80, spark_ms=400))
+    chunks.append(chunk(7, rows=5_000, apply_ms=20, spark_ms=200))
+    sizes = chunk_batch_sizes([batch([c.chunk_key for c in chunks[:4]], 0.0),
+                               batch([c.chunk_key for c in chunks[4:6]], 1.0)])
+    figures = cost_figures(chunks, sizes)
+    assert figures["total_ms"] == [150.0] * 4 + [250.0, 280.0, 220.0]
+    assert figures["last_full_chunk"] == 6
+    assert figures["chunk_last_full_vs_5"] == 1.12
+    assert figures["apply_chunk_last_full_vs_5"] == 1.6
+    assert figures["chunk_last_vs_5"] == 0.88
+
+
+def test_ratios_use_what_there_is_and_refuse_what_there_is_not():
+    assert edge_ratio([1, 1, 1, 3, 3, 3]) == 3.0  # width shrinks to half the values
+    assert edge_ratio([5]) is None
+    assert position_ratio([2, 4, 6, 8, 10], 5, 1) == 5.0
+    assert position_ratio([1, 2], 5, 1) is None
