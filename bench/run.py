@@ -35,7 +35,7 @@ from bench import measure, plots
 from bench.memory import RssSampler
 from infra.local import postgres
 from infra.local.demo import count_rows, sample_data
-from infra.local.stack import REPO_ROOT, LocalStack, stop_process, wait_for_line
+from infra.local.stack import REPO_ROOT, LocalStack, poll_until, stop_process, wait_for_line
 from spark_detector.config import WorkerSettings
 
 FULL_ROWS, FULL_ROWS_PER_CHUNK = 594_643, 10_000
@@ -65,15 +65,8 @@ class BenchConfig:
 def poll(condition: Callable[[], object], timeout: float, what: str,
          alive: subprocess.Popen | None = None, log: Path | None = None,
          every: float = 0.2) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if alive is not None and alive.poll() is not None:
-            raise BenchError(f"{what}: the process exited with {alive.returncode}; see {log}")
-        time.sleep(every)
-    raise BenchError(f"{what}: not done within {timeout:.0f} s; see {log}")
+    return poll_until(condition, timeout, what, process=alive, log=log, every=every,
+                      error=BenchError)
 
 
 def queue_visible(sqs, url: str) -> int:

@@ -275,11 +275,10 @@ class Worker:
 
     def _work(self, plan: BatchPlan, todo: list[str], summary: BatchSummary) -> None:
         s = self.settings
-        started = time.perf_counter()
-        failpoint("before_spark")
-        result = self._aggregate(todo)
-        failpoint("after_spark")
-        summary.spark_ms = _ms_since(started)
+        with _timed(summary, "spark_ms"):
+            failpoint("before_spark")
+            result = self._aggregate(todo)
+            failpoint("after_spark")
         summary.fetch_ms = None if result.fetch_ms is None else round(result.fetch_ms)
         for key in todo:
             message = plan.chunks[key]
@@ -322,11 +321,10 @@ class Worker:
             logger.warning("rows rejected", extra={
                 "chunk_key": key, "rows_rejected": len(rejects), "quarantine_key": qkey,
                 "first_reason": f"row {rejects[0].row}: {rejects[0].reason}"})
-        started = time.perf_counter()
-        detections = self.db(lambda conn: engine.apply_chunk(
-            conn, chunk, aggregates, y_start_time=self.y_start_time,
-            thresholds=s.thresholds, spark_ms=summary.spark_ms))
-        summary.apply_ms += _ms_since(started)
+        with _timed(summary, "apply_ms"):
+            detections = self.db(lambda conn: engine.apply_chunk(
+                conn, chunk, aggregates, y_start_time=self.y_start_time,
+                thresholds=s.thresholds, spark_ms=summary.spark_ms))
         summary.rows_good += aggregates.rows_good
         summary.rows_rejected += aggregates.rows_rejected
         summary.detections += len(detections)

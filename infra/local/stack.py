@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -147,22 +147,49 @@ class StackStartError(RuntimeError):
     """A process of the local stack did not start."""
 
 
+class WaitFailed(RuntimeError):
+    """A polled condition did not hold in time, or the process it depended on exited."""
+
+
+def poll_until(condition: Callable[[], object], timeout: float, what: str, *,
+               process: subprocess.Popen | None = None, log: Path | None = None,
+               every: float = 0.2, tail: int = 0,
+               error: type[Exception] = WaitFailed) -> object:
+    """The first truthy value of ``condition()``, polled every ``every`` seconds.
+
+    Raises ``error`` naming ``what`` (and ``log``, with its last ``tail`` characters) when
+    ``process`` exits first or ``timeout`` passes: the one polling loop of the local stack,
+    the bench and the tests.
+    """
+    def failure(reason: str) -> Exception:
+        where = "" if log is None else f"; see {log}"
+        if tail and log is not None and log.exists():
+            where += ":\n" + log.read_text(errors="replace")[-tail:]
+        return error(f"{what}: {reason}{where}")
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            raise failure(f"{' '.join(map(str, process.args))} exited with {process.returncode}")
+        if time.monotonic() >= deadline:
+            raise failure(f"not done within {timeout:.0f} s")
+        time.sleep(every)
+
+
 def wait_for_line(path: Path, offset: int, marker: str, process: subprocess.Popen,
                   timeout: float) -> None:
     """Poll ``path`` (from ``offset``) until a line contains ``marker``; fail if ``process``
     exits first or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def logged() -> bool:
         with path.open("rb") as log:
             log.seek(offset)
-            if marker.encode() in log.read():
-                return
-        if process.poll() is not None:
-            raise StackStartError(
-                f"{' '.join(map(str, process.args))} exited with {process.returncode}; "
-                f"see {path}")
-        time.sleep(0.05)
-    raise StackStartError(f"no {marker} in {path} within {timeout:.0f} s")
+            return marker.encode() in log.read()
+
+    poll_until(logged, timeout, f"{marker!r} in the log", process=process, log=path,
+               every=0.05, error=StackStartError)
 
 
 def launch(work_dir: Path, *, database: str, database_url: str | None, spec: StackSpec,

@@ -15,14 +15,13 @@ import io
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psycopg2
 import pytest
 
 from infra.local.demo import threshold_variable
-from infra.local.stack import REPO_ROOT, LocalStack
+from infra.local.stack import REPO_ROOT, LocalStack, poll_until
 from spark_detector.aggregates import build_aggregates, key_weights
 from spark_detector.engine import Thresholds
 from spark_detector.parsing import parse_chunk, parse_customer_importance
@@ -35,17 +34,6 @@ CHUNKS = ROWS // ROWS_PER_CHUNK
 THRESHOLDS = {"upgrade_min_total": 1000, "child_min_count": 6, "dei_min_female": 3}
 HEADER = ["YStartTime", "detectionTime", "patternId", "ActionType", "customerName",
           "MerchantId"]
-
-
-def poll(condition, timeout: float, process: subprocess.Popen, log: Path, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        assert process.poll() is None, f"worker exited early; see {log}:\n{log.read_text()[-3000:]}"
-        time.sleep(every)
-    raise AssertionError(f"not done within {timeout} s; see {log}:\n{log.read_text()[-3000:]}")
 
 
 def query(url: str, sql: str) -> list[tuple]:
@@ -112,7 +100,8 @@ def test_the_pipeline_detects_exactly_what_the_reference_model_does(
                 except psycopg2.errors.UndefinedTable:
                     return False
 
-            poll(all_applied, timeout=240, process=worker, log=worker_log)
+            poll_until(all_applied, 240, "every chunk applied", process=worker, log=worker_log,
+                       every=0.5, tail=3000)
             worker.send_signal(signal.SIGTERM)
             assert worker.wait(timeout=180) == 0, worker_log.read_text()[-3000:]
         finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from urllib.parse import unquote_plus
 
@@ -11,18 +10,12 @@ import psycopg2
 import pytest
 
 from infra.local import postgres
-from infra.local.stack import LocalStack
+from infra.local.stack import LocalStack, poll_until
 
 
 def poll(condition, timeout: float = 30.0, every: float = 0.05):
     """The condition's first truthy value; fails after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"condition not met within {timeout} s")
+    return poll_until(condition, timeout, "condition", every=every)
 
 
 def recorded(path: Path) -> list[dict]:

@@ -12,13 +12,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg2
 import pytest
 
+from infra.local.stack import poll_until
 from producer.generate import generate
 from tests.integration.worker_support import (
     THRESHOLDS,
@@ -66,17 +65,6 @@ def start_worker(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen
                             env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str,
-             process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"worker exited ({process.returncode}) before {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
 def applied_count(database_url: str) -> int:
     with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM processed_chunks")
@@ -106,8 +94,9 @@ def test_sigkill_then_restart_equals_an_uninterrupted_run(
 
     restarted = start_worker(worker_env(resources, migrated_database_url), log, "--drain")
     try:
-        wait_for(lambda: applied_count(migrated_database_url) == len(chunks)
-                 and resources.depth() == 0, 240, "every chunk applied", restarted)
+        poll_until(lambda: applied_count(migrated_database_url) == len(chunks)
+                   and resources.depth() == 0, 240, "every chunk applied",
+                   process=restarted, log=log)
     finally:
         restarted.send_signal(signal.SIGTERM)
         code = restarted.wait(timeout=120)
