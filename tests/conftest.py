@@ -122,17 +122,10 @@ def moto_endpoint() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def spark():
-    """One local SparkSession for the whole test session (starting Spark costs seconds)."""
-    from pyspark.sql import SparkSession
+    """The worker's own local SparkSession, once for the whole test session (it costs seconds)."""
+    from spark_detector.spark_job import build_spark
 
-    session = (
-        SparkSession.builder.master("local[2]")
-        .appName("tests")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.sql.session.timeZone", "UTC")
-        .getOrCreate()
-    )
+    session = build_spark(app_name="tests")
     yield session
     session.stop()
 

@@ -1,0 +1,55 @@
+"""The worker runs when PATH's ``python3`` is a bare interpreter without the project's
+dependencies: Spark's Python workers must use the driver's interpreter in local mode."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from infra.local.stack import poll_until
+from producer.generate import generate
+from tests.integration.test_worker_crash import applied_count, start_worker, worker_env
+from tests.integration.worker_support import (
+    AwsResources,
+    applied_order,
+    committed_detections,
+    expected_detections,
+    split_chunks,
+)
+
+pytestmark = pytest.mark.spark
+
+
+def test_worker_runs_with_a_bare_python3_first_on_path(
+        moto_endpoint, migrated_database_url, tmp_path):
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    probe = subprocess.run([bare / "bin" / "python3", "-c", "import boto3"],
+                           capture_output=True, check=False)
+    assert probe.returncode != 0, "the bare interpreter must not see boto3"
+
+    generate(tmp_path, rows=4000, seed=3)
+    chunks = split_chunks((tmp_path / "transactions.csv").read_bytes(), 1000)
+    importance = (tmp_path / "CustomerImportance.csv").read_bytes()
+    resources = AwsResources.create(moto_endpoint)
+    resources.upload(chunks)
+    resources.s3.put_object(Bucket=resources.bucket, Key="reference/CustomerImportance.csv",
+                            Body=importance)
+    resources.enqueue(sorted(chunks))
+    env = worker_env(resources, migrated_database_url, PATH=f"{bare / 'bin'}:/usr/bin:/bin")
+    env.pop("PYSPARK_PYTHON", None)
+    log = tmp_path / "worker.log"
+    worker = start_worker(env, log)
+    try:
+        poll_until(lambda: applied_count(migrated_database_url) == len(chunks), 180,
+                   "every chunk applied", process=worker, log=log)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(timeout=120)
+    assert code == 0, log.read_text()[-3000:]
+    order = applied_order(migrated_database_url)
+    assert committed_detections(migrated_database_url) == expected_detections(
+        chunks, importance, order)
