@@ -1,4 +1,4 @@
-"""`python -m spark_detector {run,backfill,status,migrate}` — the worker's edge.
+"""`python -m spark_detector {run,backfill,status,migrate,replay}` — the worker's edge.
 
 Reads settings once, builds the clients, and hands them to the loop in `worker.py`.
 """
@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import boto3
 from botocore.config import Config
@@ -106,6 +107,37 @@ def cmd_migrate(settings: WorkerSettings, _args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(settings: WorkerSettings, args: argparse.Namespace) -> int:
+    from spark_detector.replay import ReplayOptions, run_replay
+    from spark_detector.replay_plan import ReplayError, ReplayRefused
+    from spark_detector.spark_job import FetchSpec, build_spark
+
+    options = ReplayOptions(into=args.into, replace=args.replace, order=args.order,
+                            rules=tuple(args.rule), importance=args.importance,
+                            publish=args.publish, compare=args.compare, reset=args.reset)
+    s3, _ = aws_clients()
+    sessions = []
+
+    def spark_factory():
+        sessions.append(build_spark(settings.spark_master, app_name="spark_detector_replay"))
+        return sessions[0]
+
+    try:
+        report = run_replay(settings, options, s3=s3, spark_factory=spark_factory,
+                            fetch_spec=FetchSpec.from_env(settings.bucket))
+    except ReplayRefused as exc:
+        print(f"replay refused: {exc}", file=sys.stderr)
+        return 3
+    except ReplayError as exc:
+        print(f"replay: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        for session in sessions:
+            session.stop()
+    print(report.render())
+    return 0
+
+
 def _replace(settings: WorkerSettings, **changes: object) -> WorkerSettings:
     from dataclasses import replace
 
@@ -131,6 +163,32 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
     sub.add_parser("migrate", help="apply the schema migrations and exit"
                    ).set_defaults(func=cmd_migrate)
+    replay = sub.add_parser(
+        "replay", help="rebuild state and detections from the chunk archive (one Spark job)",
+        description="Replay the chunks under the chunk prefix through the rules into another"
+                    " database or schema; see docs/rebuild-and-what-if.md.")
+    where = replay.add_mutually_exclusive_group(required=True)
+    where.add_argument("--into", metavar="URL|SCHEMA",
+                       help="a postgresql:// URL (database created if missing) or a schema"
+                            " name in the live database (created if missing)")
+    where.add_argument("--replace", action="store_true",
+                       help="rebuild the LIVE database in place (refused while a worker runs)")
+    replay.add_argument("--order", choices=["recorded", "keys"], default="recorded",
+                        help="recorded: the live apply order (default); keys: key order,"
+                             " for a database that is gone")
+    replay.add_argument("--rule", action="append", default=[], metavar="NAME=VALUE",
+                        help="a threshold for this replay only, e.g. PATID2_MIN_COUNT=60"
+                             " (repeatable)")
+    replay.add_argument("--importance", metavar="URI",
+                        help="another CustomerImportance: s3://bucket/key or a local path")
+    replay.add_argument("--publish", metavar="PREFIX",
+                        help="write the detection files (50 each) under this S3 prefix")
+    replay.add_argument("--compare", nargs="?", const=Path("replay-compare.csv"), type=Path,
+                        metavar="CSV", help="compare with the live detections; the diff goes"
+                                            " to CSV (default replay-compare.csv)")
+    replay.add_argument("--reset", action="store_true",
+                        help="empty the --into target first if it holds an earlier replay")
+    replay.set_defaults(func=cmd_replay)
     return parser
 
 

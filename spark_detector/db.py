@@ -24,10 +24,16 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 LOCK_NAMESPACE = 0x53504B44  # "SPKD"
 MIGRATION_LOCK = 1
 ENGINE_LOCK = 2
+# Session-level: every running worker holds it shared; `replay --replace` needs it exclusive.
+WORKER_LOCK = 3
 
 log = logging.getLogger(__name__)
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+class RebuildInProgress(RuntimeError):
+    """A `replay --replace` is rebuilding this database: a worker must not apply chunks now."""
 
 
 class MigrationError(RuntimeError):
@@ -65,6 +71,25 @@ def transaction(conn: psycopg2.extensions.connection) -> Iterator[None]:
                 log.warning("rollback failed", extra={"error": str(exc)})
         raise
     conn.commit()
+
+
+def try_worker_lock(conn: psycopg2.extensions.connection) -> bool:
+    """Take the worker lock, shared, for this session (until it ends); False if a rebuild holds it.
+
+    A worker takes it on every new connection before it touches the engine tables, and so
+    holds it as long as it runs. Several workers share it; ``try_rebuild_lock`` cannot get it
+    while any of them is connected, and they cannot get it while a rebuild runs.
+    """
+    with transaction(conn), conn.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock_shared(%s, %s)", (LOCK_NAMESPACE, WORKER_LOCK))
+        return bool(cur.fetchone()[0])
+
+
+def try_rebuild_lock(conn: psycopg2.extensions.connection) -> bool:
+    """Take the worker lock exclusively for this session; False while any worker holds it."""
+    with transaction(conn), conn.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_NAMESPACE, WORKER_LOCK))
+        return bool(cur.fetchone()[0])
 
 
 def available_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:

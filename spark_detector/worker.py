@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 import psycopg2
 from aws_lambda_powertools import Logger
 
-from spark_detector import engine, outbox
+from spark_detector import db, engine, outbox
 from spark_detector.backfill import backfill
 from spark_detector.config import WorkerSettings
 from spark_detector.failpoints import failpoint
@@ -126,7 +126,12 @@ class Worker:
 
     def _connection(self):
         if self._conn is None or getattr(self._conn, "closed", 0):
-            self._conn = self._connect()
+            conn = self._connect()
+            # Held for the session's life, so `replay --replace` refuses while we run.
+            if not db.try_worker_lock(conn):
+                conn.close()
+                raise db.RebuildInProgress("`replay --replace` is rebuilding the database")
+            self._conn = conn
         return self._conn
 
     def _reset_connection(self, attempt: int, exc: BaseException, delay: float) -> None:

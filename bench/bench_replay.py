@@ -1,0 +1,129 @@
+"""Time ``python -m spark_detector replay`` on the full generated data set (60 chunks).
+
+    .venv/bin/python -m bench.bench_replay [--rows 594643] [--work-dir .local]
+
+On the local stack (moto S3 in its own process, embedded PostgreSQL), with the data set
+``python -m producer generate --rows 594643 --seed 0`` writes (cached under
+``<work-dir>/data/``, shared with ``make bench`` and ``make demo``), uploaded as the producer
+names chunks (10,000 rows each). Three real ``replay`` processes, each timed wall-clock from
+process start to exit (Spark start included), with the process tree's peak RSS:
+
+1. ``rebuild``: ``--replace --order keys`` - the live database is gone; rebuild it;
+2. ``same``: ``--into <db> --compare`` - the recorded order, the live settings: the diff must
+   be empty;
+3. ``what-if``: ``--into <db> --reset --rule PATID2_MIN_COUNT=60 --compare``.
+
+Each replay logs a ``replay done`` JSON line with its stages in ms; the Spark share is
+``spark_start + reference + spark_job``, the PostgreSQL share ``apply`` (plus ``target``,
+``live_read``, ``outbox``). Output: ``bench/results/replay-<UTC>/results.json`` and a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from bench.memory import RssSampler
+from infra.local import postgres
+from infra.local.demo import sample_data
+from infra.local.stack import REPO_ROOT, LocalStack
+from producer.chunks import chunk_key
+
+SPARK_STAGES = ("spark_start", "reference", "spark_job")
+POSTGRES_STAGES = ("target", "live_read", "apply", "outbox")
+
+
+def upload_chunks(s3, bucket: str, prefix: str, transactions: Path, rows_per_chunk: int
+                  ) -> int:
+    header, *lines = transactions.read_bytes().decode().splitlines(keepends=True)
+    start = datetime(2026, 11, 27, tzinfo=UTC)
+    n = 0
+    for n, i in enumerate(range(0, len(lines), rows_per_chunk), start=1):
+        body = (header + "".join(lines[i: i + rows_per_chunk])).encode()
+        s3.put_object(Bucket=bucket, Key=chunk_key(prefix, n, start + timedelta(seconds=n)),
+                      Body=body)
+    return n
+
+
+def run_replay(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> dict:
+    log = log_dir / f"replay-{name}.log"
+    started = time.perf_counter()
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "spark_detector", "replay", *args],
+                                   cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        with RssSampler(process.pid, every=0.1, label=name) as memory:
+            rc = process.wait()
+    wall_s = time.perf_counter() - started
+    text = log.read_text(encoding="utf-8", errors="replace")
+    if rc != 0:
+        raise SystemExit(f"replay {name} exited with {rc}; see {log}")
+    done = next(json.loads(line) for line in text.splitlines()
+                if line.startswith("{") and '"replay done"' in line)
+    stages = {k: v for k, v in done.items() if k in (*SPARK_STAGES, *POSTGRES_STAGES,
+                                                      "list", "compare")}
+    return {
+        "args": args,
+        "wall_s": round(wall_s, 2),
+        "stages_ms": stages,
+        "spark_ms": sum(stages.get(k, 0) for k in SPARK_STAGES),
+        "postgres_ms": sum(stages.get(k, 0) for k in POSTGRES_STAGES),
+        "chunks": done["chunks"],
+        "detections": done["detections"],
+        "peak_rss_mib": round(memory.peak_total / 2**20),
+        "peak_rss_parts_mib": {k: round(v / 2**20) for k, v in memory.peaks.items()},
+        "summary": [line for line in text.splitlines() if not line.startswith("{")],
+        "log": str(log),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=594_643)
+    parser.add_argument("--rows-per-chunk", type=int, default=10_000)
+    parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / ".local")
+    parser.add_argument("--rule", default="PATID2_MIN_COUNT=60", help="the what-if rule")
+    args = parser.parse_args()
+    transactions, importance = sample_data(args.work_dir, args.rows)
+    out_dir = REPO_ROOT / "bench" / "results" / f"replay-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    out_dir.mkdir(parents=True)
+    results: dict = {"rows": args.rows, "load_average_start": os.getloadavg(),
+                     "cpus": os.cpu_count()}
+    with LocalStack.start(args.work_dir / "bench-replay", database="replay_live") as stack:
+        s3, _ = stack.clients()
+        results["chunks"] = upload_chunks(s3, stack.bucket, stack.spec.chunk_prefix,
+                                          transactions, args.rows_per_chunk)
+        s3.put_object(Bucket=stack.bucket, Key="reference/CustomerImportance.csv",
+                      Body=importance.read_bytes())
+        server = postgres.with_database(stack.database_url, "postgres")
+        into = postgres.with_database(server, "replay_whatif")
+        env = stack.env()
+        phases = {
+            "rebuild": ["--replace", "--order", "keys"],
+            "same": ["--into", into, "--reset", "--compare", str(out_dir / "same.csv")],
+            "what-if": ["--into", into, "--reset", "--rule", args.rule,
+                        "--compare", str(out_dir / "what-if.csv")],
+        }
+        for name, phase_args in phases.items():
+            print(f"[bench] replay {name}: {' '.join(phase_args)}", flush=True)
+            results[name] = run_replay(name, phase_args, env, out_dir)
+    results["load_average_end"] = os.getloadavg()
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    print(f"\n{'phase':<8} {'wall s':>7} {'Spark ms':>9} {'PG ms':>7} {'peak MiB':>9}  stages")
+    for name in phases:
+        r = results[name]
+        print(f"{name:<8} {r['wall_s']:>7} {r['spark_ms']:>9} {r['postgres_ms']:>7}"
+              f" {r['peak_rss_mib']:>9}  {r['stages_ms']}")
+    for name in phases:
+        print(f"\n[{name}]\n" + "\n".join(results[name]["summary"]))
+    print(f"\nload average {results['load_average_start']} -> {results['load_average_end']};"
+          f" results: {out_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,549 @@
+"""`python -m spark_detector replay`: rebuild state and detections from the chunk archive.
+
+The chunk archive in S3 is the source of truth. A replay:
+
+1. reads the live run's record (``processed_chunks`` apply order, ``rejected_chunks``, the
+   detections) and lists the chunk prefix; ``replay_plan.plan_chunks`` picks the chunks and
+   their order (the recorded apply order, or key order for a database that is gone), skipping
+   the chunks the live run rejected whole;
+2. runs ONE Spark job over all of them - ``spark_job.aggregate_batch``, the worker's own
+   fetch / parse / validate / aggregate query, so rows are validated exactly as live - which
+   yields every chunk's pair aggregates, the chunks spread over the executors;
+3. applies the chunks one by one, in the planned order, with ``engine.apply_chunk`` into the
+   target database or schema: the engine's own state update, rules at every chunk boundary
+   for the merchants the chunk touched, emit-once and detection numbering. The replay is
+   therefore the live semantics by construction, not a second implementation of them;
+4. optionally publishes the detection files under another prefix, and compares the result
+   with the live detections (added, removed, fired after another chunk).
+
+It never writes to the live tables or the live detection prefix, except with ``--replace``
+(rebuild the live database after a loss), which refuses while any worker holds the worker
+lock (``db.try_worker_lock``) and keeps every worker out while it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+import psycopg2.extensions
+import pyarrow as pa
+from aws_lambda_powertools import Logger
+from psycopg2 import sql
+
+from spark_detector import db, engine, outbox
+from spark_detector.aggregates import WeightKey, key_weights
+from spark_detector.backfill import list_chunks
+from spark_detector.config import WorkerSettings
+from spark_detector.parsing import ParsedWeights, parse_customer_importance
+from spark_detector.publish import publish_pending
+from spark_detector.replay_plan import (
+    RECORDED,
+    ArchivedChunk,
+    DetectionChange,
+    FiredDetection,
+    RecordedChunk,
+    ReplayError,
+    ReplayPlan,
+    ReplayRefused,
+    Target,
+    changed_rules,
+    check_publish_prefix,
+    compare_detections,
+    compare_summary,
+    parse_target,
+    plan_chunks,
+    redact_url,
+    render_compare_csv,
+    thresholds_with_rules,
+)
+from spark_detector.spark_job import WEIGHTS_SCHEMA, FetchSpec, aggregate_batch
+
+logger = Logger(service="spark_detector")
+
+# The engine's tables, emptied by --reset and --replace (schema_migrations stays).
+ENGINE_TABLES = ("detected_patterns", "outbox_files", "pair_state", "merchant_state",
+                 "processed_chunks", "rejected_chunks")
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    into: str | None = None
+    replace: bool = False
+    order: str = RECORDED
+    rules: tuple[str, ...] = ()
+    importance: str | None = None  # s3://bucket/key or a local path; default: the live one
+    publish: str | None = None
+    compare: Path | None = None
+    reset: bool = False
+
+
+@dataclass(frozen=True)
+class RejectedRecord:
+    key: str
+    reason: str
+    quarantine_key: str
+    etag: str
+    event_time: datetime | None
+
+
+@dataclass(frozen=True)
+class LiveRun:
+    """What the live database recorded; ``recorded`` is None when it has no engine tables."""
+
+    recorded: tuple[RecordedChunk, ...] | None
+    rejected: tuple[RejectedRecord, ...]
+    detections: tuple[FiredDetection, ...]
+
+
+@dataclass
+class ReplayReport:
+    target: str
+    plan: ReplayPlan
+    rules: dict[str, str]
+    importance: str
+    chunks_applied: int = 0
+    chunks_rejected: int = 0  # rejected whole by the replay's own validation
+    rows_good: int = 0
+    rows_rejected: int = 0
+    detections: dict[str, int] = field(default_factory=dict)
+    files_published: list[str] = field(default_factory=list)
+    live_files_adopted: int = 0  # --replace: rebuilt files identical to the live ones in S3
+    live_files_differing: list[str] = field(default_factory=list)
+    changes: list[DetectionChange] | None = None
+    compare_text: str | None = None
+    timings_ms: dict[str, int] = field(default_factory=dict)
+
+    def render(self) -> str:
+        p = self.plan
+        lines = [
+            f"replayed {self.chunks_applied} chunk(s) in {p.order} order into {self.target}",
+            f"  rows: {self.rows_good} good, {self.rows_rejected} rejected;"
+            f" chunks skipped (rejected live): {len(p.skipped_rejected)};"
+            f" rejected whole by the replay: {self.chunks_rejected}",
+            "  rules: " + (", ".join(f"{k}={v}" for k, v in sorted(self.rules.items()))
+                           or "the live settings"),
+            f"  CustomerImportance: {self.importance}",
+            "  detections: " + (", ".join(f"{k} {v}" for k, v in sorted(self.detections.items()))
+                                or "none"),
+        ]
+        if p.not_applied_live:
+            lines.append(f"  left out: {len(p.not_applied_live)} chunk(s) the live run has not"
+                         f" applied yet (first {p.not_applied_live[0]}); --order keys takes them")
+        if p.changed_since_applied:
+            lines.append(f"  WARNING: {len(p.changed_since_applied)} chunk(s) were overwritten"
+                         f" since the live run applied them (first {p.changed_since_applied[0]})")
+        if self.files_published:
+            lines.append(f"  files: {len(self.files_published)} written, e.g."
+                         f" {self.files_published[0]}")
+        if self.live_files_adopted or self.live_files_differing:
+            lines.append(f"  live detection files: {self.live_files_adopted} identical, adopted;"
+                         f" {len(self.live_files_differing)} differ (the worker rewrites them)")
+        lines.append("  time: " + ", ".join(f"{k} {v} ms" for k, v in self.timings_ms.items()))
+        if self.compare_text is not None:
+            lines += ["", self.compare_text]
+        return "\n".join(lines)
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.timings: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = round((time.perf_counter() - started) * 1000)
+            self.timings[stage] = self.timings.get(stage, 0) + elapsed
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------
+
+
+def connect(url: str, *, schema: str | None = None) -> psycopg2.extensions.connection:
+    """A connection for the replay's writes: autocommit off, and (safe for a result that can
+    be rebuilt) asynchronous commit, which saves a WAL flush per chunk."""
+    options = "-c synchronous_commit=off"
+    if schema is not None:
+        options += f" -c search_path={schema}"
+    conn = psycopg2.connect(url, options=options)
+    conn.autocommit = False
+    return conn
+
+
+def _with_database(url: str, dbname: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
+
+
+def ensure_database(url: str) -> None:
+    """Create the URL's database on its server if it does not exist."""
+    dbname = urlsplit(url).path.lstrip("/")
+    if not dbname:
+        raise ReplayError(f"--into {redact_url(url)}: the URL names no database")
+    admin = psycopg2.connect(_with_database(url, "postgres"))
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,))
+            if cur.fetchone() is None:
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+                logger.info("replay database created", extra={"database": dbname})
+    finally:
+        admin.close()
+
+
+def identity(conn: psycopg2.extensions.connection) -> tuple:
+    """(server start, database, schema): equal for two connections to the same tables."""
+    with db.transaction(conn), conn.cursor() as cur:
+        cur.execute("SELECT pg_postmaster_start_time(), current_database(), current_schema()")
+        return cur.fetchone()
+
+
+def _has_engine_tables(cur: psycopg2.extensions.cursor) -> bool:
+    cur.execute("SELECT to_regclass('processed_chunks') IS NOT NULL"
+                " AND to_regclass('detected_patterns') IS NOT NULL")
+    return bool(cur.fetchone()[0])
+
+
+def read_live_run(conn: psycopg2.extensions.connection) -> LiveRun:
+    """The live run's apply order, rejected chunks and detections (one snapshot)."""
+    with db.transaction(conn), conn.cursor() as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        if not _has_engine_tables(cur):
+            return LiveRun(None, (), ())
+        cur.execute("SELECT chunk_key, apply_order, etag, event_time FROM processed_chunks"
+                    " ORDER BY apply_order")
+        recorded = tuple(RecordedChunk(*row) for row in cur.fetchall())
+        cur.execute("SELECT chunk_key, reason, quarantine_key, etag, event_time"
+                    " FROM rejected_chunks ORDER BY chunk_key")
+        rejected = tuple(RejectedRecord(*row) for row in cur.fetchall())
+        detections = _fired_detections(cur)
+    return LiveRun(recorded, rejected, detections)
+
+
+def _fired_detections(cur: psycopg2.extensions.cursor) -> tuple[FiredDetection, ...]:
+    cur.execute("SELECT seq, pattern_id, merchant_id, customer_name, chunk_key, apply_order"
+                " FROM detected_patterns ORDER BY seq")
+    return tuple(FiredDetection(*row) for row in cur.fetchall())
+
+
+def fired_detections(conn: psycopg2.extensions.connection) -> tuple[FiredDetection, ...]:
+    with db.transaction(conn), conn.cursor() as cur:
+        return _fired_detections(cur)
+
+
+def empty_engine_tables(conn: psycopg2.extensions.connection) -> None:
+    with db.transaction(conn), conn.cursor() as cur:
+        cur.execute(sql.SQL("TRUNCATE {}").format(
+            sql.SQL(", ").join(sql.Identifier(t) for t in ENGINE_TABLES)))
+
+
+def _holds_anything(conn: psycopg2.extensions.connection) -> bool:
+    with db.transaction(conn), conn.cursor() as cur:
+        cur.execute("SELECT EXISTS (SELECT 1 FROM processed_chunks)"
+                    " OR EXISTS (SELECT 1 FROM rejected_chunks)"
+                    " OR EXISTS (SELECT 1 FROM detected_patterns)")
+        return bool(cur.fetchone()[0])
+
+
+def connect_target(target: Target, live_url: str) -> psycopg2.extensions.connection:
+    """A connection to the target; for --replace it first takes the worker lock exclusively.
+
+    The lock is refused while any worker holds it, and kept until the connection closes, so
+    no worker can start until the rebuild is over.
+    """
+    if target.replace:
+        conn = connect(live_url)
+        if not db.try_rebuild_lock(conn):
+            conn.close()
+            raise ReplayRefused("--replace: a worker is running against the live database"
+                                " (it holds the worker lock); stop every worker first")
+        return conn
+    if target.schema is not None:
+        conn = connect(live_url, schema=target.schema)
+        with db.transaction(conn), conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                sql.Identifier(target.schema)))
+        return conn
+    ensure_database(target.database_url)
+    return connect(target.database_url)
+
+
+def prepare_target(conn: psycopg2.extensions.connection, target: Target,
+                   live_identity: tuple | None, *, reset: bool) -> None:
+    """Migrate the target and make sure it is empty; refuse the live tables (but --replace)."""
+    if not target.replace and live_identity is not None and identity(conn) == live_identity:
+        raise ReplayRefused(f"--into: {target.describe()} holds the live tables; choose"
+                            " another database or schema (or --replace to rebuild them)")
+    db.migrate(conn)
+    if target.replace or reset:
+        empty_engine_tables(conn)
+    elif _holds_anything(conn):
+        raise ReplayError(f"{target.describe()} already holds a replay or a run; add"
+                          " --reset to empty it first, or choose another target")
+
+
+def copy_rejected(conn: psycopg2.extensions.connection, rejected: tuple[RejectedRecord, ...]
+                  ) -> None:
+    """Record the live run's whole-chunk rejections in the target, reasons included."""
+    for r in rejected:
+        engine.record_rejected_chunk(conn, engine.ChunkRef(r.key, r.etag, r.event_time),
+                                     r.reason, r.quarantine_key)
+
+
+def seal_outbox(conn: psycopg2.extensions.connection) -> None:
+    """Close the last partial file and mark every file as handled, without an S3 key.
+
+    A replay that publishes nothing must leave nothing pending: a worker pointed at this
+    database by mistake would otherwise write its files to the live prefix.
+    """
+    outbox.close_partial_file(conn)
+    with db.transaction(conn), conn.cursor() as cur:
+        cur.execute("UPDATE outbox_files SET written_at = clock_timestamp()"
+                    " WHERE written_at IS NULL")
+
+
+def adopt_live_files(conn: psycopg2.extensions.connection, s3, bucket: str, prefix: str
+                     ) -> tuple[int, list[str]]:
+    """--replace: mark rebuilt files written where S3 already holds the same detections.
+
+    The live files carry the lost run's timestamps; the rebuild's detections are the same
+    keys in the same order when the settings are. Files that differ or are absent stay
+    pending, for the worker to write (or rewrite) when it starts.
+    """
+    adopted, differing = 0, []
+    for file in outbox.pending_files(conn, prefix):
+        try:
+            body = s3.get_object(Bucket=bucket, Key=file.s3_key)["Body"].read()
+        except s3.exceptions.NoSuchKey:
+            continue
+        rows = list(csv.DictReader(io.StringIO(body.decode("utf-8"))))
+        live = [(r["patternId"], r["customerName"], r["MerchantId"]) for r in rows]
+        rebuilt = [(d.pattern_id, d.customer_name, d.merchant_id) for d in file.detections]
+        if live == rebuilt:
+            outbox.mark_written(conn, file.file_no, file.s3_key)
+            adopted += 1
+        else:
+            differing.append(file.s3_key)
+    return adopted, differing
+
+
+# --- inputs --------------------------------------------------------------------------------
+
+
+def read_importance(s3, settings: WorkerSettings, uri: str | None) -> tuple[str, bytes]:
+    """(where from, bytes) of the CustomerImportance to use: ``uri`` or the live one."""
+    if uri is None:
+        uri = f"s3://{settings.bucket}/{settings.reference_key}"
+    if uri.startswith("s3://"):
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        if not bucket or not key:
+            raise ReplayError(f"--importance {uri}: expected s3://bucket/key")
+        try:
+            return uri, s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except s3.exceptions.NoSuchKey as exc:
+            raise ReplayError(f"--importance {uri}: no such object") from exc
+    path = Path(uri)
+    if not path.is_file():
+        raise ReplayError(f"--importance {uri}: no such file")
+    return str(path), path.read_bytes()
+
+
+def list_archive(s3, settings: WorkerSettings) -> list[ArchivedChunk]:
+    return [
+        ArchivedChunk(c.key, c.etag, datetime.fromisoformat(c.last_modified))
+        for c in list_chunks(s3, settings.bucket, settings.chunk_prefix, settings.chunk_suffix)
+    ]
+
+
+def weights_table(weights: dict[WeightKey, Decimal]) -> pa.Table:
+    """The key weights as ``spark_job.WEIGHTS_SCHEMA``'s columns, for ``createDataFrame``.
+
+    The same rows ``spark_job.load_weights`` builds, but built here, off the main thread and
+    as Arrow: the replay computes them while Spark starts, and Arrow reaches the JVM ~3x
+    faster than a list of tuples (measured: 0.3-1.0 s against 1.0-2.5 s for 42,540 keys).
+    """
+    items = sorted(weights.items())
+    columns = {name: WEIGHTS_SCHEMA[name].dataType for name in WEIGHTS_SCHEMA.names}
+    weight_type = columns["weight"]
+    return pa.table({
+        "customer": pa.array([k[0] for k, _ in items], pa.string()),
+        "merchant": pa.array([k[1] for k, _ in items], pa.string()),
+        "category": pa.array([k[2] for k, _ in items], pa.string()),
+        "weight": pa.array([w for _, w in items],
+                           pa.decimal128(weight_type.precision, weight_type.scale)),
+    })
+
+
+class _Background:
+    """Run ``fn`` on a thread; ``result()`` joins and re-raises its error in the caller."""
+
+    def __init__(self, fn: Callable[[], object], name: str) -> None:
+        self._value: object = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], object]) -> None:
+        try:
+            self._value = fn()
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+
+    def result(self) -> object:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+def run_replay(
+    settings: WorkerSettings,
+    options: ReplayOptions,
+    *,
+    s3,
+    spark_factory: Callable[[], object],
+    fetch_spec: FetchSpec,
+) -> ReplayReport:
+    """Replay the archive as ``options`` say; the report of what was done.
+
+    ``spark_factory`` is called once, while the reference data is read and parsed on another
+    thread (the two are the replay's biggest fixed costs and use different processes).
+    """
+    started_at = datetime.now(UTC)
+    clock = _Stopwatch()
+    target = parse_target(options.into, options.replace)
+    thresholds = thresholds_with_rules(settings.thresholds, options.rules)
+    if options.replace and (options.rules or options.importance):
+        raise ReplayRefused("--replace rebuilds the live run with the live settings: it takes"
+                            " no --rule or --importance (replay those --into another target)")
+    publish_prefix = None
+    if options.publish is not None:
+        publish_prefix = check_publish_prefix(
+            options.publish, detections_prefix=settings.detections_prefix,
+            chunk_prefix=settings.chunk_prefix, replace=options.replace)
+
+    def parsed_reference() -> tuple[str, ParsedWeights, pa.Table]:
+        source, data = read_importance(s3, settings, options.importance)
+        parsed = parse_customer_importance(data, source)
+        return source, parsed, weights_table(key_weights(parsed.rows))
+
+    reference = _Background(parsed_reference, "replay-reference")
+    with clock("target"):
+        conn = connect_target(target, settings.database_url)
+    try:
+        with clock("live_read"):
+            # --replace reads the record under its lock: no worker can change it meanwhile
+            live, live_identity = (_read_live(settings, options) if not target.replace
+                                   else (read_live_run(conn), identity(conn)))
+        with clock("list"):
+            listed = list_archive(s3, settings)
+        plan = plan_chunks(listed, live.recorded, [r.key for r in live.rejected], options.order)
+        if options.compare is not None and live.recorded is None:
+            raise ReplayError("--compare needs the live run's database, which has no engine"
+                              " tables")
+        logger.info("replay planned", extra={
+            "order": plan.order, "chunks": len(plan.chunks), "target": target.describe(),
+            "skipped_rejected": len(plan.skipped_rejected),
+            "not_applied_live": len(plan.not_applied_live)})
+        with clock("target"):
+            prepare_target(conn, target, live_identity, reset=options.reset)
+        with clock("spark_start"):
+            spark = spark_factory()
+        with clock("reference"):
+            source, weights, table = reference.result()
+            weights_df = spark.createDataFrame(table).coalesce(1).cache()
+            weights_df.count()  # materialised once, read by the job's broadcast
+        report = ReplayReport(target.describe(), plan, changed_rules(settings.thresholds,
+                                                                       thresholds), source)
+        if weights.rejected:
+            logger.warning("CustomerImportance rows rejected", extra={
+                "source": source, "rows_rejected": len(weights.rejected)})
+        with clock("spark_job"):
+            result = aggregate_batch(spark, fetch_spec, plan.keys, weights_df)
+        weights_df.unpersist()
+        if result.missing_chunks:
+            raise ReplayError(f"{len(result.missing_chunks)} chunk(s) vanished from the archive"
+                              f" during the replay (first {result.missing_chunks[0]})")
+        with clock("apply"):
+            copy_rejected(conn, live.rejected)
+            _apply_all(conn, plan, result, thresholds, started_at, report,
+                       spark_ms=clock.timings["spark_job"])
+        with clock("outbox"):
+            if publish_prefix is not None:
+                outbox.close_partial_file(conn)
+                report.files_published = publish_pending(conn, s3, settings.bucket,
+                                                         publish_prefix)
+            elif target.replace:
+                report.live_files_adopted, report.live_files_differing = adopt_live_files(
+                    conn, s3, settings.bucket, settings.detections_prefix)
+            else:
+                seal_outbox(conn)
+        replayed = fired_detections(conn)
+    finally:
+        conn.close()
+    report.detections = dict(sorted(Counter(d.pattern_id for d in replayed).items()))
+    if options.compare is not None:
+        with clock("compare"):
+            report.changes = compare_detections(live.detections, replayed)
+            options.compare.write_text(render_compare_csv(report.changes), encoding="utf-8")
+            report.compare_text = compare_summary(live.detections, replayed, report.changes,
+                                                  report.rules) + f"\ndiff: {options.compare}"
+    report.timings_ms = clock.timings
+    logger.info("replay done", extra={"target": report.target, "chunks": report.chunks_applied,
+                                      "detections": report.detections, **clock.timings})
+    return report
+
+
+def _read_live(settings: WorkerSettings, options: ReplayOptions) -> tuple[LiveRun, tuple | None]:
+    """The live run's record; with --order keys a live database that is unreachable is fine."""
+    try:
+        conn = db.connect(settings.database_url)
+    except psycopg2.OperationalError as exc:
+        if options.order == RECORDED or options.compare is not None or options.replace:
+            raise ReplayError(f"the live database is unreachable ({str(exc).strip()}); with"
+                              " it gone, replay with --order keys --into another") from exc
+        logger.warning("live database unreachable: replaying without its record",
+                       extra={"error": str(exc).strip()})
+        return LiveRun(None, (), ()), None
+    try:
+        return read_live_run(conn), identity(conn)
+    finally:
+        conn.close()
+
+
+def _apply_all(conn, plan: ReplayPlan, result, thresholds: engine.Thresholds,
+               started_at: datetime, report: ReplayReport, *, spark_ms: int) -> None:
+    share = round(spark_ms / max(1, len(plan.chunks)))
+    for chunk in plan.chunks:
+        ref = engine.ChunkRef(chunk.key, chunk.etag, chunk.event_time)
+        if chunk.key in result.rejected_chunks:
+            # Cannot happen for a chunk the live run applied unless its object changed.
+            engine.record_rejected_chunk(conn, ref, result.rejected_chunks[chunk.key], "")
+            logger.warning("chunk rejected whole by the replay", extra={
+                "chunk_key": chunk.key, "reason": result.rejected_chunks[chunk.key]})
+            report.chunks_rejected += 1
+            continue
+        aggregates = result.aggregates[chunk.key]
+        engine.apply_chunk(conn, ref, aggregates, y_start_time=started_at,
+                           thresholds=thresholds, spark_ms=share)
+        report.chunks_applied += 1
+        report.rows_good += aggregates.rows_good
+        report.rows_rejected += aggregates.rows_rejected
