@@ -319,27 +319,47 @@ def seal_outbox(conn: psycopg2.extensions.connection) -> None:
 
 def adopt_live_files(conn: psycopg2.extensions.connection, s3, bucket: str, prefix: str
                      ) -> tuple[int, list[str]]:
-    """--replace: mark rebuilt files written where S3 already holds the same detections.
+    """--replace: rebuild the outbox from the detection files already in S3.
 
-    The live files carry the lost run's timestamps; the rebuild's detections are the same
-    keys in the same order when the settings are. Files that differ or are absent stay
-    pending, for the worker to write (or rewrite) when it starts.
+    The lost run's files need not be 50 each (a drain or an idle flush writes a partial one),
+    so the rebuild's own grouping is dropped and the live files are matched in order instead:
+    file n is adopted (recorded as written, with its key) when it holds exactly the next
+    detections, by seq, with the same keys. The first file that differs stops the matching;
+    the detections after the last adopted file are grouped in files of 50 again, which the
+    worker writes when it starts (rewriting the differing file, reported here). Returns
+    (files adopted, keys of the files that differ).
     """
-    adopted, differing = 0, []
-    for file in outbox.pending_files(conn, prefix):
-        try:
-            body = s3.get_object(Bucket=bucket, Key=file.s3_key)["Body"].read()
-        except s3.exceptions.NoSuchKey:
-            continue
-        rows = list(csv.DictReader(io.StringIO(body.decode("utf-8"))))
-        live = [(r["patternId"], r["customerName"], r["MerchantId"]) for r in rows]
-        rebuilt = [(d.pattern_id, d.customer_name, d.merchant_id) for d in file.detections]
-        if live == rebuilt:
-            outbox.mark_written(conn, file.file_no, file.s3_key)
-            adopted += 1
-        else:
-            differing.append(file.s3_key)
-    return adopted, differing
+    with db.transaction(conn), conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (db.LOCK_NAMESPACE, db.ENGINE_LOCK))
+        cur.execute("UPDATE detected_patterns SET file_no = NULL, s3_key = NULL")
+        cur.execute("DELETE FROM outbox_files")
+        cur.execute("SELECT seq, pattern_id, customer_name, merchant_id FROM detected_patterns"
+                    " ORDER BY seq")
+        rebuilt = cur.fetchall()
+        position, file_no, differing = 0, 0, []
+        while position < len(rebuilt):
+            key = outbox.file_key(file_no + 1, prefix)
+            try:
+                body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            except s3.exceptions.NoSuchKey:
+                break
+            rows = list(csv.DictReader(io.StringIO(body.decode("utf-8"))))
+            mine = rebuilt[position:position + len(rows)]
+            if not rows or [(r["patternId"], r["customerName"], r["MerchantId"])
+                            for r in rows] != [tuple(d[1:]) for d in mine]:
+                differing.append(key)
+                break
+            file_no += 1
+            first, last = mine[0][0], mine[-1][0]
+            cur.execute(
+                "INSERT INTO outbox_files (file_no, first_seq, last_seq, detections, s3_key,"
+                " written_at) VALUES (%s, %s, %s, %s, %s, clock_timestamp())",
+                (file_no, first, last, len(mine), key))
+            cur.execute("UPDATE detected_patterns SET file_no = %s, s3_key = %s"
+                        " WHERE seq BETWEEN %s AND %s", (file_no, key, first, last))
+            position += len(rows)
+        outbox.close_full_files(cur)
+    return file_no, differing
 
 
 # --- inputs --------------------------------------------------------------------------------
