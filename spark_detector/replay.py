@@ -6,9 +6,12 @@ The chunk archive in S3 is the source of truth. A replay:
    detections) and lists the chunk prefix; ``replay_plan.plan_chunks`` picks the chunks and
    their order (the recorded apply order, or key order for a database that is gone), skipping
    the chunks the live run rejected whole;
-2. runs ONE Spark job over all of them - ``spark_job.aggregate_batch``, the worker's own
-   fetch / parse / validate / aggregate query, so rows are validated exactly as live - which
-   yields every chunk's pair aggregates, the chunks spread over the executors;
+2. runs ONE Spark job over all of them - ``spark_job.fetch_chunks`` and ``aggregate_chunks``,
+   the worker's own fetch / parse / validate / aggregate query, so rows are validated exactly
+   as live - which yields every chunk's pair aggregates, the chunks spread over the
+   executors. The result stays one compact Arrow table on the driver, turned into one
+   chunk's ``ChunkAggregates`` at a time (``spark_job.assemble_batch``) just before that chunk
+   is applied, so the driver never holds Python objects for more than one chunk;
 3. applies the chunks one by one, in the planned order, with ``engine.apply_chunk`` into the
    target database or schema: the engine's own state update, rules at every chunk boundary
    for the merchants the chunk touched, emit-once and detection numbering. The replay is
@@ -39,6 +42,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 import psycopg2.extensions
 import pyarrow as pa
+import pyarrow.compute as pc
 from aws_lambda_powertools import Logger
 from psycopg2 import sql
 
@@ -46,7 +50,7 @@ from spark_detector import db, engine, outbox
 from spark_detector.aggregates import WeightKey, key_weights
 from spark_detector.backfill import list_chunks
 from spark_detector.config import WorkerSettings
-from spark_detector.parsing import ParsedWeights, parse_customer_importance
+from spark_detector.parsing import parse_customer_importance
 from spark_detector.publish import publish_pending
 from spark_detector.replay_plan import (
     RECORDED,
@@ -68,7 +72,15 @@ from spark_detector.replay_plan import (
     render_compare_csv,
     thresholds_with_rules,
 )
-from spark_detector.spark_job import WEIGHTS_SCHEMA, FetchSpec, aggregate_batch
+from spark_detector.spark_job import (
+    OUTPUT_COLUMNS,
+    WEIGHTS_SCHEMA,
+    BatchResult,
+    FetchSpec,
+    aggregate_chunks,
+    assemble_batch,
+    fetch_chunks,
+)
 
 logger = Logger(service="spark_detector")
 
@@ -390,6 +402,38 @@ def list_archive(s3, settings: WorkerSettings) -> list[ArchivedChunk]:
     ]
 
 
+class ArchiveAggregates:
+    """The Spark job's result for every chunk, as one Arrow table sorted by chunk key."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table.sort_by("chunk_key")
+        counts = pc.value_counts(self.table["chunk_key"]).to_pylist()
+        # Arrow sorts strings bytewise; UTF-8 byte order is code point order, as sorted()'s
+        self.slices: dict[str, tuple[int, int]] = {}
+        offset = 0
+        for item in sorted(counts, key=lambda c: c["values"]):
+            self.slices[item["values"]] = (offset, item["counts"])
+            offset += item["counts"]
+
+    def chunk(self, key: str) -> BatchResult:
+        """One chunk's result, assembled and checked (every line counted) by the worker's code."""
+        offset, length = self.slices.get(key, (0, 0))
+        part = self.table.slice(offset, length)
+        return assemble_batch([key], {name: part.column(name).to_pylist()
+                                      for name in OUTPUT_COLUMNS})
+
+
+def aggregate_archive(spark, fetch_spec: FetchSpec, keys: list[str], weights_df
+                      ) -> ArchiveAggregates:
+    """ONE Spark job: every chunk fetched by the executors, parsed, validated, aggregated.
+
+    The same query as a live micro-batch (``aggregate_chunks``), over the whole archive.
+    """
+    query = aggregate_chunks(spark, fetch_chunks(spark, fetch_spec, sorted(set(keys))),
+                             weights_df)
+    return ArchiveAggregates(query.toArrow())
+
+
 def weights_table(weights: dict[WeightKey, Decimal]) -> pa.Table:
     """The key weights as ``spark_job.WEIGHTS_SCHEMA``'s columns, for ``createDataFrame``.
 
@@ -460,10 +504,11 @@ def run_replay(
             options.publish, detections_prefix=settings.detections_prefix,
             chunk_prefix=settings.chunk_prefix, replace=options.replace)
 
-    def parsed_reference() -> tuple[str, ParsedWeights, pa.Table]:
+    def parsed_reference() -> tuple[str, int, pa.Table]:
+        # only the key weights outlive this: the parsed rows are ~0.3 GB for the full file
         source, data = read_importance(s3, settings, options.importance)
         parsed = parse_customer_importance(data, source)
-        return source, parsed, weights_table(key_weights(parsed.rows))
+        return source, len(parsed.rejected), weights_table(key_weights(parsed.rows))
 
     reference = _Background(parsed_reference, "replay-reference")
     with clock("target"):
@@ -488,23 +533,20 @@ def run_replay(
         with clock("spark_start"):
             spark = spark_factory()
         with clock("reference"):
-            source, weights, table = reference.result()
+            source, weights_rejected, table = reference.result()
             weights_df = spark.createDataFrame(table).coalesce(1).cache()
             weights_df.count()  # materialised once, read by the job's broadcast
         report = ReplayReport(target.describe(), plan, changed_rules(settings.thresholds,
                                                                        thresholds), source)
-        if weights.rejected:
+        if weights_rejected:
             logger.warning("CustomerImportance rows rejected", extra={
-                "source": source, "rows_rejected": len(weights.rejected)})
+                "source": source, "rows_rejected": weights_rejected})
         with clock("spark_job"):
-            result = aggregate_batch(spark, fetch_spec, plan.keys, weights_df)
+            archive = aggregate_archive(spark, fetch_spec, plan.keys, weights_df)
         weights_df.unpersist()
-        if result.missing_chunks:
-            raise ReplayError(f"{len(result.missing_chunks)} chunk(s) vanished from the archive"
-                              f" during the replay (first {result.missing_chunks[0]})")
         with clock("apply"):
             copy_rejected(conn, live.rejected)
-            _apply_all(conn, plan, result, thresholds, started_at, report,
+            _apply_all(conn, plan, archive, thresholds, started_at, report,
                        spark_ms=clock.timings["spark_job"])
         with clock("outbox"):
             if publish_prefix is not None:
@@ -549,11 +591,16 @@ def _read_live(settings: WorkerSettings, options: ReplayOptions) -> tuple[LiveRu
         conn.close()
 
 
-def _apply_all(conn, plan: ReplayPlan, result, thresholds: engine.Thresholds,
+def _apply_all(conn, plan: ReplayPlan, archive: ArchiveAggregates,
+               thresholds: engine.Thresholds,
                started_at: datetime, report: ReplayReport, *, spark_ms: int) -> None:
     share = round(spark_ms / max(1, len(plan.chunks)))
     for chunk in plan.chunks:
         ref = engine.ChunkRef(chunk.key, chunk.etag, chunk.event_time)
+        result = archive.chunk(chunk.key)
+        if result.missing_chunks:
+            raise ReplayError(f"{chunk.key}: the chunk vanished from the archive during the"
+                              " replay")
         if chunk.key in result.rejected_chunks:
             # Cannot happen for a chunk the live run applied unless its object changed.
             engine.record_rejected_chunk(conn, ref, result.rejected_chunks[chunk.key], "")
