@@ -14,7 +14,6 @@ import csv
 import io
 import random
 from dataclasses import replace
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg2
@@ -263,7 +262,7 @@ def test_the_live_tables_are_refused_as_a_replay_target(spark, live):
         replay(spark, settings, resources, into="whatif2", publish="detected_patterns/")
 
 
-def test_the_command_line_reaches_the_replay(live, aws_credentials, monkeypatch, capsys, tmp_path: Path):
+def test_the_command_line_reaches_the_replay(live, aws_credentials, monkeypatch, capsys):
     settings, resources = live
     from spark_detector.__main__ import main
 
