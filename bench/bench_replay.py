@@ -14,8 +14,11 @@ process start to exit (Spark start included), with the process tree's peak RSS:
 3. ``what-if``: ``--into <db> --reset --rule PATID2_MIN_COUNT=60 --compare``.
 
 Each replay logs a ``replay done`` JSON line with its stages in ms; the Spark share is
-``spark_start + reference + spark_job``, the PostgreSQL share ``apply`` (plus ``target``,
-``live_read``, ``outbox``). Output: ``bench/results/replay-<UTC>/results.json`` and a table.
+``spark_start + reference + spark_job``, the PostgreSQL share ``apply_chunk`` (the engine's
+transactions, summed) plus ``target``, ``live_read`` and ``outbox``. ``apply`` is the wall
+time of the apply loop; ``assemble`` (one chunk's Python objects from the job's Arrow result,
+on a thread, overlapping the previous chunk's ``apply_chunk``) is part of it.
+Output: ``bench/results/replay-<UTC>/results.json`` and a table.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from infra.local.stack import REPO_ROOT, LocalStack
 from producer.chunks import chunk_key
 
 SPARK_STAGES = ("spark_start", "reference", "spark_job")
-POSTGRES_STAGES = ("target", "live_read", "apply", "outbox")
+POSTGRES_STAGES = ("target", "live_read", "apply_chunk", "outbox")
 
 
 def upload_chunks(s3, bucket: str, prefix: str, transactions: Path, rows_per_chunk: int
@@ -66,7 +69,7 @@ def run_replay(name: str, args: list[str], env: dict[str, str], log_dir: Path) -
     done = next(json.loads(line) for line in text.splitlines()
                 if line.startswith("{") and '"replay done"' in line)
     stages = {k: v for k, v in done.items() if k in (*SPARK_STAGES, *POSTGRES_STAGES,
-                                                      "list", "compare")}
+                                                      "list", "apply", "assemble", "compare")}
     return {
         "args": args,
         "wall_s": round(wall_s, 2),

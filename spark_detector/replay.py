@@ -33,6 +33,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -546,7 +547,7 @@ def run_replay(
         weights_df.unpersist()
         with clock("apply"):
             copy_rejected(conn, live.rejected)
-            _apply_all(conn, plan, archive, thresholds, started_at, report,
+            _apply_all(conn, plan, archive, thresholds, started_at, report, clock,
                        spark_ms=clock.timings["spark_job"])
         with clock("outbox"):
             if publish_prefix is not None:
@@ -592,25 +593,41 @@ def _read_live(settings: WorkerSettings, options: ReplayOptions) -> tuple[LiveRu
 
 
 def _apply_all(conn, plan: ReplayPlan, archive: ArchiveAggregates,
-               thresholds: engine.Thresholds,
-               started_at: datetime, report: ReplayReport, *, spark_ms: int) -> None:
+               thresholds: engine.Thresholds, started_at: datetime, report: ReplayReport,
+               clock: _Stopwatch, *, spark_ms: int) -> None:
+    """Apply the chunks in plan order; chunk n+1 is assembled while chunk n is in PostgreSQL.
+
+    ``apply_chunk`` spends most of its time waiting for the server (psycopg2 releases the GIL
+    then), so assembling the next chunk's Python objects on a thread meanwhile is nearly free.
+    """
     share = round(spark_ms / max(1, len(plan.chunks)))
-    for chunk in plan.chunks:
-        ref = engine.ChunkRef(chunk.key, chunk.etag, chunk.event_time)
-        result = archive.chunk(chunk.key)
-        if result.missing_chunks:
-            raise ReplayError(f"{chunk.key}: the chunk vanished from the archive during the"
-                              " replay")
-        if chunk.key in result.rejected_chunks:
-            # Cannot happen for a chunk the live run applied unless its object changed.
-            engine.record_rejected_chunk(conn, ref, result.rejected_chunks[chunk.key], "")
-            logger.warning("chunk rejected whole by the replay", extra={
-                "chunk_key": chunk.key, "reason": result.rejected_chunks[chunk.key]})
-            report.chunks_rejected += 1
-            continue
-        aggregates = result.aggregates[chunk.key]
-        engine.apply_chunk(conn, ref, aggregates, y_start_time=started_at,
-                           thresholds=thresholds, spark_ms=share)
-        report.chunks_applied += 1
-        report.rows_good += aggregates.rows_good
-        report.rows_rejected += aggregates.rows_rejected
+
+    def assembled(key: str) -> BatchResult:
+        with clock("assemble"):
+            return archive.chunk(key)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-assemble") as pool:
+        upcoming = [pool.submit(assembled, c.key) for c in plan.chunks[:1]]
+        for i, chunk in enumerate(plan.chunks):
+            result = upcoming[i].result()
+            if i + 1 < len(plan.chunks):
+                upcoming.append(pool.submit(assembled, plan.chunks[i + 1].key))
+            upcoming[i] = None  # this chunk's objects go as soon as it is applied
+            ref = engine.ChunkRef(chunk.key, chunk.etag, chunk.event_time)
+            if result.missing_chunks:
+                raise ReplayError(f"{chunk.key}: the chunk vanished from the archive during"
+                                  " the replay")
+            if chunk.key in result.rejected_chunks:
+                # Cannot happen for a chunk the live run applied unless its object changed.
+                engine.record_rejected_chunk(conn, ref, result.rejected_chunks[chunk.key], "")
+                logger.warning("chunk rejected whole by the replay", extra={
+                    "chunk_key": chunk.key, "reason": result.rejected_chunks[chunk.key]})
+                report.chunks_rejected += 1
+                continue
+            aggregates = result.aggregates[chunk.key]
+            with clock("apply_chunk"):
+                engine.apply_chunk(conn, ref, aggregates, y_start_time=started_at,
+                                   thresholds=thresholds, spark_ms=share)
+            report.chunks_applied += 1
+            report.rows_good += aggregates.rows_good
+            report.rows_rejected += aggregates.rows_rejected
