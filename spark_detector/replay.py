@@ -146,7 +146,7 @@ class ReplayReport:
             f" chunks skipped (rejected live): {len(p.skipped_rejected)};"
             f" rejected whole by the replay: {self.chunks_rejected}",
             "  rules: " + (", ".join(f"{k}={v}" for k, v in sorted(self.rules.items()))
-                           or "the live settings"),
+                           or "the live thresholds"),
             f"  CustomerImportance: {self.importance}",
             "  detections: " + (", ".join(f"{k} {v}" for k, v in sorted(self.detections.items()))
                                 or "none"),
