@@ -24,15 +24,19 @@ Output: ``bench/results/replay-<UTC>/results.json`` and a table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.memory import RssSampler
+import psutil
+
+from bench.memory import RssSampler, classify
 from infra.local import postgres
 from infra.local.demo import sample_data
 from infra.local.stack import REPO_ROOT, LocalStack
@@ -54,13 +58,53 @@ def upload_chunks(s3, bucket: str, prefix: str, transactions: Path, rows_per_chu
     return n
 
 
+class CpuSampler:
+    """CPU seconds (user + system) of a process tree, from its last sample of each process:
+    on a shared machine a steadier measure of the work than the wall-clock time."""
+
+    def __init__(self, pid: int, every: float = 0.1) -> None:
+        self.root = psutil.Process(pid)
+        self.every = every
+        self.seconds: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                processes = [self.root, *self.root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            for p in processes:
+                with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                    t = p.cpu_times()
+                    part = "driver" if p.pid == self.root.pid else classify(p)
+                    self.seconds[p.pid] = (part, t.user + t.system)
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def totals(self) -> dict[str, float]:
+        parts: dict[str, float] = {}
+        for part, seconds in self.seconds.values():
+            parts[part] = round(parts.get(part, 0.0) + seconds, 1)
+        return parts
+
+
 def run_replay(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> dict:
     log = log_dir / f"replay-{name}.log"
     started = time.perf_counter()
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "spark_detector", "replay", *args],
                                    cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        with RssSampler(process.pid, every=0.1, label=name) as memory:
+        with RssSampler(process.pid, every=0.1, label=name) as memory, \
+                CpuSampler(process.pid) as cpu:
             rc = process.wait()
     wall_s = time.perf_counter() - started
     text = log.read_text(encoding="utf-8", errors="replace")
@@ -78,6 +122,7 @@ def run_replay(name: str, args: list[str], env: dict[str, str], log_dir: Path) -
         "postgres_ms": sum(stages.get(k, 0) for k in POSTGRES_STAGES),
         "chunks": done["chunks"],
         "detections": done["detections"],
+        "cpu_s": cpu.totals(),
         "peak_rss_mib": round(memory.peak_total / 2**20),
         "peak_rss_parts_mib": {k: round(v / 2**20) for k, v in memory.peaks.items()},
         "summary": [line for line in text.splitlines() if not line.startswith("{")],
@@ -125,7 +170,7 @@ def main() -> None:
     for name in phases:
         r = results[name]
         print(f"{name:<8} {r['wall_s']:>7} {r['spark_ms']:>9} {r['postgres_ms']:>7}"
-              f" {r['peak_rss_mib']:>9}  {r['stages_ms']}")
+              f" {r['peak_rss_mib']:>9}  {r['stages_ms']}\n{'':<8} CPU s: {r['cpu_s']}")
     for name in phases:
         print(f"\n[{name}]\n" + "\n".join(results[name]["summary"]))
     print(f"\nload average {results['load_average_start']} -> {results['load_average_end']};"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -108,7 +109,7 @@ def cmd_migrate(settings: WorkerSettings, _args: argparse.Namespace) -> int:
 
 
 def cmd_replay(settings: WorkerSettings, args: argparse.Namespace) -> int:
-    from spark_detector.replay import ReplayOptions, run_replay
+    from spark_detector.replay import ReplayOptions, run_replay, submit_args_for_local_driver
     from spark_detector.replay_plan import ReplayError, ReplayRefused
     from spark_detector.spark_job import FetchSpec, build_spark
 
@@ -119,6 +120,9 @@ def cmd_replay(settings: WorkerSettings, args: argparse.Namespace) -> int:
     sessions = []
 
     def spark_factory():
+        submit_args = submit_args_for_local_driver(os.environ)
+        if submit_args is not None:
+            os.environ["PYSPARK_SUBMIT_ARGS"] = submit_args
         sessions.append(build_spark(settings.spark_master, app_name="spark_detector_replay"))
         return sessions[0]
 

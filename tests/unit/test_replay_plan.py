@@ -153,3 +153,12 @@ def test_compare_of_identical_runs_is_empty():
     assert compare_detections(live, list(live)) == []
     assert render_compare_csv([]).splitlines() == [",".join(COMPARE_COLUMNS)]
     assert "equals the live run" in compare_summary(live, live, [])
+
+
+def test_the_replay_driver_gets_its_jvm_options_unless_the_operator_set_some():
+    from spark_detector.replay import REPLAY_JAVA_OPTIONS, submit_args_for_local_driver
+
+    args = submit_args_for_local_driver({})
+    assert REPLAY_JAVA_OPTIONS in args and args.endswith("pyspark-shell")
+    assert submit_args_for_local_driver({"PYSPARK_SUBMIT_ARGS": "--master x pyspark-shell"}
+                                        ) is None
