@@ -35,8 +35,8 @@ def skip_reason(record: S3EventRecord, settings: TriggerSettings) -> str | None:
         return "outside_chunk_prefix"
     if not key.endswith(settings.chunk_suffix):
         return "not_chunk_suffix"
-    if object_size(record) <= 0:
-        return "empty_object"
+    # An empty chunk is enqueued like any other: the worker rejects it whole, records it and
+    # quarantines it (SPEC section 3), so it is visible rather than silently skipped here.
     return None
 
 

@@ -31,7 +31,8 @@ def list_chunks(s3, bucket: str, prefix: str, suffix: str) -> Iterator[ListedChu
     paginator = s3.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
-            if obj["Key"].endswith(suffix) and obj["Size"] > 0:
+            # empty chunks too: the worker rejects them whole, visibly
+            if obj["Key"].endswith(suffix):
                 yield ListedChunk(obj["Key"], obj["Size"], obj["ETag"].strip('"'),
                                   obj["LastModified"].isoformat())
 

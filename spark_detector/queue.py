@@ -112,9 +112,7 @@ def receive_batch(
         )
         batch = [_to_received(m) for m in response.get("Messages", [])]
         if not batch:
-            if received or wait == 0:
-                break
-            continue  # long poll timed out empty: the caller decides what to do
+            break  # the queue is empty (or the long poll timed out): the caller decides
         received.extend(batch)
         if deadline is None:
             deadline = clock() + window_seconds

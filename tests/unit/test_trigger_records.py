@@ -38,7 +38,7 @@ def test_each_kind_of_record_gets_its_reason():
         "outside_chunk_prefix",  # reference/
         "outside_chunk_prefix",  # _state/
         "folder",
-        "empty_object",
+        None,  # an empty chunk: the worker rejects and records it
         "not_chunk_suffix",
         "not_object_created",
     ]
