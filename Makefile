@@ -41,12 +41,15 @@ bench: $(STAMP) check-java
 	@$(PY) -m bench $(ARGS)
 
 # Called by `sam build` (template.yaml: TriggerFunction, BuildMethod: makefile) with
-# ARTIFACTS_DIR set. The package is lambda_trigger/ alone: boto3 is in the Lambda runtime and
-# Powertools comes from its public layer, so nothing of the worker (Spark, psycopg2) ships.
+# ARTIFACTS_DIR set. The package is lambda_trigger/ and the shared chunk_contract/: boto3 is in
+# the Lambda runtime and Powertools comes from its public layer, so nothing of the worker
+# (Spark, psycopg2) ships.
+LAMBDA_PACKAGES := lambda_trigger chunk_contract
 build-TriggerFunction:
 	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set (sam build sets it)"; exit 1; }
-	mkdir -p "$(ARTIFACTS_DIR)/lambda_trigger"
-	cp lambda_trigger/*.py "$(ARTIFACTS_DIR)/lambda_trigger/"
+	for package in $(LAMBDA_PACKAGES); do \
+		mkdir -p "$(ARTIFACTS_DIR)/$$package" && cp $$package/*.py "$(ARTIFACTS_DIR)/$$package/"; \
+	done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from aws_lambda_powertools import Logger
 
-from lambda_trigger.message import ChunkMessage
-from lambda_trigger.sqs_batch import enqueue
+from chunk_contract.message import ChunkMessage
+from chunk_contract.sqs_batch import enqueue
 from spark_detector import engine
 
 logger = Logger(service="spark_detector")

@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 import boto3
 import psycopg2
 
-from lambda_trigger.message import ChunkMessage
-from producer.chunks import chunk_key
+from chunk_contract.layout import CHUNK_PREFIX, chunk_key
+from chunk_contract.message import ChunkMessage
 from spark_detector.aggregates import build_aggregates, key_weights
 from spark_detector.engine import Thresholds
 from spark_detector.parsing import parse_chunk, parse_customer_importance
@@ -32,7 +32,7 @@ CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing
                "region_name": "us-east-1"}
 
 
-def split_chunks(transactions: bytes, rows_per_chunk: int, prefix: str = "stream_chunks/"
+def split_chunks(transactions: bytes, rows_per_chunk: int, prefix: str = CHUNK_PREFIX
                  ) -> dict[str, bytes]:
     """The master file as the producer would stream it: header + rows, names in order."""
     header, *lines = transactions.decode().splitlines(keepends=True)
