@@ -1,5 +1,5 @@
 # The README's commands. Each target creates .venv on first use and installs the project
-# with its dev extras, so a fresh clone needs only Python 3.11+ and Java 17+.
+# with its dev and local extras, so a fresh clone needs only Python 3.11+ and Java 17+.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found " + sys.version.split()[0] + ")")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,local]'
 	@touch $(STAMP)
 
 check-java:

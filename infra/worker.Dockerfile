@@ -25,6 +25,7 @@ RUN pip install --no-compile -r /app/requirements.txt
 # The worker imports the contract it shares with the producer and the trigger (chunk_contract)
 # and the JSON log setup; nothing of the trigger's Lambda package.
 COPY chunk_contract /app/chunk_contract
+COPY json_logs /app/json_logs
 COPY spark_detector /app/spark_detector
 
 RUN useradd --system --uid 10001 --home-dir /home/worker --create-home worker

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
-from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
 from spark_detector.config import WorkerSettings
@@ -19,7 +19,7 @@ from spark_detector.spark_job import (
     warm_up,
 )
 
-logger = Logger(service="spark_detector")
+logger = logging.getLogger(__name__)
 
 
 class ReferenceUnavailable(RuntimeError):

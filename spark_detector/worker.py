@@ -13,6 +13,7 @@ Step 0, before any Spark work: messages for chunks already applied or rejected a
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import psycopg2
-from aws_lambda_powertools import Logger
 
 from spark_detector import engine, outbox
 from spark_detector.backfill import backfill
@@ -39,7 +39,7 @@ from spark_detector.queue import (
 from spark_detector.retry import retry
 from spark_detector.spark_job import BatchResult
 
-logger = Logger(service="spark_detector")
+logger = logging.getLogger(__name__)
 
 TRANSIENT_DB_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
