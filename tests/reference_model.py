@@ -11,42 +11,23 @@ the three rules are evaluated for every merchant the chunk touched (every custom
 merchants); a detection key (patternId, MerchantId, customerName) fires at most once, ever.
 New detections of one chunk are numbered in (patternId, MerchantId, customerName) order, text
 compared by code point. Percentiles follow PostgreSQL's ``percentile_cont`` on double precision
-bit for bit (``percentile_cont`` below), and avg_weight is ``float(weight_sum) / weighted_count``.
+bit for bit (``bench.measure.percentile_cont``); avg_weight is float(weight_sum) / weighted_count.
 A chunk key seen before is ignored.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from bench.measure import percentile_cont
 from spark_detector.aggregates import ChunkAggregates, Transaction, build_aggregates
 from spark_detector.engine import Thresholds
 
 ACTION_TYPES = {"PatId1": "UPGRADE", "PatId2": "CHILD", "PatId3": "DEI-NEEDED"}
 
 DetectionKey = tuple[str, str, str]  # (patternId, MerchantId, customerName)
-
-
-def percentile_cont(values: Iterable[float], fraction: float) -> float | None:
-    """PostgreSQL's percentile_cont(fraction) over ``values``: None when there are none.
-
-    Same operations, same order, as PostgreSQL's orderedsetaggs.c, so the result is identical:
-    position = fraction * (n - 1); first + fraction_of_position * (second - first).
-    """
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    position = fraction * (len(ordered) - 1)
-    first_row = math.floor(position)
-    second_row = math.ceil(position)
-    first = ordered[first_row]
-    if second_row == first_row:
-        return first
-    proportion = position - first_row
-    return first + proportion * (ordered[second_row] - first)
 
 
 @dataclass

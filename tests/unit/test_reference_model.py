@@ -2,27 +2,8 @@
 
 from decimal import Decimal
 
-import pytest
-
 from spark_detector.engine import Thresholds
-from tests.reference_model import ReferenceEngine, chunk_from_rows, percentile_cont
-
-
-@pytest.mark.parametrize(
-    ("values", "fraction", "expected"),
-    [
-        ([], 0.9, None),
-        ([5.0], 0.9, 5.0),
-        ([1.0, 2.0, 2.0, 2.0, 4.0], 0.9, 3.2),  # position 3.6: 2 + 0.6 * (4 - 2)
-        ([7.0, 1.0, 5.0, 6.0], 0.1, 2.2),  # unsorted input; position 0.3: 1 + 0.3 * 4
-        ([3.0, 3.0, 3.0], 0.1, 3.0),  # ties
-        ([1.0, 2.0], 1.0, 2.0),
-        ([1.0, 2.0], 0.0, 1.0),
-    ],
-)
-def test_percentile_cont_interpolates_between_closest_ranks(values, fraction, expected):
-    result = percentile_cont(values, fraction)
-    assert result == (None if expected is None else pytest.approx(expected))
+from tests.reference_model import ReferenceEngine, chunk_from_rows
 
 
 def test_a_pair_keeps_the_gender_of_its_first_transaction():
