@@ -20,10 +20,8 @@ import psycopg2
 
 from chunk_contract.layout import CHUNK_PREFIX, chunk_key
 from chunk_contract.message import ChunkMessage
-from spark_detector.aggregates import build_aggregates, key_weights
 from spark_detector.engine import Thresholds
-from spark_detector.parsing import parse_chunk, parse_customer_importance
-from tests.reference_model import ReferenceEngine
+from tests.reference_model import ReferenceEngine, read_chunk, read_weights
 
 # Small enough that all three patterns fire on 20,000 generated rows (seed 3): about 70
 # detections, so one full file of 50 and a partial one.
@@ -126,12 +124,10 @@ def committed_detections(database_url: str) -> list[tuple]:
 def expected_detections(chunks: dict[str, bytes], importance: bytes, order: list[str],
                         thresholds: Thresholds = THRESHOLDS) -> list[tuple]:
     """The reference model's detections for the chunks applied in `order`."""
-    weights = key_weights(parse_customer_importance(importance).rows)
+    weights = read_weights(importance)
     reference = ReferenceEngine(thresholds)
     for key in order:
-        parsed = parse_chunk(key, chunks[key])
-        reference.apply(key, build_aggregates(key, parsed.transactions, weights,
-                                              len(parsed.rejected)))
+        reference.apply_rows(key, read_chunk(chunks[key]), weights)
     return [(d.seq, d.pattern_id, d.merchant_id, d.customer_name, d.chunk_key)
             for d in reference.detections]
 
