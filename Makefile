@@ -35,7 +35,7 @@ up: $(STAMP)
 down: $(STAMP)
 	@$(PY) -m infra.local down $(ARGS)
 
-# SPEC section 7 figures on the local stack, with plots: `make bench` (~4 min, full data set)
+# The performance targets (docs/performance.md) on the local stack, with plots: `make bench` (~4 min, full data set)
 # or `make bench ARGS="--quick"` (about a minute). Output: bench/results/<UTC timestamp>/.
 bench: $(STAMP) check-java
 	@$(PY) -m bench $(ARGS)

@@ -6,7 +6,7 @@
 
 Builds a synthetic stream shaped like the BankSim data (594,643 rows, 50 merchants, two with
 ~300k and ~205k transactions and ~4,000 customers each, ~47k (merchant, customer) pairs, every
-transaction weighted), applies it in 10,000-row chunks with the SPEC's default thresholds, then
+transaction weighted), applies it in 10,000-row chunks with the default thresholds, then
 applies ``--extra-chunks`` more chunks against the full state. Prints one JSON object: apply
 times (median / p99, wall time of the ``apply_chunk`` call including its commit) and the
 detection counts per pattern. With ``--transactions`` and ``--importance`` it replays those

@@ -18,7 +18,7 @@ from datetime import datetime
 # fetch_ms (S3 GET on the executors, summed over tasks) is part of spark_ms.
 STAGES = ("dedup_ms", "spark_ms", "apply_ms", "quarantine_ms", "delete_ms", "publish_ms")
 
-# SPEC section 7.
+# The targets of docs/performance.md.
 TARGET_BACKLOG_ROWS_PER_S = 50_000
 TARGET_P50_S = 1.0
 TARGET_P99_S = 2.5
@@ -181,7 +181,7 @@ def position_ratio(values: Sequence[float], numerator: int, denominator: int) ->
 
 
 def target_checks(results: dict) -> dict[str, dict]:
-    """Each SPEC section 7 target: measured, target, met, and the margin."""
+    """Each performance target: measured, target, met, and the margin."""
     checks: dict[str, dict] = {}
 
     def check(name: str, measured: float | None, target: float, higher_is_better: bool) -> None:

@@ -1,7 +1,7 @@
 """Chunking: the pure middle of the streamer (chunk names: ``chunk_contract.layout``).
 
 A chunk is the header line plus up to ``rows_per_chunk`` data lines of the master file, bytes
-passed through unchanged (a malformed row is the detector's business, SPEC section 3).
+passed through unchanged (a malformed row is the detector's business: docs/detection-semantics.md).
 """
 
 from __future__ import annotations
