@@ -91,23 +91,25 @@ def _admin(server_url: str) -> Iterator[psycopg2.extensions.cursor]:
         admin.close()
 
 
+def _drop(name: str) -> sql.Composed:
+    """DROP DATABASE that forces out the sessions still connected to it."""
+    return sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+
+
 def recreate_database(server_url: str, name: str, template: str | None = None) -> str:
-    """Drop ``name`` (forcing out old sessions) and create it empty, or as a copy of
-    ``template``; its URL."""
+    """Drop ``name`` and create it empty, or as a copy of ``template``; its URL."""
     create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
     if template is not None:
         create += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
     with _admin(server_url) as cur:
-        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)))
+        cur.execute(_drop(name))
         cur.execute(create)
     return with_database(server_url, name)
 
 
 def drop_database(server_url: str, name: str) -> None:
     with _admin(server_url) as cur:
-        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)))
+        cur.execute(_drop(name))
 
 
 @contextlib.contextmanager
