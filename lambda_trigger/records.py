@@ -6,8 +6,8 @@ from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
 
+from chunk_contract.message import ChunkMessage
 from lambda_trigger.config import TriggerSettings
-from lambda_trigger.message import ChunkMessage
 
 OBJECT_CREATED = "ObjectCreated:"
 

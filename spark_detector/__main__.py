@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import boto3
 from botocore.config import Config
 
+import json_logs
 from spark_detector.config import ConfigError, WorkerSettings
 
 # botocore's standard mode retries throttling and 5xx with capped exponential backoff.
@@ -179,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    json_logs.configure("spark_detector", "chunk_contract")
     try:
         settings = WorkerSettings.from_env()
     except ConfigError as exc:

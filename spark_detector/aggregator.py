@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import replace
 
-from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
 from spark_detector.config import WorkerSettings
@@ -20,7 +20,7 @@ from spark_detector.spark_job import (
     warm_up,
 )
 
-logger = Logger(service="spark_detector")
+logger = logging.getLogger(__name__)
 
 
 class ReferenceUnavailable(RuntimeError):

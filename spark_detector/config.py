@@ -1,6 +1,6 @@
 """The worker's settings, read once from the environment at start-up.
 
-Every variable, its default and meaning is listed in README.md ("Worker configuration").
+Every variable, its default and meaning is listed in docs/configuration.md.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
+from chunk_contract import layout
 from spark_detector.engine import THRESHOLD_ENV, Thresholds, thresholds_from_env
 
 
@@ -91,11 +92,11 @@ class WorkerSettings:
     bucket: str
     queue_url: str
     database_url: str = field(repr=False)  # may hold a password
-    chunk_prefix: str = "stream_chunks/"
-    chunk_suffix: str = ".csv"
-    reference_key: str = "reference/CustomerImportance.csv"
-    detections_prefix: str = "detected_patterns/"
-    quarantine_prefix: str = "quarantine/"
+    chunk_prefix: str = layout.CHUNK_PREFIX
+    chunk_suffix: str = layout.CHUNK_SUFFIX
+    reference_key: str = layout.REFERENCE_KEY
+    detections_prefix: str = layout.DETECTIONS_PREFIX
+    quarantine_prefix: str = layout.QUARANTINE_PREFIX
     spark_master: str = "local[2]"
     # A backlog drains ~12% faster in batches of 30 than of 10 (make bench: each Spark job
     # has ~0.5 s of fixed cost); at the nominal rate a batch holds one chunk either way.
@@ -130,11 +131,11 @@ class WorkerSettings:
             bucket=_get(env, "BUCKET"),
             queue_url=_get(env, "QUEUE_URL"),
             database_url=database_url_from_env(env),
-            chunk_prefix=_get(env, "CHUNK_PREFIX", "stream_chunks/"),
-            chunk_suffix=_get(env, "CHUNK_SUFFIX", ".csv"),
-            reference_key=_get(env, "REFERENCE_KEY", "reference/CustomerImportance.csv"),
-            detections_prefix=_get(env, "DETECTIONS_PREFIX", "detected_patterns/"),
-            quarantine_prefix=_get(env, "QUARANTINE_PREFIX", "quarantine/"),
+            chunk_prefix=_get(env, "CHUNK_PREFIX", layout.CHUNK_PREFIX),
+            chunk_suffix=_get(env, "CHUNK_SUFFIX", layout.CHUNK_SUFFIX),
+            reference_key=_get(env, "REFERENCE_KEY", layout.REFERENCE_KEY),
+            detections_prefix=_get(env, "DETECTIONS_PREFIX", layout.DETECTIONS_PREFIX),
+            quarantine_prefix=_get(env, "QUARANTINE_PREFIX", layout.QUARANTINE_PREFIX),
             spark_master=_get(env, "SPARK_MASTER", "local[2]"),
             max_batch_chunks=_number(env, "WORKER_MAX_BATCH_CHUNKS", "30", int),
             batch_window_seconds=_number(env, "WORKER_BATCH_WINDOW_SECONDS", "0.5"),

@@ -31,12 +31,13 @@ from decimal import Decimal
 
 import psycopg2.extensions
 
+from chunk_contract.layout import DETECTIONS_PREFIX
 from spark_detector.aggregates import ChunkAggregates
 from spark_detector.db import ENGINE_LOCK, LOCK_NAMESPACE, transaction
 from spark_detector.detection import DETECTION_COLUMNS, Detection, detection_from_row
 from spark_detector.failpoints import failpoint
 from spark_detector.ordering import OutOfTurn, Turn, chunk_seq, turn_of
-from spark_detector.outbox import DEFAULT_PREFIX, close_full_files
+from spark_detector.outbox import close_full_files
 
 __all__ = [
     "ChunkRef",
@@ -293,7 +294,7 @@ def apply_chunk(
     y_start_time: datetime,
     thresholds: Thresholds = Thresholds(),  # frozen: a shared default is safe
     spark_ms: int | None = None,
-    detections_prefix: str = DEFAULT_PREFIX,
+    detections_prefix: str = DETECTIONS_PREFIX,
 ) -> list[Detection]:
     """Apply one chunk and return the detections it fired, in seq order; commits.
 

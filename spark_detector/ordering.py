@@ -13,7 +13,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from producer.chunks import chunk_seq
+from chunk_contract.layout import chunk_seq
 
 __all__ = ["OutOfTurn", "Turn", "chunk_seq", "ready_run", "turn_of"]
 

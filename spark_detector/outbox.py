@@ -17,11 +17,11 @@ from datetime import datetime, timedelta, timezone
 
 import psycopg2.extensions
 
+from chunk_contract.layout import DETECTIONS_PREFIX
 from spark_detector.db import ENGINE_LOCK, LOCK_NAMESPACE, transaction
 from spark_detector.detection import DETECTION_COLUMNS, Detection, detection_from_row
 
 FILE_SIZE = 50
-DEFAULT_PREFIX = "detected_patterns/"
 CSV_HEADER = (
     "YStartTime", "detectionTime", "patternId", "ActionType", "customerName", "MerchantId"
 )
@@ -40,7 +40,7 @@ class OutboxFile:
     detections: tuple[Detection, ...]
 
 
-def file_key(file_no: int, prefix: str = DEFAULT_PREFIX) -> str:
+def file_key(file_no: int, prefix: str = DETECTIONS_PREFIX) -> str:
     return f"{prefix}detections-{file_no:08d}.csv"
 
 
@@ -72,7 +72,7 @@ RETURNING d.file_no
 
 
 def close_full_files(cur: psycopg2.extensions.cursor, *, partial: bool = False,
-                     prefix: str = DEFAULT_PREFIX) -> list[int]:
+                     prefix: str = DETECTIONS_PREFIX) -> list[int]:
     """Inside the caller's transaction, which must hold the engine lock: the files it closed.
 
     Each file's S3 key (``file_key``) is fixed here, once: a later restart with another
@@ -83,7 +83,7 @@ def close_full_files(cur: psycopg2.extensions.cursor, *, partial: bool = False,
 
 
 def close_partial_file(conn: psycopg2.extensions.connection,
-                       prefix: str = DEFAULT_PREFIX) -> int | None:
+                       prefix: str = DETECTIONS_PREFIX) -> int | None:
     """Close the leftover (< 50) unfiled detections into one file (drain or idle flush).
 
     Returns the new file's number, or None when nothing was waiting. Commits.
@@ -95,7 +95,7 @@ def close_partial_file(conn: psycopg2.extensions.connection,
 
 
 def pending_files(
-    conn: psycopg2.extensions.connection, prefix: str = DEFAULT_PREFIX
+    conn: psycopg2.extensions.connection, prefix: str = DETECTIONS_PREFIX
 ) -> list[OutboxFile]:
     """Closed files not yet written to S3, in file order, each with its detections in seq order."""
     columns = ", ".join(f"d.{c.strip()}" for c in DETECTION_COLUMNS.split(","))

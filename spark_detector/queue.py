@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from lambda_trigger.message import ChunkMessage, InvalidChunkMessage
+from chunk_contract.message import ChunkMessage, InvalidChunkMessage
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ messages are given back, so the container platform restarts it.
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,9 +33,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import psycopg2
-from aws_lambda_powertools import Logger
 
-from lambda_trigger.message import ChunkMessage
+from chunk_contract.message import ChunkMessage
 from spark_detector import engine, failures, outbox
 from spark_detector.backfill import backfill
 from spark_detector.config import WorkerSettings
@@ -53,7 +54,7 @@ from spark_detector.queue import (
 from spark_detector.retry import backoff_delays, retry
 from spark_detector.spark_job import BatchResult
 
-logger = Logger(service="spark_detector")
+logger = logging.getLogger(__name__)
 
 TRANSIENT_DB_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 EXIT_SPARK_LOST = 3
@@ -292,6 +293,9 @@ class Worker:
     def run(self, *, drain: bool = False) -> int:
         """Loop until asked to stop; the process exit code."""
         self.start()
+        watchdog = threading.Thread(target=self._watch_runtime, name="spark-watchdog",
+                                    daemon=True)
+        watchdog.start()
         with self.inflight:
             code = self._loop()
             self._give_back_all("stopping")
@@ -299,6 +303,19 @@ class Worker:
             self.flush_partial("drain")
         logger.info("worker stopped", extra={"drain": drain, "exit_code": code})
         return code
+
+    def _watch_runtime(self) -> None:
+        """Notice a dead Spark JVM within a second, even while the loop waits on a long poll:
+        give the held messages back and end the process, for the platform to restart it.
+        Nothing is lost by ending abruptly: every effect is committed or redone (see top)."""
+        while not self.stop_event.wait(1.0):
+            if self._runtime_alive():
+                continue
+            logger.error("spark runtime lost: messages given back, exiting",
+                         extra={"exit_code": EXIT_SPARK_LOST})
+            with contextlib.suppress(Exception):
+                self.inflight.release_all()
+            os._exit(EXIT_SPARK_LOST)
 
     def _loop(self) -> int:
         while not self.stop_event.is_set():

@@ -96,26 +96,23 @@ def test_hand_uploaded_chunks_need_no_turn(conn):
     assert next_seq(conn) == 2
 
 
-def test_the_migration_settles_chunks_applied_before_it(postgres_server_url):
-    from tests.conftest import _replace_database, scratch_database
-
-    with scratch_database(postgres_server_url) as name:
-        conn = db.connect(_replace_database(postgres_server_url, name))
-        try:
-            older = [m for m in db.available_migrations() if m.version < 4]
-            with conn.cursor() as cur:
-                for m in older:
-                    cur.execute(m.sql)
-                cur.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
-                            " name text NOT NULL, applied_at timestamptz DEFAULT now())")
-                cur.executemany("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                                [(m.version, m.name) for m in older])
-                for n, seq in enumerate((1, 2, 3, 5), start=1):
-                    cur.execute("INSERT INTO processed_chunks (chunk_key, apply_order, rows_good,"
-                                " rows_rejected, pairs) VALUES (%s, %s, 1, 0, 1)", (key(seq), n))
-            conn.commit()
-            db.migrate(conn)
-            assert next_seq(conn) == 4
-            assert [m[0] for m in marks(conn)] == [1, 2, 3, 5]
-        finally:
-            conn.close()
+def test_the_migration_settles_chunks_applied_before_it(database_url):
+    conn = db.connect(database_url)
+    try:
+        older = [m for m in db.available_migrations() if m.version < 4]
+        with conn.cursor() as cur:
+            for m in older:
+                cur.execute(m.sql)
+            cur.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
+                        " name text NOT NULL, applied_at timestamptz DEFAULT now())")
+            cur.executemany("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                            [(m.version, m.name) for m in older])
+            for n, seq in enumerate((1, 2, 3, 5), start=1):
+                cur.execute("INSERT INTO processed_chunks (chunk_key, apply_order, rows_good,"
+                            " rows_rejected, pairs) VALUES (%s, %s, 1, 0, 1)", (key(seq), n))
+        conn.commit()
+        db.migrate(conn)
+        assert next_seq(conn) == 4
+        assert [m[0] for m in marks(conn)] == [1, 2, 3, 5]
+    finally:
+        conn.close()

@@ -19,12 +19,10 @@ from typing import TYPE_CHECKING
 import boto3
 import psycopg2
 
-from lambda_trigger.message import ChunkMessage
-from producer.chunks import chunk_key
-from spark_detector.aggregates import build_aggregates, key_weights
+from chunk_contract.layout import CHUNK_PREFIX, chunk_key
+from chunk_contract.message import ChunkMessage
 from spark_detector.engine import Thresholds
-from spark_detector.parsing import parse_chunk, parse_customer_importance
-from tests.reference_model import ReferenceEngine
+from tests.reference_model import ReferenceEngine, read_chunk, read_weights
 
 if TYPE_CHECKING:
     from spark_detector.worker import Worker
@@ -36,7 +34,7 @@ CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing
                "region_name": "us-east-1"}
 
 
-def split_chunks(transactions: bytes, rows_per_chunk: int, prefix: str = "stream_chunks/"
+def split_chunks(transactions: bytes, rows_per_chunk: int, prefix: str = CHUNK_PREFIX
                  ) -> dict[str, bytes]:
     """The master file as the producer would stream it: header + rows, names in order."""
     header, *lines = transactions.decode().splitlines(keepends=True)
@@ -138,12 +136,10 @@ def committed_detections(database_url: str) -> list[tuple]:
 def expected_detections(chunks: dict[str, bytes], importance: bytes, order: list[str],
                         thresholds: Thresholds = THRESHOLDS) -> list[tuple]:
     """The reference model's detections for the chunks applied in `order`."""
-    weights = key_weights(parse_customer_importance(importance).rows)
+    weights = read_weights(importance)
     reference = ReferenceEngine(thresholds)
     for key in order:
-        parsed = parse_chunk(key, chunks[key])
-        reference.apply(key, build_aggregates(key, parsed.transactions, weights,
-                                              len(parsed.rejected)))
+        reference.apply_rows(key, read_chunk(chunks[key]), weights)
     return [(d.seq, d.pattern_id, d.merchant_id, d.customer_name, d.chunk_key)
             for d in reference.detections]
 

@@ -7,8 +7,8 @@ import json
 import pytest
 from aws_lambda_powertools.utilities.data_classes import S3Event
 
+from chunk_contract.message import ChunkMessage
 from lambda_trigger.config import MissingSetting, TriggerSettings
-from lambda_trigger.message import ChunkMessage
 from lambda_trigger.records import chunk_message, object_key, skip_reason
 from tests.conftest import EVENTS
 
