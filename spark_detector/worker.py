@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -168,9 +169,18 @@ def chunk_outcome(key: str, result: BatchResult) -> ChunkOutcome:
     return Apply(key)
 
 
+_CAUSE_LINE = re.compile(r"^\s*([\w.]+(?:Error|Exception|Failure)): (.+)$")
+
+
 def failure_text(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:1000]
+    """One line saying what went wrong. A Spark task's error arrives wrapped in a long
+    report; its last "SomeError: message" line is the cause worth recording."""
+    lines = str(exc).strip().splitlines()
+    causes = [m for m in map(_CAUSE_LINE.match, lines) if m]
+    if causes:
+        name, message = causes[-1].groups()
+        return f"{name.rsplit('.', 1)[-1]}: {message}"[:1000]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:1000]
 
 
 def _ping(conn) -> None:

@@ -4,6 +4,7 @@ result is compared with the reference model."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import tempfile
@@ -15,6 +16,7 @@ import pytest
 
 from infra.local import postgres
 from infra.local.stack import poll_until
+from spark_detector import db
 from tests.integration.test_worker_crash import applied_count, start_worker, worker_env
 from tests.integration.worker_support import (
     AwsResources,
@@ -104,6 +106,8 @@ def test_a_postgresql_outage_stops_intake_and_loses_nothing(
     worker = None
     try:
         url = postgres.recreate_database(server.url, "outage")
+        with contextlib.closing(db.connect(url)) as conn:
+            db.migrate(conn)
         worker = start_worker(worker_env(
             resources, url, WORKER_MAX_BATCH_CHUNKS="2", WORKER_DB_RETRY_ATTEMPTS="2",
             WORKER_VISIBILITY_TIMEOUT_SECONDS="20", WORKER_HEARTBEAT_AFTER_SECONDS="5"), log)
@@ -114,7 +118,7 @@ def test_a_postgresql_outage_stops_intake_and_loses_nothing(
         postgres.stop_embedded(pgdata)
         resources.enqueue(keys[4:])
         # longer than the whole retry budget (2 attempts), the queue untouched meanwhile
-        poll_until(lambda: len(log_lines(log, "database still unavailable")) >= 4, 120,
+        poll_until(lambda: len(log_lines(log, "database still unavailable: receiving nothing")) >= 4, 120,
                    "the worker waiting for the database", process=worker, log=log)
         attrs = resources.sqs.get_queue_attributes(
             QueueUrl=resources.queue_url, AttributeNames=["All"])["Attributes"]

@@ -74,3 +74,13 @@ def test_a_listing_that_starts_after_the_predecessor_sorts_before_the_chunk():
     start = listing_start_after("stream_chunks/", 12)
     assert key(11) < start < key(12)
     assert listing_start_after("p/", 1) < "p/chunk-00000001-"
+
+
+def test_a_spark_errors_cause_is_recorded_not_its_wrapper():
+    from spark_detector.worker import failure_text
+
+    wrapped = RuntimeError("An exception was thrown from the Python worker:\nTraceback:\n"
+                           "  File x\nspark_detector.failpoints.InjectedFailure: injected at"
+                           " spark_fetch for k\n")
+    assert failure_text(wrapped) == "InjectedFailure: injected at spark_fetch for k"
+    assert failure_text(ValueError("plain\nsecond")) == "ValueError: plain"
