@@ -1,5 +1,5 @@
 # The README's commands. Each target creates .venv on first use and installs the project
-# with its dev extras, so a fresh clone needs only Python 3.11+ and Java 17+.
+# with its dev and local extras, so a fresh clone needs only Python 3.11+ and Java 17+.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found " + sys.version.split()[0] + ")")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,local]'
 	@touch $(STAMP)
 
 check-java:
@@ -35,18 +35,21 @@ up: $(STAMP)
 down: $(STAMP)
 	@$(PY) -m infra.local down $(ARGS)
 
-# SPEC section 7 figures on the local stack, with plots: `make bench` (~4 min, full data set)
+# The performance targets (docs/performance.md) on the local stack, with plots: `make bench` (~4 min, full data set)
 # or `make bench ARGS="--quick"` (about a minute). Output: bench/results/<UTC timestamp>/.
 bench: $(STAMP) check-java
 	@$(PY) -m bench $(ARGS)
 
 # Called by `sam build` (template.yaml: TriggerFunction, BuildMethod: makefile) with
-# ARTIFACTS_DIR set. The package is lambda_trigger/ alone: boto3 is in the Lambda runtime and
-# Powertools comes from its public layer, so nothing of the worker (Spark, psycopg2) ships.
+# ARTIFACTS_DIR set. The package is lambda_trigger/ and the shared chunk_contract/: boto3 is in
+# the Lambda runtime and Powertools comes from its public layer, so nothing of the worker
+# (Spark, psycopg2) ships.
+LAMBDA_PACKAGES := lambda_trigger chunk_contract
 build-TriggerFunction:
 	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set (sam build sets it)"; exit 1; }
-	mkdir -p "$(ARTIFACTS_DIR)/lambda_trigger"
-	cp lambda_trigger/*.py "$(ARTIFACTS_DIR)/lambda_trigger/"
+	for package in $(LAMBDA_PACKAGES); do \
+		mkdir -p "$(ARTIFACTS_DIR)/$$package" && cp $$package/*.py "$(ARTIFACTS_DIR)/$$package/"; \
+	done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

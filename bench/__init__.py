@@ -1,1 +1,1 @@
-"""Benchmarks of the pipeline against SPEC section 7 (``make bench``; see ``bench.run``)."""
+"""Benchmarks of the pipeline against the targets in docs/performance.md (``bench.run``)."""

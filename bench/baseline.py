@@ -4,7 +4,7 @@ three rules from ALL rows seen so far with Spark.
 It is written as such a solution would be (plain DataFrame code), with two favours to it:
 the CustomerImportance means are computed once and cached (a typical solution re-reads the
 file per chunk), and percentiles are Spark's exact ``percentile`` (same definition as the
-SPEC) rather than ``percentile_approx``. Emit-once is a set of keys on the driver. Its
+rules') rather than ``percentile_approx``. Emit-once is a set of keys on the driver. Its
 detections are counted so the run can show it computes the same thing as the worker.
 """
 

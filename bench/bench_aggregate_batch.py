@@ -3,9 +3,10 @@
     .venv/bin/python -m bench.bench_aggregate_batch [--csv PATH] [--repeats 7]
 
 S3 is a moto server on 127.0.0.1 (started here); Spark is ``build_spark()`` (local[2]).
-The chunk is the real BankSim sample when present, else a generated BankSim-like one;
-CustomerImportance is derived from it (one row per transaction, Weight = amount), as in
-the real reference file. Prints one JSON line per case with min / median / max ms.
+The chunk is ``--csv`` when given (e.g. the first 10,000 rows of BankSim's file), else a
+generated BankSim-like one; CustomerImportance is derived from it (one row per transaction,
+Weight = amount), as in the real reference file. Prints one JSON line per case with min /
+median / max ms.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from moto.server import ThreadedMotoServer
 
 from spark_detector.spark_job import FetchSpec, aggregate_batch, build_spark, load_weights
 
-SAMPLE = Path("/work/shared/reference/banksim-transactions-first-10000.csv")
 HEADER = "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud"
 
 
@@ -49,7 +49,7 @@ def customer_importance(chunk: bytes) -> bytes:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--csv", type=Path, default=SAMPLE if SAMPLE.exists() else None)
+    parser.add_argument("--csv", type=Path, help="a chunk of transactions (BankSim format)")
     parser.add_argument("--importance", type=Path, default=None,
                         help="a CustomerImportance file (default: derived from the chunk)")
     parser.add_argument("--repeats", type=int, default=7)

@@ -37,10 +37,10 @@ from pathlib import Path
 import psutil
 
 from bench.memory import RssSampler, classify
+from chunk_contract.layout import chunk_key
 from infra.local import postgres
 from infra.local.demo import sample_data
 from infra.local.stack import REPO_ROOT, LocalStack
-from producer.chunks import chunk_key
 
 SPARK_STAGES = ("spark_start", "reference", "spark_job")
 POSTGRES_STAGES = ("target", "live_read", "apply_chunk", "outbox")

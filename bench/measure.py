@@ -18,7 +18,7 @@ from datetime import datetime
 # fetch_ms (S3 GET on the executors, summed over tasks) is part of spark_ms.
 STAGES = ("dedup_ms", "spark_ms", "apply_ms", "quarantine_ms", "delete_ms", "publish_ms")
 
-# SPEC section 7.
+# The targets of docs/performance.md.
 TARGET_BACKLOG_ROWS_PER_S = 50_000
 TARGET_P50_S = 1.0
 TARGET_P99_S = 2.5
@@ -55,20 +55,29 @@ def batch_lines(lines: Iterable[str]) -> list[dict]:
     return batches
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Continuous percentile (linear interpolation), ``q`` in [0, 100] — as SPEC section 4."""
-    if not values:
-        raise ValueError("percentile of no values")
+def percentile_cont(values: Iterable[float], fraction: float) -> float | None:
+    """PostgreSQL's ``percentile_cont(fraction)`` over ``values`` (linear interpolation between
+    the closest ranks, NumPy's ``method="linear"``); None when there are no values.
+
+    Same operations in the same order as PostgreSQL's orderedsetaggs.c, so the result is
+    identical bit for bit: position = fraction * (n - 1); first + (position - floor) * (second
+    - first). The reference model of the detection rules relies on that.
+    """
     ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low, high = math.floor(position), math.ceil(position)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    if not ordered:
+        return None
+    position = fraction * (len(ordered) - 1)
+    first_row, second_row = math.floor(position), math.ceil(position)
+    first = ordered[first_row]
+    if second_row == first_row:
+        return first
+    return first + (position - first_row) * (ordered[second_row] - first)
 
 
 def distribution(values: Sequence[float], places: int = 3) -> dict[str, float]:
     return {
         "n": len(values),
-        **{f"p{q}": round(percentile(values, q), places) for q in (50, 90, 99)},
+        **{f"p{q}": round(percentile_cont(values, q / 100), places) for q in (50, 90, 99)},
         "max": round(max(values), places),
         "mean": round(statistics.fmean(values), places),
     }
@@ -172,7 +181,7 @@ def position_ratio(values: Sequence[float], numerator: int, denominator: int) ->
 
 
 def target_checks(results: dict) -> dict[str, dict]:
-    """Each SPEC section 7 target: measured, target, met, and the margin."""
+    """Each performance target: measured, target, met, and the margin."""
     checks: dict[str, dict] = {}
 
     def check(name: str, measured: float | None, target: float, higher_is_better: bool) -> None:

@@ -1,4 +1,4 @@
-"""``make bench``: the SPEC section 7 figures, measured on the local stack with the real processes.
+"""``make bench``: the figures of docs/performance.md, on the local stack with the real processes.
 
 One run, in this order (each phase on its own fresh database of one local stack):
 1. backlog: the producer writes the whole data set at ``--interval 0`` with no worker running;

@@ -1,7 +1,7 @@
 # The Spark worker (Mechanism Y) for the SAM template's ECS service.
 #   docker build -f infra/worker.Dockerfile -t txn-worker .
 #   docker run --rm -e BUCKET=... -e QUEUE_URL=... -e DATABASE_URL=... txn-worker
-# Configuration is by environment only (README, "Configuration reference"); on ECS the
+# Configuration is by environment only (docs/configuration.md); on ECS the
 # task definition sets BUCKET, QUEUE_URL, ... and injects DB_SECRET from Secrets Manager.
 FROM python:3.12-slim-bookworm
 
@@ -22,8 +22,10 @@ WORKDIR /app
 COPY infra/worker-requirements.txt /app/requirements.txt
 RUN pip install --no-compile -r /app/requirements.txt
 
-# The worker imports the shared chunk-message contract and the trigger's batch sender.
-COPY lambda_trigger /app/lambda_trigger
+# The worker imports the contract it shares with the producer and the trigger (chunk_contract)
+# and the JSON log setup; nothing of the trigger's Lambda package.
+COPY chunk_contract /app/chunk_contract
+COPY json_logs /app/json_logs
 COPY spark_detector /app/spark_detector
 
 RUN useradd --system --uid 10001 --home-dir /home/worker --create-home worker

@@ -1,9 +1,10 @@
 """AWS Lambda entry point: S3 ObjectCreated notifications -> chunk messages on SQS.
 
-A thin edge around pure functions (``records``, ``sqs_batch``). Settings and the SQS client
-are built on the first invocation and reused by the container; importing this module reads
-no environment and talks to nothing. It imports nothing from spark_detector or pyspark, so
-the deployment package is this folder alone (Powertools comes from its public layer).
+A thin edge around pure functions (``records``, ``chunk_contract.sqs_batch``). Settings and
+the SQS client are built on the first invocation and reused by the container; importing this
+module reads no environment and talks to nothing. It imports nothing from spark_detector or
+pyspark, so the deployment package is this folder and ``chunk_contract`` (Powertools comes
+from its public layer).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
 
+from chunk_contract.sqs_batch import EnqueueFailed, RetryPolicy, enqueue
 from lambda_trigger.config import TriggerSettings
 from lambda_trigger.records import chunk_message, object_key, skip_reason
-from lambda_trigger.sqs_batch import EnqueueFailed, RetryPolicy, enqueue
 
 SERVICE = "chunk-trigger"
 NAMESPACE = "TxnPipeline"

@@ -1,4 +1,4 @@
-"""The trigger's settings, read once from the environment (README "Shared conventions")."""
+"""The trigger's settings, read once from the environment (docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-DEFAULT_CHUNK_PREFIX = "stream_chunks/"
-DEFAULT_CHUNK_SUFFIX = ".csv"
+from chunk_contract import layout
+
 DEFAULT_ENQUEUE_MAX_ATTEMPTS = 4
 DEFAULT_ENQUEUE_BASE_DELAY = 0.2
 
@@ -47,8 +47,8 @@ def _number(environ: Mapping[str, str], name: str, kind: type, default: float,
 class TriggerSettings:
     bucket: str  # BUCKET: records from any other bucket are skipped, never enqueued
     queue_url: str  # QUEUE_URL: the chunk queue; a URL ending in .fifo selects FIFO messages
-    chunk_prefix: str = DEFAULT_CHUNK_PREFIX  # CHUNK_PREFIX
-    chunk_suffix: str = DEFAULT_CHUNK_SUFFIX  # CHUNK_SUFFIX
+    chunk_prefix: str = layout.CHUNK_PREFIX  # CHUNK_PREFIX
+    chunk_suffix: str = layout.CHUNK_SUFFIX  # CHUNK_SUFFIX
     # ENQUEUE_MAX_ATTEMPTS / ENQUEUE_BASE_DELAY_SECONDS: SendMessageBatch retries of failed
     # entries; the delay doubles per retry (capped at 2 s), so the defaults wait 1.4 s at most.
     enqueue_max_attempts: int = DEFAULT_ENQUEUE_MAX_ATTEMPTS
@@ -64,8 +64,8 @@ class TriggerSettings:
         return cls(
             bucket=_required(env, "BUCKET"),
             queue_url=_required(env, "QUEUE_URL"),
-            chunk_prefix=env.get("CHUNK_PREFIX") or DEFAULT_CHUNK_PREFIX,
-            chunk_suffix=env.get("CHUNK_SUFFIX") or DEFAULT_CHUNK_SUFFIX,
+            chunk_prefix=env.get("CHUNK_PREFIX") or layout.CHUNK_PREFIX,
+            chunk_suffix=env.get("CHUNK_SUFFIX") or layout.CHUNK_SUFFIX,
             enqueue_max_attempts=_number(env, "ENQUEUE_MAX_ATTEMPTS", int,
                                          DEFAULT_ENQUEUE_MAX_ATTEMPTS, minimum=1),
             enqueue_base_delay=_number(env, "ENQUEUE_BASE_DELAY_SECONDS", float,

@@ -6,8 +6,8 @@ from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
 
+from chunk_contract.message import ChunkMessage
 from lambda_trigger.config import TriggerSettings
-from lambda_trigger.message import ChunkMessage
 
 OBJECT_CREATED = "ObjectCreated:"
 
@@ -35,8 +35,8 @@ def skip_reason(record: S3EventRecord, settings: TriggerSettings) -> str | None:
         return "outside_chunk_prefix"
     if not key.endswith(settings.chunk_suffix):
         return "not_chunk_suffix"
-    if object_size(record) <= 0:
-        return "empty_object"
+    # An empty chunk is enqueued like any other: the worker rejects it whole, records it and
+    # quarantines it (SPEC section 3), so it is visible rather than silently skipped here.
     return None
 
 

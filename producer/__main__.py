@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+import json_logs
 from producer import banksim_profile
 from producer.config import InvalidSetting, MissingSetting, ProducerSettings
 from producer.generate import generate
@@ -25,17 +25,12 @@ from producer.stream import ChunkReport, StreamOptions, run_stream
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
 
-
-def log_line(out: TextIO, event: str, level: str = "INFO", **fields: object) -> None:
-    """One JSON object per line: logs are data."""
-    record = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "level": level,
-              "logger": "producer", "event": event, **fields}
-    out.write(json.dumps(record, default=str) + "\n")
-    out.flush()
+# Not __name__: run as `python -m producer` this module is "__main__".
+logger = logging.getLogger("producer")
 
 
 class ChunkReporter:
-    """A progress line on a terminal, one JSON line per chunk otherwise."""
+    """A progress line on ``out`` when it is a terminal, one log line per chunk otherwise."""
 
     def __init__(self, out: TextIO, interval: float, progress: bool) -> None:
         self.out = out
@@ -48,10 +43,11 @@ class ChunkReporter:
         if self.progress and behind != self.behind:
             self.out.write("\n")  # keep the warning off the progress line
         if behind and not self.behind:
-            log_line(self.out, "behind_schedule", "WARNING", key=r.key, lag_s=round(r.lag, 3),
-                     message="uploads are slower than the interval; catching up without sleeping")
+            logger.warning("behind_schedule", extra={
+                "key": r.key, "lag_s": round(r.lag, 3),
+                "detail": "uploads are slower than the interval; catching up without sleeping"})
         elif self.behind and not behind:
-            log_line(self.out, "back_on_schedule", key=r.key, lag_s=round(r.lag, 3))
+            logger.info("back_on_schedule", extra={"key": r.key, "lag_s": round(r.lag, 3)})
         self.behind = behind
         # The first chunk goes out at once, so count whole intervals, not just elapsed time.
         span = max(r.elapsed, self.interval * r.chunks_sent)
@@ -63,10 +59,11 @@ class ChunkReporter:
             )
             self.out.flush()
         else:
-            log_line(self.out, "chunk_written", key=r.key, seq=r.seq, first_row=r.first_row,
-                     rows=r.rows, bytes=r.size, lag_s=round(r.lag, 4),
-                     upload_ms=round(r.upload_seconds * 1000, 1), chunks_sent=r.chunks_sent,
-                     rows_sent=r.rows_sent, rows_per_s=round(rate, 1))
+            logger.info("chunk_written", extra={
+                "key": r.key, "seq": r.seq, "first_row": r.first_row, "rows": r.rows,
+                "bytes": r.size, "lag_s": round(r.lag, 4),
+                "upload_ms": round(r.upload_seconds * 1000, 1), "chunks_sent": r.chunks_sent,
+                "rows_sent": r.rows_sent, "rows_per_s": round(rate, 1)})
 
     def finish(self) -> None:
         if self.progress:
@@ -116,14 +113,15 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def run_generate(args: argparse.Namespace, out: TextIO) -> int:
+def run_generate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     summary = generate(args.out, rows=args.rows, seed=args.seed)
-    log_line(out, "generated", rows=summary.rows, customers=summary.customers,
-             merchants=summary.merchants, pairs=summary.pairs, seed=args.seed,
-             transactions=str(summary.transactions_path),
-             importance=str(summary.importance_path),
-             seconds=round(time.perf_counter() - started, 2))
+    logger.info("generated", extra={
+        "rows": summary.rows, "customers": summary.customers, "merchants": summary.merchants,
+        "pairs": summary.pairs, "seed": args.seed,
+        "transactions": str(summary.transactions_path),
+        "importance": str(summary.importance_path),
+        "seconds": round(time.perf_counter() - started, 2)})
     return 0
 
 
@@ -142,9 +140,10 @@ def run_stream_command(args: argparse.Namespace, err: TextIO) -> int:
     options = StreamOptions(args.source, args.importance, args.max_chunks, args.from_start)
 
     def started(next_row: int, next_seq: int) -> None:
-        log_line(err, "stream_started", source=args.source, target=store.location,
-                 next_row=next_row, next_seq=next_seq,
-                 rows_per_chunk=settings.rows_per_chunk, interval_s=settings.interval)
+        logger.info("stream_started", extra={
+            "source": args.source, "target": store.location, "next_row": next_row,
+            "next_seq": next_seq, "rows_per_chunk": settings.rows_per_chunk,
+            "interval_s": settings.interval})
 
     try:
         with stop_on_signals(stop):
@@ -153,18 +152,19 @@ def run_stream_command(args: argparse.Namespace, err: TextIO) -> int:
             )
     finally:
         reporter.finish()
-    log_line(err, "stream_stopped" if result.stopped_by_signal else "stream_finished",
-             chunks_sent=result.chunks_sent, rows_sent=result.rows_sent,
-             next_row=result.next_row, next_seq=result.next_seq,
-             reference_uploaded=result.reference_uploaded)
+    logger.info("stream_stopped" if result.stopped_by_signal else "stream_finished", extra={
+        "chunks_sent": result.chunks_sent, "rows_sent": result.rows_sent,
+        "next_row": result.next_row, "next_seq": result.next_seq,
+        "reference_uploaded": result.reference_uploaded})
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    json_logs.configure("producer", "chunk_contract")
     try:
         if args.command == "generate":
-            return run_generate(args, sys.stdout)
+            return run_generate(args)
         return run_stream_command(args, sys.stderr)
     except (SourceError, SourceChanged, BadState, MissingSetting, InvalidSetting,
             ValueError) as exc:

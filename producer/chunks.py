@@ -1,15 +1,13 @@
-"""Chunk naming and chunking: the pure middle of the streamer.
+"""Chunking: the pure middle of the streamer (chunk names: ``chunk_contract.layout``).
 
 A chunk is the header line plus up to ``rows_per_chunk`` data lines of the master file, bytes
-passed through unchanged (a malformed row is the detector's business, SPEC section 3).
+passed through unchanged (a malformed row is the detector's business: docs/detection-semantics.md).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 REQUIRED_COLUMNS = (
     "step", "customer", "age", "gender", "zipcodeOri",
@@ -17,8 +15,6 @@ REQUIRED_COLUMNS = (
 )
 IMPORTANCE_COLUMNS = ("Source", "Target", "Weight", "typeTrans")
 UTF8_BOM = b"\xef\xbb\xbf"
-
-_KEY_RE = re.compile(r"chunk-(?P<seq>\d{8})-(?P<ts>\d{8}T\d{6}\.\d{3}Z)\.csv$")
 
 
 class BadHeader(ValueError):
@@ -31,21 +27,6 @@ class Chunk:
     first_row: int  # 0-based index of the first data row in the source
     rows: int
     body: bytes  # header + rows, ready to upload
-
-
-def chunk_key(prefix: str, seq: int, when: datetime) -> str:
-    """``<prefix>chunk-<seq:08d>-<yyyymmddTHHMMSS.fffZ>.csv``; names sort in production order."""
-    if seq < 1 or seq > 99_999_999:
-        raise ValueError(f"chunk sequence number out of range: {seq}")
-    utc = when.astimezone(UTC)
-    stamp = utc.strftime("%Y%m%dT%H%M%S.") + f"{utc.microsecond // 1000:03d}Z"
-    return f"{prefix}chunk-{seq:08d}-{stamp}.csv"
-
-
-def chunk_seq(key: str) -> int | None:
-    """The sequence number of a chunk key, or ``None`` if the key is not a chunk."""
-    match = _KEY_RE.search(key)
-    return int(match["seq"]) if match else None
 
 
 def header_columns(line: bytes) -> list[str]:

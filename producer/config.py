@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from chunk_contract import layout
+
 
 class MissingSetting(ValueError):
     """A required environment variable is not set."""
@@ -22,9 +24,9 @@ class InvalidSetting(ValueError):
 @dataclass(frozen=True)
 class ProducerSettings:
     bucket: str | None = None  # BUCKET; required unless --dry-run writes chunks locally
-    chunk_prefix: str = "stream_chunks/"  # CHUNK_PREFIX
-    reference_key: str = "reference/CustomerImportance.csv"  # REFERENCE_KEY
-    state_prefix: str = "_state/"  # STATE_PREFIX
+    chunk_prefix: str = layout.CHUNK_PREFIX  # CHUNK_PREFIX
+    reference_key: str = layout.REFERENCE_KEY  # REFERENCE_KEY
+    state_prefix: str = layout.STATE_PREFIX  # STATE_PREFIX
     rows_per_chunk: int = 10_000  # ROWS_PER_CHUNK
     interval: float = 1.0  # CHUNK_INTERVAL_SECONDS; 0 = as fast as possible
 

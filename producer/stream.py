@@ -20,13 +20,12 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError
 
+from chunk_contract.layout import chunk_key, chunk_seq
 from producer.chunks import (
     IMPORTANCE_COLUMNS,
     BadHeader,
     Chunk,
     check_header,
-    chunk_key,
-    chunk_seq,
     iter_chunks,
     skip_rows,
 )

@@ -7,16 +7,15 @@ merely in flight gets a second message, which the worker recognises as a duplica
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from aws_lambda_powertools import Logger
-
-from lambda_trigger.message import ChunkMessage
-from lambda_trigger.sqs_batch import enqueue
+from chunk_contract.message import ChunkMessage
+from chunk_contract.sqs_batch import enqueue
 from spark_detector import engine
 
-logger = Logger(service="spark_detector")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,8 @@ def list_chunks(s3, bucket: str, prefix: str, suffix: str) -> Iterator[ListedChu
     paginator = s3.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
-            if obj["Key"].endswith(suffix) and obj["Size"] > 0:
+            # empty chunks too: the worker rejects them whole, visibly
+            if obj["Key"].endswith(suffix):
                 yield ListedChunk(obj["Key"], obj["Size"], obj["ETag"].strip('"'),
                                   obj["LastModified"].isoformat())
 

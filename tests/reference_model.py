@@ -1,4 +1,5 @@
-"""A plain-Python, in-memory reference of SPEC section 4, written independently of the SQL.
+"""A plain-Python, in-memory reference of the detection rules (docs/detection-semantics.md),
+written independently of the SQL and of the worker's parsing.
 
 Use it to check the engine (or a whole pipeline run) against the contract::
 
@@ -6,47 +7,36 @@ Use it to check the engine (or a whole pipeline run) against the contract::
     fired = model.apply("chunk-1.csv", aggregates)  # [(patternId, merchant, customer)]
     model.pairs[("M1", "C1")].txn_count, model.merchants["M1"].female, model.detections[0].seq
 
-Semantics, straight from the SPEC: state is cumulative over all applied chunks; after each chunk,
+    # A whole pipeline run: its own plain csv + Decimal reading of the files as stored, so a
+    # bug in the worker's parsing or weighting (spark_detector.parsing / aggregates) is not
+    # shared by the expectation.
+    weights = read_weights(customer_importance_bytes)
+    model.apply_rows(key, read_chunk(chunk_bytes), weights)
+
+Semantics, straight from the docs: state is cumulative over all applied chunks; after each chunk,
 the three rules are evaluated for every merchant the chunk touched (every customer of those
 merchants); a detection key (patternId, MerchantId, customerName) fires at most once, ever.
 New detections of one chunk are numbered in (patternId, MerchantId, customerName) order, text
 compared by code point. Percentiles follow PostgreSQL's ``percentile_cont`` on double precision
-bit for bit (``percentile_cont`` below), and avg_weight is ``float(weight_sum) / weighted_count``.
+bit for bit (``bench.measure.percentile_cont``); avg_weight is float(weight_sum) / weighted_count.
 A chunk key seen before is ignored.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+import csv
+import io
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
+from bench.measure import percentile_cont
 from spark_detector.aggregates import ChunkAggregates, Transaction, build_aggregates
 from spark_detector.engine import Thresholds
 
 ACTION_TYPES = {"PatId1": "UPGRADE", "PatId2": "CHILD", "PatId3": "DEI-NEEDED"}
 
 DetectionKey = tuple[str, str, str]  # (patternId, MerchantId, customerName)
-
-
-def percentile_cont(values: Iterable[float], fraction: float) -> float | None:
-    """PostgreSQL's percentile_cont(fraction) over ``values``: None when there are none.
-
-    Same operations, same order, as PostgreSQL's orderedsetaggs.c, so the result is identical:
-    position = fraction * (n - 1); first + fraction_of_position * (second - first).
-    """
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    position = fraction * (len(ordered) - 1)
-    first_row = math.floor(position)
-    second_row = math.ceil(position)
-    first = ordered[first_row]
-    if second_row == first_row:
-        return first
-    proportion = position - first_row
-    return first + proportion * (ordered[second_row] - first)
 
 
 @dataclass
@@ -107,30 +97,58 @@ class ReferenceEngine:
     _customers_of: dict[str, dict[str, PairState]] = field(default_factory=dict, repr=False)
 
     def apply(self, chunk_key: str, aggregates: ChunkAggregates) -> list[DetectionKey]:
-        """Apply one chunk; the detection keys it fired, in seq order ([] for a seen chunk)."""
+        """Apply one chunk's aggregates; the detection keys it fired, in seq order ([] for a
+        seen chunk)."""
         if chunk_key in self.applied:
             return []
         self.applied.append(chunk_key)
         for pair in aggregates.pairs:
-            state = self.pairs.get((pair.merchant, pair.customer))
-            merchant = self.merchants.setdefault(pair.merchant, MerchantState())
-            if state is None:
-                state = PairState(gender=pair.first_gender, first_chunk=chunk_key)
-                self.pairs[(pair.merchant, pair.customer)] = state
-                self._customers_of.setdefault(pair.merchant, {})[pair.customer] = state
-                merchant.customers += 1
-                merchant.female += pair.first_gender == "F"
-                merchant.male += pair.first_gender == "M"
+            state = self._pair(pair.merchant, pair.customer, pair.first_gender, chunk_key)
             state.txn_count += pair.txn_count
             state.amount_sum += pair.amount_sum
             state.weight_sum += pair.weight_sum
             state.weighted_count += pair.weighted_count
-            merchant.total += pair.txn_count
+            self.merchants[pair.merchant].total += pair.txn_count
+        return self._fire(chunk_key, aggregates.merchants())
+
+    def apply_rows(self, chunk_key: str, rows: Iterable[ReferenceRow],
+                   weights: Mapping[WeightKey, Decimal]) -> list[DetectionKey]:
+        """Apply one chunk's valid rows (``read_chunk``) one by one, weighted with
+        ``read_weights``: the same state as ``apply``, reached without the worker's
+        aggregation."""
+        if chunk_key in self.applied:
+            return []
+        self.applied.append(chunk_key)
+        touched = set()
+        for row in rows:
+            state = self._pair(row.merchant, row.customer, row.gender, chunk_key)
+            state.txn_count += 1
+            state.amount_sum += row.amount
+            weight = weights.get((row.customer, row.merchant, row.category))
+            if weight is not None:
+                state.weight_sum += weight
+                state.weighted_count += 1
+            self.merchants[row.merchant].total += 1
+            touched.add(row.merchant)
+        return self._fire(chunk_key, touched)
+
+    def _pair(self, merchant: str, customer: str, gender: str, chunk_key: str) -> PairState:
+        """The pair's state; a new pair takes this gender and counts for its merchant."""
+        state = self.pairs.get((merchant, customer))
+        merchant_state = self.merchants.setdefault(merchant, MerchantState())
+        if state is None:
+            state = PairState(gender=gender, first_chunk=chunk_key)
+            self.pairs[(merchant, customer)] = state
+            self._customers_of.setdefault(merchant, {})[customer] = state
+            merchant_state.customers += 1
+            merchant_state.female += gender == "F"
+            merchant_state.male += gender == "M"
+        return state
+
+    def _fire(self, chunk_key: str, merchants: Iterable[str]) -> list[DetectionKey]:
+        """Evaluate the touched merchants; number and record the keys that never fired."""
         fired = {d.key for d in self.detections}
-        new = [
-            d for d in self._evaluate(chunk_key, aggregates.merchants())
-            if d.key not in fired
-        ]
+        new = [d for d in self._evaluate(chunk_key, merchants) if d.key not in fired]
         new.sort(key=lambda d: d.key)
         start = len(self.detections)
         numbered = [
@@ -183,6 +201,66 @@ class ReferenceEngine:
     def fired_keys(self) -> list[tuple[DetectionKey, str]]:
         """(detection key, chunk after which it fired), in seq order."""
         return [(d.key, d.chunk_key) for d in self.detections]
+
+
+@dataclass(frozen=True)
+class ReferenceRow:
+    """One valid transaction of a chunk, as the reference reads it."""
+
+    customer: str
+    merchant: str
+    category: str
+    gender: str
+    amount: Decimal  # rounded half-up to cents
+
+
+WeightKey = tuple[str, str, str]  # (customer, merchant, category)
+
+
+def _unquote(value: str) -> str:
+    """Surrounding blanks and one pair of single quotes off: ``'C123'`` -> ``C123``."""
+    value = value.strip(" \t")
+    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == "'" else value
+
+
+def _half_up(value: Decimal, places: int) -> Decimal:
+    return value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+
+
+def _csv_rows(data: bytes) -> list[dict[str, str | None]]:
+    return list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"), newline="")))
+
+
+def read_weights(data: bytes) -> dict[WeightKey, Decimal]:
+    """CustomerImportance with ``csv``: the mean Weight per (Source, Target, typeTrans), each
+    Weight rounded half-up to 6 places and the mean to 10 (docs/detection-semantics.md)."""
+    sums: dict[WeightKey, Decimal] = {}
+    counts: dict[WeightKey, int] = {}
+    for row in _csv_rows(data):
+        key = (_unquote(row["Source"]), _unquote(row["Target"]), _unquote(row["typeTrans"]))
+        sums[key] = sums.get(key, Decimal(0)) + _half_up(Decimal(_unquote(row["Weight"])), 6)
+        counts[key] = counts.get(key, 0) + 1
+    return {key: _half_up(sums[key] / counts[key], 10) for key in sums}
+
+
+def read_chunk(data: bytes) -> list[ReferenceRow]:
+    """A chunk's valid rows with ``csv``, in file order. A row is left out when its number of
+    fields is not the header's, its customer or merchant is empty, or its amount is not a
+    finite number >= 0 (the row rules of docs/detection-semantics.md)."""
+    valid = []
+    for row in _csv_rows(data):
+        if None in row or None in row.values():  # more fields than the header, or fewer
+            continue
+        customer, merchant = _unquote(row["customer"]), _unquote(row["merchant"])
+        try:
+            amount = Decimal(_unquote(row["amount"]))
+        except InvalidOperation:
+            continue
+        if not customer or not merchant or not amount.is_finite() or amount < 0:
+            continue
+        valid.append(ReferenceRow(customer, merchant, _unquote(row["category"]),
+                                  _unquote(row["gender"]), _half_up(amount, 2)))
+    return valid
 
 
 def chunk_from_rows(

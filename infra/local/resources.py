@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from chunk_contract import layout
+
 OBJECT_CREATED = "s3:ObjectCreated:*"
 NOTIFICATION_ID = "ChunkCreated"
 
@@ -34,8 +36,8 @@ class StackSpec:
     trigger_failures_queue: str = "txn-pipeline-trigger-failures"  # Lambda's OnFailure
     # Local stand-in for Lambda's internal queue of asynchronous invocations.
     events_queue: str = "txn-pipeline-s3-events"
-    chunk_prefix: str = "stream_chunks/"
-    chunk_suffix: str = ".csv"
+    chunk_prefix: str = layout.CHUNK_PREFIX
+    chunk_suffix: str = layout.CHUNK_SUFFIX
     notification_events: tuple[str, ...] = (OBJECT_CREATED,)
     max_receive_count: int = 5
     chunk_visibility_timeout: int = 900

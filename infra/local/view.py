@@ -12,6 +12,8 @@ from typing import Any
 
 import psycopg2
 
+from chunk_contract import layout
+
 PATTERNS = ("PatId1", "PatId2", "PatId3")
 
 
@@ -207,7 +209,7 @@ def collect_snapshot(stack: Any, s3: Any, sqs: Any, conn: Any, elapsed_s: float)
         chunks_dead=_depth(sqs, resources.dlq_url),
         chunks_applied=applied, chunks_rejected=rejected, rows_good=good, rows_rejected=bad,
         detections=detections,
-        detection_files=len(_count_keys(s3, stack.bucket, "detected_patterns/")),
+        detection_files=len(_count_keys(s3, stack.bucket, layout.DETECTIONS_PREFIX)),
         last_latency_s=latency,
     )
 

@@ -1,5 +1,6 @@
 """The whole pipeline as real processes: producer -> S3 -> Lambda runner + real trigger handler
--> SQS -> Spark worker -> PostgreSQL + S3, checked against the SPEC's reference model.
+-> SQS -> Spark worker -> PostgreSQL + S3, checked against the reference model
+(tests/reference_model.py).
 
 Given 9,000 generated rows streamed as 30 chunks of 300 at --interval 0, with thresholds
 small enough for all three patterns to fire on so little data (62 detections: two files),
@@ -20,12 +21,11 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from chunk_contract import layout
 from infra.local.demo import threshold_variable
 from infra.local.stack import REPO_ROOT, LocalStack, poll_until
-from spark_detector.aggregates import build_aggregates, key_weights
 from spark_detector.engine import Thresholds
-from spark_detector.parsing import parse_chunk, parse_customer_importance
-from tests.reference_model import ReferenceEngine
+from tests.reference_model import ReferenceEngine, read_chunk, read_weights
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -52,14 +52,14 @@ def queue_depth(sqs, url: str) -> int:
 
 
 def reference_detections(s3, bucket: str, apply_order: list[str]) -> list[tuple]:
-    """SPEC section 4 in plain Python over the chunks as stored, in the recorded order."""
-    reference = s3.get_object(Bucket=bucket, Key="reference/CustomerImportance.csv")
-    weights = key_weights(parse_customer_importance(reference["Body"].read()).rows)
+    """The detection rules in plain Python over the files as stored (read with ``csv``, not
+    the worker's parser), in the recorded apply order."""
+    reference = s3.get_object(Bucket=bucket, Key=layout.REFERENCE_KEY)
+    weights = read_weights(reference["Body"].read())
     model = ReferenceEngine(Thresholds(**THRESHOLDS))
     for key in apply_order:
-        parsed = parse_chunk(key, s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-        model.apply(key, build_aggregates(key, parsed.transactions, weights,
-                                          len(parsed.rejected)))
+        model.apply_rows(key, read_chunk(s3.get_object(Bucket=bucket, Key=key)["Body"].read()),
+                         weights)
     return [(d.pattern_id, d.action_type, d.merchant_id, d.customer_name, d.chunk_key)
             for d in model.detections]
 

@@ -89,7 +89,7 @@ def test_the_embedded_server_is_reused_and_its_database_recreated(tmp_path: Path
 def test_the_real_trigger_handler_turns_a_chunk_into_a_chunk_message(
     tmp_path: Path, database_url: str
 ):
-    from lambda_trigger.message import ChunkMessage
+    from chunk_contract.message import ChunkMessage
 
     with LocalStack.start(tmp_path / "stack", database_url=database_url) as stack:
         s3, sqs = stack.clients()

@@ -44,7 +44,7 @@ def test_sigterm_stops_after_the_current_chunk_and_a_restart_finishes_the_file(
                             stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stderr:
-            if json.loads(line)["event"] == "chunk_written":
+            if json.loads(line)["message"] == "chunk_written":
                 break
         proc.send_signal(signal.SIGTERM)
         rest = proc.stderr.read()
@@ -53,14 +53,14 @@ def test_sigterm_stops_after_the_current_chunk_and_a_restart_finishes_the_file(
         if proc.poll() is None:
             proc.kill()
     last = json.loads(rest.splitlines()[-1])
-    assert (last["event"], last["chunks_sent"], last["next_row"]) == ("stream_stopped", 1, 500)
+    assert (last["message"], last["chunks_sent"], last["next_row"]) == ("stream_stopped", 1, 500)
 
     done = subprocess.run(stream_args("--interval", "0"), cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in done.stderr.splitlines()]
-    assert events[0]["event"] == "stream_started" and events[0]["next_row"] == 500
-    assert events[-1]["event"] == "stream_finished" and events[-1]["next_row"] == 3000
+    assert events[0]["message"] == "stream_started" and events[0]["next_row"] == 500
+    assert events[-1]["message"] == "stream_finished" and events[-1]["next_row"] == 3000
     assert events[-1]["reference_uploaded"] is False  # identical, already there
 
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="stream_chunks/")

@@ -1,7 +1,8 @@
 """`replay` against a real live run: moto server, real PostgreSQL, the session's SparkSession.
 
-The live run is the in-process Worker draining 34 chunks (one with bad rows, one rejected
-whole), enqueued out of order so that the recorded apply order is not the key order. Then:
+The live run is the in-process Worker draining 35 chunks (one with bad rows, one rejected
+whole), enqueued out of order, the last one uploaded by hand (no sequence number), so that the
+recorded apply order is not the key order. Then:
 the replay with the live settings equals it key for key and chunk for chunk; a replay with
 other rules and another CustomerImportance equals the reference model run with the same
 changes; neither touches the live tables or the live detection prefix; --replace is refused
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 import psycopg2
 import pytest
 
+from infra.local import postgres
 from producer.generate import generate
 from spark_detector import db
 from spark_detector.aggregator import SparkAggregator
@@ -28,7 +30,6 @@ from spark_detector.replay import ReplayOptions, run_replay
 from spark_detector.replay_plan import ADDED, MOVED, REMOVED, ReplayRefused
 from spark_detector.spark_job import FetchSpec, load_weights
 from spark_detector.worker import Worker
-from tests.conftest import _replace_database, scratch_database
 from tests.integration.worker_support import (
     THRESHOLDS,
     AwsResources,
@@ -40,6 +41,7 @@ from tests.integration.worker_support import (
 pytestmark = pytest.mark.spark
 
 BAD_HEADER = "stream_chunks/chunk-00000035-20261127T000100.000Z.csv"
+HAND_UPLOADED = "stream_chunks/by-hand.csv"  # no sequence number: applied as it arrives
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,7 @@ def dataset(tmp_path_factory) -> tuple[dict[str, bytes], bytes]:
     chunks[first] += b"0,'C1','4','F','1','M1','1','es_food',-5,0\n1,2,3\n"
     # ... and a chunk it rejects whole (no merchant column)
     chunks[BAD_HEADER] = chunks[first].replace(b"merchant", b"shop", 1)
+    chunks[HAND_UPLOADED] = chunks[sorted(chunks)[1]]
     return chunks, (out / "CustomerImportance.csv").read_bytes()
 
 
@@ -63,11 +66,11 @@ def live(spark, moto_endpoint, postgres_server_url, migrated_template, dataset):
     resources.upload(chunks)
     resources.s3.put_object(Bucket=resources.bucket, Key="reference/CustomerImportance.csv",
                             Body=importance)
-    keys = sorted(chunks)
+    keys = sorted(k for k in chunks if k != HAND_UPLOADED)
     random.Random(12).shuffle(keys)
-    resources.enqueue(keys)
-    with scratch_database(postgres_server_url, template=migrated_template) as name:
-        url = _replace_database(postgres_server_url, name)
+    resources.enqueue([*keys, HAND_UPLOADED])
+    with postgres.scratch_database(postgres_server_url, "live",
+                                   template=migrated_template) as url:
         settings = WorkerSettings(bucket=resources.bucket, queue_url=resources.queue_url,
                                   database_url=url, wait_time_seconds=0,
                                   batch_window_seconds=0.2, max_batch_chunks=10,
@@ -135,7 +138,8 @@ def test_replay_with_the_live_settings_equals_the_live_run(
     settings, resources = live
     before = live_snapshot(settings, resources)
     order = applied_order(settings.database_url)
-    assert len(order) >= 30 and order != sorted(order)  # the recorded order is not key order
+    # the hand-uploaded chunk, first in key order, came later: the orders differ
+    assert len(order) >= 30 and order.index(HAND_UPLOADED) > 0 and order != sorted(order)
 
     report = replay(spark, settings, resources, into=database_url,
                     compare=tmp_path / "diff.csv")
@@ -216,8 +220,7 @@ def test_replace_is_refused_while_a_worker_runs_and_rebuilds_the_live_run_once_s
         spark, live, postgres_server_url):
     settings, resources = live
     live_name = urlsplit(settings.database_url).path.lstrip("/")
-    with scratch_database(postgres_server_url, template=live_name) as name:
-        url = _replace_database(postgres_server_url, name)
+    with postgres.scratch_database(postgres_server_url, "copy", template=live_name) as url:
         copy = replace(settings, database_url=url)
         before = query(url, DETECTIONS)
         worker = Worker(copy, s3=resources.s3, sqs=resources.sqs,

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from chunk_contract import layout
 from tests.conftest import REPO_ROOT
 
 TEMPLATE = REPO_ROOT / "template.yaml"
@@ -23,6 +24,13 @@ PARAMETERS = {
     "DatabaseSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-AbCdEf",
     "SubnetIds": ["subnet-0123456789abcdef0"],
     "SecurityGroupIds": ["sg-0123456789abcdef0"],
+}
+
+
+# The worker's environment variable for each S3 layout parameter (chunk_contract.layout).
+LAYOUT_PARAMETERS = {
+    "CHUNK_PREFIX": "ChunkPrefix", "CHUNK_SUFFIX": "ChunkSuffix", "REFERENCE_KEY": "ReferenceKey",
+    "DETECTIONS_PREFIX": "DetectionsPrefix", "QUARANTINE_PREFIX": "QuarantinePrefix",
 }
 
 
@@ -53,6 +61,12 @@ def resources(sam_template: dict[str, Any]) -> dict[str, Any]:
         env.setenv("AWS_DEFAULT_REGION", "us-east-1")
         env.setenv("AWS_REGION", "us-east-1")
         return transform(packaged, PARAMETERS, LocalManagedPolicies())["Resources"]
+
+
+def runtime_version(runtime: str) -> tuple[int, ...]:
+    """``python3.12`` -> (3, 12): compared as numbers, python3.9 < python3.12."""
+    assert runtime.startswith("python"), runtime
+    return tuple(int(part) for part in runtime.removeprefix("python").split("."))
 
 
 def statements(role: dict[str, Any]) -> list[dict[str, Any]]:
@@ -95,7 +109,7 @@ def test_only_new_chunk_files_notify_the_function(resources):
 
 def test_function_may_only_send_to_the_chunk_queue_and_its_failure_destination(resources):
     function = resources["TriggerFunction"]["Properties"]
-    assert function["Runtime"] >= "python3.12"
+    assert runtime_version(function["Runtime"]) >= (3, 12)
     assert function["Handler"] == "lambda_trigger.app.handler"
     env = function["Environment"]["Variables"]
     assert env["QUEUE_URL"] == {"Ref": "ChunkQueue"}
@@ -138,10 +152,10 @@ def test_task_role_is_limited_to_the_worker_prefixes_and_the_queue(resources):
     }
     assert s3_objects == {
         "ReadChunksAndReference": (["s3:GetObject"],
-                                   [prefix + "${ChunkPrefix}*", prefix + "reference/*"]),
+                                   [prefix + "${ChunkPrefix}*", prefix + "${ReferenceKey}"]),
         "WriteDetectionsAndQuarantine": (["s3:PutObject"],
-                                         [prefix + "detected_patterns/*",
-                                          prefix + "quarantine/*"]),
+                                         [prefix + "${DetectionsPrefix}*",
+                                          prefix + "${QuarantinePrefix}*"]),
     }
     listing = granted["ListChunkPrefix"]
     assert listing["Action"] == "s3:ListBucket"
@@ -168,6 +182,9 @@ def test_worker_task_runs_the_image_with_the_secret_and_settings(resources):
     env = {e["Name"]: e["Value"] for e in container["Environment"]}
     assert env["SPARK_MASTER"] == "local[2]"
     assert env["QUEUE_URL"] == {"Ref": "ChunkQueue"}
+    # The same parameters as the task role's resources, so the two cannot disagree.
+    assert {name: env[name] for name in LAYOUT_PARAMETERS} == {
+        name: {"Ref": parameter} for name, parameter in LAYOUT_PARAMETERS.items()}
     assert container["Secrets"] == [
         {"Name": "DB_SECRET", "ValueFrom": {"Ref": "DatabaseSecretArn"}}]
     assert container["LogConfiguration"]["Options"]["awslogs-group"] == {"Ref": "WorkerLogGroup"}
@@ -185,6 +202,12 @@ def test_alarms_watch_the_dlq_and_the_oldest_message(resources):
     }
     assert ("ApproximateNumberOfMessagesVisible", "ChunkDeadLetterQueue") in watched
     assert ("ApproximateAgeOfOldestMessage", "ChunkQueue") in watched
+
+
+def test_layout_parameters_default_to_the_shared_contract(sam_template):
+    defaults = {name: sam_template["Parameters"][parameter]["Default"]
+                for name, parameter in LAYOUT_PARAMETERS.items()}
+    assert defaults == {name: getattr(layout, name) for name in LAYOUT_PARAMETERS}
 
 
 def test_outputs_name_the_bucket_queue_and_function(sam_template):

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import io
 import json
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
+from chunk_contract.message import ChunkMessage
+from chunk_contract.sqs_batch import EnqueueFailed
 from lambda_trigger import app
-from lambda_trigger.message import ChunkMessage
-from lambda_trigger.sqs_batch import EnqueueFailed
 from tests.conftest import EVENTS, REPO_ROOT
 
 BUCKET = "txn-pipeline-data"
@@ -131,20 +133,21 @@ def test_single_put_enqueues_one_chunk_message(trigger):
 
 def test_mixed_event_enqueues_only_chunks_with_decoded_keys(trigger):
     result, out = trigger(load_event("s3_mixed_records.json"))
-    assert result == {"enqueued": 4, "skipped": 8}
+    assert result == {"enqueued": 5, "skipped": 7}
     assert sorted(m.key for m in trigger.received()) == sorted([
         "stream_chunks/chunk-00000002-20261127T040103.100Z.csv",
+        "stream_chunks/chunk-00000006-20261127T040106.100Z.csv",  # empty: the worker rejects it
         "stream_chunks/late arrival 03.csv",
         "stream_chunks/chunk+plus-04.csv",
         "stream_chunks/día-05-€-日本.csv",
     ])
-    assert out.metrics == {"ChunksEnqueued": 4, "RecordsSkipped": 8}
+    assert out.metrics == {"ChunksEnqueued": 5, "RecordsSkipped": 7}
     # One line per record, each naming its key.
     assert len(out.logs) == 12 and all(line["key"] for line in out.logs)
     skipped = {ln["key"]: ln["reason"] for ln in out.logs if ln["message"] == "skipped record"}
     assert skipped["detected_patterns/detections-00000001.csv"] == "outside_chunk_prefix"
     assert skipped["stream_chunks/"] == "folder"
-    assert skipped["stream_chunks/chunk-00000006-20261127T040106.100Z.csv"] == "empty_object"
+    assert "stream_chunks/chunk-00000006-20261127T040106.100Z.csv" not in skipped
 
 
 def test_s3_test_event_is_skipped_not_an_error(trigger):
@@ -238,23 +241,31 @@ def test_missing_queue_url_fails_naming_the_variable(trigger, monkeypatch):
     assert "QUEUE_URL" in str(result)
 
 
-def test_built_package_is_the_trigger_alone_and_imports_nothing_from_the_worker(tmp_path):
+def test_built_package_is_the_trigger_and_the_contract_and_imports_nothing_from_the_worker(
+        tmp_path):
     """`sam build` runs `make build-TriggerFunction`; import the handler from its output."""
     subprocess.run(["make", "-s", "build-TriggerFunction", f"ARTIFACTS_DIR={tmp_path}"],
                    cwd=REPO_ROOT, check=True, capture_output=True, timeout=60)
     shipped = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
-    assert shipped == [f"lambda_trigger/{name}.py" for name in
-                       ("__init__", "app", "config", "message", "records", "sqs_batch")]
+    assert shipped == [
+        *(f"chunk_contract/{name}.py" for name in ("__init__", "layout", "message", "sqs_batch")),
+        *(f"lambda_trigger/{name}.py" for name in ("__init__", "app", "config", "records")),
+    ]
     code = (
         "import sys, lambda_trigger.app\n"
+        "ours = sorted(m.__file__ for n, m in sys.modules.items() if n.split('.')[0] in "
+        "('lambda_trigger', 'chunk_contract'))\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('pyspark', 'spark_detector', 'py4j', 'psycopg2', 'producer'))\n"
-        "print(lambda_trigger.app.__file__)\n"
+        "print(ours)\n"
         "print(heavy)\n"
     )
-    # Run from the package folder so that its copy of lambda_trigger is the one imported.
+    # Run from the package folder so that its copies are the ones imported: a module missing
+    # from the package would be found in the repository instead, and named below.
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PATH": ""},
                           capture_output=True, text=True, check=True, timeout=60)
-    imported_from, heavy = done.stdout.splitlines()
-    assert imported_from == str(tmp_path / "lambda_trigger" / "app.py")
-    assert heavy == "[]"
+    ours, heavy = (ast.literal_eval(line) for line in done.stdout.splitlines())
+    assert all(f.startswith(f"{tmp_path}/") for f in ours), ours
+    assert {str(Path(f).relative_to(tmp_path)) for f in ours} >= {
+        "lambda_trigger/app.py", "chunk_contract/message.py", "chunk_contract/sqs_batch.py"}
+    assert heavy == []

@@ -7,63 +7,20 @@ from dataclasses import replace
 import psycopg2
 import pytest
 
-from producer.generate import generate
 from spark_detector import db
-from spark_detector.aggregator import SparkAggregator
 from spark_detector.config import WorkerSettings
-from spark_detector.spark_job import FetchSpec, load_weights
 from spark_detector.worker import Worker
 from tests.integration.worker_support import (
-    THRESHOLDS,
-    AwsResources,
     applied_order,
     assert_files_hold_each_detection_once,
     committed_detections,
     expected_detections,
+    make_worker,
+    run_until_idle,
     split_chunks,
 )
 
 pytestmark = pytest.mark.spark
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> tuple[bytes, bytes]:
-    out = tmp_path_factory.mktemp("banksim")
-    generate(out, rows=20_000, seed=3)
-    return (out / "transactions.csv").read_bytes(), (out / "CustomerImportance.csv").read_bytes()
-
-
-@pytest.fixture(scope="module")
-def weights_df(spark, dataset):
-    return load_weights(spark, dataset[1])
-
-
-@pytest.fixture
-def resources(moto_endpoint: str) -> AwsResources:
-    return AwsResources.create(moto_endpoint)
-
-
-def make_worker(resources: AwsResources, database_url: str, spark, weights_df,
-                **overrides) -> Worker:
-    options = {"wait_time_seconds": 0, "batch_window_seconds": 0.2, "max_batch_chunks": 4,
-               "thresholds": THRESHOLDS, **overrides}
-    settings = WorkerSettings(bucket=resources.bucket, queue_url=resources.queue_url,
-                              database_url=database_url, **options)
-    spec = FetchSpec(resources.bucket, endpoint_url=resources.endpoint,
-                     access_key_id="testing", secret_access_key="testing")
-    aggregator = SparkAggregator(spark, spec, weights_df)
-    worker = Worker(settings, s3=resources.s3, sqs=resources.sqs,
-                    connect=lambda: db.connect(database_url), aggregate=aggregator.aggregate)
-    worker.start()
-    return worker
-
-
-def run_until_idle(worker: Worker, max_batches: int = 200) -> int:
-    """Run batches until a receive finds nothing visible; the number of batches run."""
-    for n in range(max_batches):
-        if worker.run_batch() is None:
-            return n
-    raise AssertionError("the queue never went idle")
 
 
 def test_a_run_matches_the_reference_and_files_hold_fifty_each(

@@ -1,5 +1,5 @@
 """Crash safety: the real worker process is killed with SIGKILL, restarted, and the result is
-the same as an uninterrupted run's (SPEC section 6).
+the same as an uninterrupted run's (docs/architecture.md, guarantees).
 
 Each case arms one failpoint (``spark_detector/failpoints.py``), which makes the process
 SIGKILL itself there, exactly as `kill -9` would; the restarted process runs with --drain and

@@ -14,16 +14,18 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import boto3
 import psycopg2
 
-from lambda_trigger.message import ChunkMessage
-from producer.chunks import chunk_key
-from spark_detector.aggregates import build_aggregates, key_weights
+from chunk_contract.layout import CHUNK_PREFIX, chunk_key
+from chunk_contract.message import ChunkMessage
 from spark_detector.engine import Thresholds
-from spark_detector.parsing import parse_chunk, parse_customer_importance
-from tests.reference_model import ReferenceEngine
+from tests.reference_model import ReferenceEngine, read_chunk, read_weights
+
+if TYPE_CHECKING:
+    from spark_detector.worker import Worker
 
 # Small enough that all three patterns fire on 20,000 generated rows (seed 3): about 70
 # detections, so one full file of 50 and a partial one.
@@ -32,7 +34,7 @@ CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing
                "region_name": "us-east-1"}
 
 
-def split_chunks(transactions: bytes, rows_per_chunk: int, prefix: str = "stream_chunks/"
+def split_chunks(transactions: bytes, rows_per_chunk: int, prefix: str = CHUNK_PREFIX
                  ) -> dict[str, bytes]:
     """The master file as the producer would stream it: header + rows, names in order."""
     header, *lines = transactions.decode().splitlines(keepends=True)
@@ -80,13 +82,21 @@ class AwsResources:
         for key, body in chunks.items():
             self.s3.put_object(Bucket=self.bucket, Key=key, Body=body)
 
-    def enqueue(self, keys: Iterable[str], *, bucket: str | None = None) -> None:
+    def enqueue(self, keys: Iterable[str], *, bucket: str | None = None,
+                delay_seconds: int = 0) -> None:
+        """A chunk message per key, as the trigger sends it (the object's size, if there)."""
         for key in keys:
-            self.send_raw(ChunkMessage(bucket=bucket or self.bucket, key=key, size=1,
-                                       event_time=datetime.now(UTC).isoformat()).to_json())
+            try:
+                size = self.s3.head_object(Bucket=self.bucket, Key=key)["ContentLength"]
+            except self.s3.exceptions.ClientError:
+                size = 1
+            self.send_raw(ChunkMessage(bucket=bucket or self.bucket, key=key, size=size,
+                                       event_time=datetime.now(UTC).isoformat()).to_json(),
+                          delay_seconds=delay_seconds)
 
-    def send_raw(self, body: str) -> None:
-        self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=body)
+    def send_raw(self, body: str, delay_seconds: int = 0) -> None:
+        self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=body,
+                              DelaySeconds=delay_seconds)
 
     def depth(self, url: str | None = None) -> int:
         attrs = self.sqs.get_queue_attributes(
@@ -126,12 +136,10 @@ def committed_detections(database_url: str) -> list[tuple]:
 def expected_detections(chunks: dict[str, bytes], importance: bytes, order: list[str],
                         thresholds: Thresholds = THRESHOLDS) -> list[tuple]:
     """The reference model's detections for the chunks applied in `order`."""
-    weights = key_weights(parse_customer_importance(importance).rows)
+    weights = read_weights(importance)
     reference = ReferenceEngine(thresholds)
     for key in order:
-        parsed = parse_chunk(key, chunks[key])
-        reference.apply(key, build_aggregates(key, parsed.transactions, weights,
-                                              len(parsed.rejected)))
+        reference.apply_rows(key, read_chunk(chunks[key]), weights)
     return [(d.seq, d.pattern_id, d.merchant_id, d.customer_name, d.chunk_key)
             for d in reference.detections]
 
@@ -153,3 +161,33 @@ def assert_files_hold_each_detection_once(resources: AwsResources, detections: l
     assert header == b"YStartTime,detectionTime,patternId,ActionType,customerName,MerchantId"
     for row in rows:
         assert row["detectionTime"].endswith("+05:30") and row["YStartTime"].endswith("+05:30")
+
+
+def make_worker(resources: AwsResources, database_url: str, spark, weights_df,
+                **overrides) -> Worker:
+    """The real Worker in this process, on the session's SparkSession, started."""
+    from spark_detector import db
+    from spark_detector.aggregator import SparkAggregator
+    from spark_detector.config import WorkerSettings
+    from spark_detector.spark_job import FetchSpec
+    from spark_detector.worker import Worker
+
+    options = {"wait_time_seconds": 0, "batch_window_seconds": 0.2, "max_batch_chunks": 4,
+               "thresholds": THRESHOLDS, **overrides}
+    settings = WorkerSettings(bucket=resources.bucket, queue_url=resources.queue_url,
+                              database_url=database_url, **options)
+    spec = FetchSpec(resources.bucket, endpoint_url=resources.endpoint,
+                     access_key_id="testing", secret_access_key="testing")
+    aggregator = SparkAggregator(spark, spec, weights_df)
+    worker = Worker(settings, s3=resources.s3, sqs=resources.sqs,
+                    connect=lambda: db.connect(database_url), aggregate=aggregator.aggregate)
+    worker.start()
+    return worker
+
+
+def run_until_idle(worker: Worker, max_batches: int = 200) -> int:
+    """Run loops until nothing is received and nothing is held; the number of loops run."""
+    for n in range(max_batches):
+        if worker.run_batch() is None:
+            return n
+    raise AssertionError("the queue never went idle")

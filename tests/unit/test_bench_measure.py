@@ -15,7 +15,7 @@ from bench.measure import (
     cost_figures,
     edge_ratio,
     latency_figures,
-    percentile,
+    percentile_cont,
     position_ratio,
 )
 
@@ -35,10 +35,23 @@ def batch(keys: list[str], received_s: float, **stages: int) -> dict:
             "received_at": (T0 + timedelta(seconds=received_s)).isoformat(), **stages}
 
 
-def test_percentile_interpolates_linearly_like_percentile_cont():
-    assert percentile([1, 2, 3, 4], 50) == 2.5
-    assert percentile([10, 20], 90) == pytest.approx(19.0)
-    assert percentile([7], 99) == 7
+@pytest.mark.parametrize(
+    ("values", "fraction", "expected"),
+    [
+        ([], 0.9, None),
+        ([5.0], 0.9, 5.0),
+        ([1.0, 2.0, 2.0, 2.0, 4.0], 0.9, 3.2),  # position 3.6: 2 + 0.6 * (4 - 2)
+        ([7.0, 1.0, 5.0, 6.0], 0.1, 2.2),  # unsorted input; position 0.3: 1 + 0.3 * 4
+        ([3.0, 3.0, 3.0], 0.1, 3.0),  # ties
+        ([1.0, 2.0], 1.0, 2.0),
+        ([1.0, 2.0], 0.0, 1.0),
+        ([1, 2, 3, 4], 0.5, 2.5),
+        ([10, 20], 0.9, 19.0),  # interpolated, where nearest rank would say 20
+    ],
+)
+def test_percentile_cont_interpolates_between_closest_ranks(values, fraction, expected):
+    result = percentile_cont(values, fraction)
+    assert result == (None if expected is None else pytest.approx(expected))
 
 
 def test_batch_lines_keeps_only_batches_that_applied_chunks():

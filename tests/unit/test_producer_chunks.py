@@ -6,11 +6,10 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from chunk_contract.layout import chunk_key, chunk_seq
 from producer.chunks import (
     BadHeader,
     check_header,
-    chunk_key,
-    chunk_seq,
     iter_chunks,
     skip_rows,
 )

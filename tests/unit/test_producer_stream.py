@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import boto3
@@ -266,10 +267,10 @@ def test_cli_streams_into_the_bucket_with_json_lines(bucket, monkeypatch, capsys
     )
     assert code == 0
     events = [json.loads(line) for line in err.splitlines()]
-    written = [e for e in events if e["event"] == "chunk_written"]
+    written = [e for e in events if e["message"] == "chunk_written"]
     assert [e["rows"] for e in written] == [1500, 1500]
     assert all(e["key"].startswith("stream_chunks/chunk-") for e in written)
-    assert events[-1]["event"] == "stream_finished"
+    assert events[-1]["message"] == "stream_finished"
     listed = bucket.list_objects_v2(Bucket="data")["Contents"]
     assert sorted(o["Key"].split("/")[0] for o in listed) == [
         "_state", "reference", "stream_chunks", "stream_chunks"
@@ -282,16 +283,19 @@ def _report(lag: float, chunks: int = 3) -> ChunkReport:
                        chunks_sent=chunks, rows_sent=chunks * 10_000, elapsed=chunks - 1.0)
 
 
-def test_reporter_warns_once_when_falling_behind_and_when_back_on_schedule():
+def test_reporter_warns_once_when_falling_behind_and_when_back_on_schedule(caplog):
     import io
 
     from producer.__main__ import ChunkReporter
 
     out = io.StringIO()
     reporter = ChunkReporter(out, interval=1.0, progress=False)
-    for lag in (0.0, 2.5, 3.0, 0.0):
-        reporter(_report(lag))
-    events = [json.loads(line)["event"] for line in out.getvalue().splitlines()]
+    with caplog.at_level(logging.INFO, logger="producer"):
+        for lag in (0.0, 2.5, 3.0, 0.0):
+            reporter(_report(lag))
+    assert out.getvalue() == ""  # no progress line off a terminal
+    events = [record.getMessage() for record in caplog.records]
+    assert caplog.records[1].levelname == "WARNING"
     assert events == ["chunk_written", "behind_schedule", "chunk_written", "chunk_written",
                       "back_on_schedule", "chunk_written"]
 

@@ -7,8 +7,8 @@ import json
 import pytest
 from aws_lambda_powertools.utilities.data_classes import S3Event
 
+from chunk_contract.message import ChunkMessage
 from lambda_trigger.config import MissingSetting, TriggerSettings
-from lambda_trigger.message import ChunkMessage
 from lambda_trigger.records import chunk_message, object_key, skip_reason
 from tests.conftest import EVENTS
 
@@ -38,7 +38,7 @@ def test_each_kind_of_record_gets_its_reason():
         "outside_chunk_prefix",  # reference/
         "outside_chunk_prefix",  # _state/
         "folder",
-        "empty_object",
+        None,  # an empty chunk: the worker rejects and records it
         "not_chunk_suffix",
         "not_object_created",
     ]

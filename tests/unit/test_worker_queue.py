@@ -3,7 +3,7 @@ import json
 import boto3
 import pytest
 
-from lambda_trigger.message import ChunkMessage
+from chunk_contract.message import ChunkMessage
 from spark_detector.queue import (
     Received,
     change_visibility,

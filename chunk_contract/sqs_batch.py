@@ -15,7 +15,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from lambda_trigger.message import ChunkMessage
+from chunk_contract.message import ChunkMessage
 
 MAX_BATCH_ENTRIES = 10  # the SendMessageBatch limit
 

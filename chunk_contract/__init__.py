@@ -1,0 +1,8 @@
+"""What the producer, the trigger and the worker agree on, written once.
+
+- ``layout``: where things live in the data bucket, and how a chunk key is named;
+- ``message``: the chunk message (the SQS body), versioned;
+- ``sqs_batch``: sending chunk messages with SendMessageBatch (the trigger and the backfill).
+
+Standard library and botocore only: the Lambda package and the worker image both ship it.
+"""

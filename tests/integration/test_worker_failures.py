@@ -1,0 +1,211 @@
+"""Failure isolation in the real worker process (SPEC section 6a): a fault is injected into
+the running process (a failpoint, a stopped PostgreSQL, a killed JVM, a huge chunk) and the
+result is compared with the reference model."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import tempfile
+from pathlib import Path
+
+import psutil
+import psycopg2
+import pytest
+
+from infra.local import postgres
+from infra.local.stack import poll_until
+from spark_detector import db
+from tests.integration.test_worker_crash import applied_count, start_worker, worker_env
+from tests.integration.worker_support import (
+    AwsResources,
+    applied_order,
+    committed_detections,
+    expected_detections,
+    split_chunks,
+)
+
+pytestmark = pytest.mark.spark
+
+REFERENCE_KEY = "reference/CustomerImportance.csv"
+
+
+def stage(resources: AwsResources, chunks: dict[str, bytes], importance: bytes) -> None:
+    resources.upload(chunks)
+    resources.s3.put_object(Bucket=resources.bucket, Key=REFERENCE_KEY, Body=importance)
+
+
+def stop(process, log: Path) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0, log.read_text()[-3000:]
+
+
+def log_lines(log: Path, message: str) -> list[dict]:
+    lines = []
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("{") and f'"{message}"' in line:
+            record = json.loads(line)
+            if record.get("message") == message:
+                lines.append(record)
+    return lines
+
+
+@pytest.mark.parametrize("place", ["spark_fetch", "apply_chunk", "quarantine"])
+def test_one_chunk_failing_in_a_batch_of_30_never_takes_the_others_with_it(
+        place, dataset, moto_endpoint, migrated_database_url, tmp_path):
+    transactions, importance = dataset
+    chunks = dict(list(split_chunks(transactions, 100).items())[:30])
+    keys = sorted(chunks)
+    bad = keys[14]
+    chunks[bad] += b"0,'C1','4','F','1','M1','1','x',-5,0\n"  # a bad row: quarantine runs
+    resources = AwsResources.create(moto_endpoint, visibility_timeout=20, max_receive_count=50)
+    stage(resources, chunks, importance)
+    resources.enqueue(keys)
+    log = tmp_path / "worker.log"
+    worker = start_worker(worker_env(
+        resources, migrated_database_url, WORKER_MAX_BATCH_CHUNKS="30",
+        WORKER_BATCH_WINDOW_SECONDS="2", WORKER_VISIBILITY_TIMEOUT_SECONDS="20",
+        WORKER_HEARTBEAT_AFTER_SECONDS="5", WORKER_RETRY_DELAY_SECONDS="0.2",
+        WORKER_MAX_CHUNK_FAILURES="3", WORKER_RAISE=f"{place}@{bad.split('/')[-1]}"), log)
+    try:
+        poll_until(lambda: applied_count(migrated_database_url) == 29
+                   and resources.depth(resources.dlq_url) == 1, 300,
+                   "29 chunks applied, the failing one in the DLQ", process=worker, log=log)
+    finally:
+        stop(worker, log)
+
+    good = [k for k in keys if k != bad]
+    assert applied_order(migrated_database_url) == good  # in production order
+    assert committed_detections(migrated_database_url) == expected_detections(
+        chunks, importance, good)
+    (message,) = resources.sqs.receive_message(
+        QueueUrl=resources.dlq_url, MessageAttributeNames=["All"])["Messages"]
+    assert json.loads(message["Body"])["key"] == bad
+    reason = message["MessageAttributes"]["dead_letter_reason"]["StringValue"]
+    assert f"injected failure at {place}" in reason
+    with psycopg2.connect(migrated_database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT chunk_key, attempts, last_error, dead_lettered_at IS NOT NULL"
+                    " FROM chunk_failures")
+        assert cur.fetchall() == [(bad, 3, reason, True)]
+    # the micro-batch failed as a whole once at most; no good chunk was ever counted
+    assert resources.depth() == 0
+
+
+def test_a_postgresql_outage_stops_intake_and_loses_nothing(
+        dataset, moto_endpoint, tmp_path):
+    transactions, importance = dataset
+    chunks = dict(list(split_chunks(transactions, 500).items())[:12])
+    keys = sorted(chunks)
+    resources = AwsResources.create(moto_endpoint, visibility_timeout=20, max_receive_count=3)
+    stage(resources, chunks, importance)
+    pgdata = Path(tempfile.mkdtemp(prefix="outage-pg-")) / "data"
+    server = postgres.start_embedded(pgdata)
+    log = tmp_path / "worker.log"
+    worker = None
+    try:
+        url = postgres.recreate_database(server.url, "outage")
+        with contextlib.closing(db.connect(url)) as conn:
+            db.migrate(conn)
+        worker = start_worker(worker_env(
+            resources, url, WORKER_MAX_BATCH_CHUNKS="2", WORKER_DB_RETRY_ATTEMPTS="2",
+            WORKER_VISIBILITY_TIMEOUT_SECONDS="20", WORKER_HEARTBEAT_AFTER_SECONDS="5"), log)
+        resources.enqueue(keys[:4])
+        poll_until(lambda: applied_count(url) == 4, 240, "the first 4 chunks applied",
+                   process=worker, log=log)
+
+        postgres.stop_embedded(pgdata)
+        resources.enqueue(keys[4:])
+        # longer than the whole retry budget (2 attempts), the queue untouched meanwhile
+        poll_until(lambda: len(log_lines(log, "database still unavailable: receiving nothing")) >= 4, 120,
+                   "the worker waiting for the database", process=worker, log=log)
+        attrs = resources.sqs.get_queue_attributes(
+            QueueUrl=resources.queue_url, AttributeNames=["All"])["Attributes"]
+        assert (attrs["ApproximateNumberOfMessages"],
+                attrs["ApproximateNumberOfMessagesNotVisible"]) == ("8", "0")
+
+        postgres.start_embedded(pgdata)
+        poll_until(lambda: applied_count(url) == 12 and resources.depth() == 0, 240,
+                   "every chunk applied after the outage", process=worker, log=log)
+        stop(worker, log)
+        assert applied_order(url) == keys
+        assert committed_detections(url) == expected_detections(chunks, importance, keys)
+        assert resources.depth(resources.dlq_url) == 0
+        assert log_lines(log, "database is back: resuming")
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+        postgres.stop_embedded(pgdata)
+
+
+def test_a_dead_spark_jvm_gives_the_messages_back_and_ends_the_process(
+        dataset, moto_endpoint, migrated_database_url, tmp_path):
+    transactions, importance = dataset
+    chunks = dict(list(split_chunks(transactions, 500).items())[:2])
+    second = sorted(chunks)[1]
+    resources = AwsResources.create(moto_endpoint, visibility_timeout=60)
+    stage(resources, {second: chunks[second]}, importance)  # its predecessor never came
+    resources.enqueue([second])
+    log = tmp_path / "worker.log"
+    worker = start_worker(worker_env(
+        resources, migrated_database_url, WORKER_WAIT_TIME_SECONDS="20",
+        WORKER_VISIBILITY_TIMEOUT_SECONDS="60", WORKER_HEARTBEAT_AFTER_SECONDS="20"), log)
+    try:
+        poll_until(lambda: resources.sqs.get_queue_attributes(
+            QueueUrl=resources.queue_url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
+        )["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "1"
+            and log_lines(log, "worker started"), 180, "the chunk held by the worker",
+            process=worker, log=log)
+        (jvm,) = [p for p in psutil.Process(worker.pid).children(recursive=True)
+                  if p.name() == "java"]
+        jvm.kill()
+        assert worker.wait(timeout=30) == 3, log.read_text()[-3000:]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert log_lines(log, "spark runtime lost: messages given back, exiting")
+    attrs = resources.sqs.get_queue_attributes(
+        QueueUrl=resources.queue_url, AttributeNames=["ApproximateNumberOfMessages"])
+    assert attrs["Attributes"]["ApproximateNumberOfMessages"] == "1"  # not after 60 s
+
+
+def test_a_200_mb_chunk_is_rejected_unread_and_the_chunks_after_it_are_applied(
+        dataset, moto_endpoint, migrated_database_url, tmp_path):
+    transactions, importance = dataset
+    chunks = dict(list(split_chunks(transactions, 500).items())[:4])
+    keys = sorted(chunks)
+    header = transactions.split(b"\n", 1)[0] + b"\n"
+    line = b"0,'C1','4','F','28007','M1','28007','es_food',12.50,0\n"
+    chunks[keys[1]] = header + line * (200 * 1024 * 1024 // len(line))
+    resources = AwsResources.create(moto_endpoint)
+    stage(resources, chunks, importance)
+    resources.enqueue(keys)
+    log = tmp_path / "worker.log"
+    worker = start_worker(worker_env(resources, migrated_database_url), log)
+    peak = {"driver": 0, "at_start": None}
+
+    def sample() -> None:
+        rss = psutil.Process(worker.pid).memory_info().rss
+        peak["driver"] = max(peak["driver"], rss)
+        if peak["at_start"] is None and log_lines(log, "worker started"):
+            peak["at_start"] = rss
+
+    try:
+        poll_until(lambda: sample() or applied_count(migrated_database_url) == 3, 240,
+                   "the chunks around the huge one applied", process=worker, log=log)
+    finally:
+        stop(worker, log)
+
+    assert applied_order(migrated_database_url) == [keys[0], keys[2], keys[3]]
+    with psycopg2.connect(migrated_database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT chunk_key, reason FROM rejected_chunks")
+        ((key, reason),) = cur.fetchall()
+    assert key == keys[1] and reason.startswith("too large:")
+    copied = resources.s3.head_object(Bucket=resources.bucket,
+                                      Key=f"quarantine/chunks/{keys[1].split('/')[-1]}")
+    assert copied["ContentLength"] == len(chunks[keys[1]])
+    # the driver never held the chunk: its memory grew by far less than the chunk's size
+    print(f"driver RSS at start {peak['at_start'] / 2**20:.0f} MiB,"
+          f" peak {peak['driver'] / 2**20:.0f} MiB")
+    assert peak["driver"] - peak["at_start"] < 100 * 2**20
