@@ -11,7 +11,7 @@ The chunk archive in S3 is the source of truth. A replay:
    as live - which yields every chunk's pair aggregates, the chunks spread over the
    executors. The result stays one compact Arrow table on the driver, turned into one
    chunk's ``ChunkAggregates`` at a time (``spark_job.assemble_batch``) just before that chunk
-   is applied, so the driver never holds Python objects for more than one chunk;
+   is applied, so the driver holds Python objects for two chunks at most;
 3. applies the chunks one by one, in the planned order, with ``engine.apply_chunk`` into the
    target database or schema: the engine's own state update, rules at every chunk boundary
    for the merchants the chunk touched, emit-once and detection numbering. The replay is
@@ -35,7 +35,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -84,6 +84,7 @@ from spark_detector.spark_job import (
     assemble_batch,
     fetch_chunks,
 )
+from spark_detector.worker import size_rejection
 
 logger = logging.getLogger(__name__)
 
@@ -452,7 +453,7 @@ def read_importance(s3, settings: WorkerSettings, uri: str | None) -> tuple[str,
 
 def list_archive(s3, settings: WorkerSettings) -> list[ArchivedChunk]:
     return [
-        ArchivedChunk(c.key, c.etag, datetime.fromisoformat(c.last_modified))
+        ArchivedChunk(c.key, c.etag, datetime.fromisoformat(c.last_modified), c.size)
         for c in list_chunks(s3, settings.bucket, settings.chunk_prefix, settings.chunk_suffix)
     ]
 
@@ -598,12 +599,18 @@ def run_replay(
         if weights_rejected:
             logger.warning("CustomerImportance rows rejected", extra={
                 "source": source, "rows_rejected": weights_rejected})
+        # As live: a chunk over the byte limit is rejected whole, never read into memory.
+        sizes = {c.key: c.size for c in listed}
+        oversized = {key: reason for key in plan.keys
+                     if (reason := size_rejection(sizes[key], settings.max_chunk_bytes))}
         with clock("spark_job"):
-            archive = aggregate_archive(spark, fetch_spec, plan.keys, weights_df)
+            archive = aggregate_archive(
+                spark, replace(fetch_spec, max_rows=settings.max_chunk_rows),
+                [k for k in plan.keys if k not in oversized], weights_df)
         weights_df.unpersist()
         with clock("apply"):
             settle_like_live(conn, live, report.gaps_skipped)
-            _apply_all(conn, plan, archive, thresholds, started_at, report, clock,
+            _apply_all(conn, plan, archive, oversized, thresholds, started_at, report, clock,
                        files_prefix=publish_prefix or settings.detections_prefix,
                        spark_ms=clock.timings["spark_job"])
         with clock("outbox"):
@@ -649,7 +656,7 @@ def _read_live(settings: WorkerSettings, options: ReplayOptions) -> tuple[LiveRu
         conn.close()
 
 
-def _apply_all(conn, plan: ReplayPlan, archive: ArchiveAggregates,
+def _apply_all(conn, plan: ReplayPlan, archive: ArchiveAggregates, oversized: dict[str, str],
                thresholds: engine.Thresholds, started_at: datetime, report: ReplayReport,
                clock: _Stopwatch, *, files_prefix: str, spark_ms: int) -> None:
     """Apply the chunks in plan order; chunk n+1 is assembled while chunk n is in PostgreSQL.
@@ -660,6 +667,8 @@ def _apply_all(conn, plan: ReplayPlan, archive: ArchiveAggregates,
     share = round(spark_ms / max(1, len(plan.chunks)))
 
     def assembled(key: str) -> BatchResult:
+        if key in oversized:
+            return BatchResult({}, {}, {key: oversized[key]}, {})
         with clock("assemble"):
             return archive.chunk(key)
 
@@ -675,7 +684,7 @@ def _apply_all(conn, plan: ReplayPlan, archive: ArchiveAggregates,
                 raise ReplayError(f"{chunk.key}: the chunk vanished from the archive during"
                                   " the replay")
             if chunk.key in result.rejected_chunks:
-                # Cannot happen for a chunk the live run applied unless its object changed.
+                # Not for a chunk the live run applied, unless its object or the limits changed.
                 engine.record_rejected_chunk(conn, ref, result.rejected_chunks[chunk.key], "")
                 logger.warning("chunk rejected whole by the replay", extra={
                     "chunk_key": chunk.key, "reason": result.rejected_chunks[chunk.key]})

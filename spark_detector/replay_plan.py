@@ -74,6 +74,7 @@ class ArchivedChunk:
     key: str
     etag: str
     last_modified: datetime | None = None
+    size: int = 0
 
 
 @dataclass(frozen=True)

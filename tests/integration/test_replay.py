@@ -276,3 +276,16 @@ def test_the_command_line_reaches_the_replay(live, aws_credentials, monkeypatch,
     assert "unknown rule PATID7" in capsys.readouterr().err
     assert main(["replay", "--replace", "--rule", "PATID2_MIN_COUNT=3"]) == 3
     assert "refused" in capsys.readouterr().err
+
+
+def test_a_chunk_over_the_byte_limit_is_rejected_whole_without_being_read(
+        spark, live, database_url):
+    settings, resources = live
+    tiny = replace(settings, max_chunk_bytes=1)
+
+    report = replay(spark, tiny, resources, into=database_url, order="keys")
+
+    assert report.chunks_applied == 0 and report.chunks_rejected == len(report.plan.keys) > 30
+    reasons = [r for _, r in query(database_url, REJECTED) if r.startswith("too large")]
+    assert len(reasons) == report.chunks_rejected
+    assert query(database_url, "SELECT count(*) FROM detected_patterns") == [(0,)]
