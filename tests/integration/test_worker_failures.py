@@ -118,7 +118,8 @@ def test_a_postgresql_outage_stops_intake_and_loses_nothing(
         postgres.stop_embedded(pgdata)
         resources.enqueue(keys[4:])
         # longer than the whole retry budget (2 attempts), the queue untouched meanwhile
-        poll_until(lambda: len(log_lines(log, "database still unavailable: receiving nothing")) >= 4, 120,
+        waiting = "database still unavailable: receiving nothing"
+        poll_until(lambda: len(log_lines(log, waiting)) >= 4, 120,
                    "the worker waiting for the database", process=worker, log=log)
         attrs = resources.sqs.get_queue_attributes(
             QueueUrl=resources.queue_url, AttributeNames=["All"])["Attributes"]
