@@ -128,8 +128,8 @@ class Phase:
             return subprocess.Popen(args, cwd=REPO_ROOT, env=self.env, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
 
-    def start_worker(self) -> subprocess.Popen:
-        with self.worker_log.open("wb") as log:
+    def start_worker(self, append: bool = False) -> subprocess.Popen:
+        with self.worker_log.open("ab" if append else "wb") as log:
             self.worker = subprocess.Popen(
                 [sys.executable, "-m", "spark_detector", "run"], cwd=REPO_ROOT, env=self.env,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -170,9 +170,30 @@ def run_backlog(stack: LocalStack, server_url: str, config: BenchConfig,
     return measure.backlog_figures(phase.batches(), read_chunks(phase.database_url)), memory, phase
 
 
+def start_mid_stream(database_url: str, chunks_before: int) -> None:
+    """A fresh database for a stream whose first ``chunks_before`` chunks are not its business.
+
+    The producer keeps numbering across ``--from-start`` (the nominal phase's chunks follow
+    the backlog phase's in the same bucket), and the worker applies in production order: it
+    would take the earlier chunks from S3 first. Settling their numbers as skipped, as an
+    operator starting a database mid-stream would, makes the phase measure its own chunks.
+    """
+    from spark_detector import db, engine
+
+    conn = db.connect(database_url)
+    try:
+        db.migrate(conn)
+        for seq in range(1, chunks_before + 1):
+            engine.skip_seq(conn, seq, reason="bench: this phase starts mid-stream",
+                            decided_by="bench")
+    finally:
+        conn.close()
+
+
 def run_nominal(stack: LocalStack, server_url: str, config: BenchConfig,
                 transactions: Path, importance: Path) -> tuple[list, RssSampler, Phase]:
     phase = Phase("nominal", stack, server_url)
+    start_mid_stream(phase.database_url, config.chunks)
     worker = phase.start_worker()
     producer = None
     try:

@@ -17,6 +17,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONPATH=/app \
     SPARK_MASTER=local[2]
 
+# The Amazon RDS certificate bundle: a URL built from DB_SECRET verifies the server's
+# certificate and host name against it (sslmode=verify-full, spark_detector/config.py).
+ADD --chmod=644 https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem /opt/rds/global-bundle.pem
+
 WORKDIR /app
 # Dependencies first: this layer is rebuilt only when the pins change.
 COPY infra/worker-requirements.txt /app/requirements.txt

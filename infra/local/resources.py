@@ -39,8 +39,8 @@ class StackSpec:
     chunk_prefix: str = layout.CHUNK_PREFIX
     chunk_suffix: str = layout.CHUNK_SUFFIX
     notification_events: tuple[str, ...] = (OBJECT_CREATED,)
-    max_receive_count: int = 5
-    chunk_visibility_timeout: int = 900
+    max_receive_count: int = 50
+    chunk_visibility_timeout: int = 60
     chunk_receive_wait_seconds: int = 20
     retention_seconds: int = 14 * 24 * 3600
     lambda_max_retry_attempts: int = 2

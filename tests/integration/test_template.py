@@ -168,8 +168,13 @@ def test_task_role_is_limited_to_the_worker_prefixes_and_the_queue(resources):
         "sqs:ReceiveMessage"]
     assert (granted["BackfillEnqueue"]["Action"], granted["BackfillEnqueue"]["Resource"]) == (
         "sqs:SendMessage", queue)
+    assert granted["DeadLetterChunks"]["Resource"] == {
+        "Fn::GetAtt": ["ChunkDeadLetterQueue", "Arn"]}
+    assert sorted(granted["DeadLetterChunks"]["Action"]) == [
+        "sqs:GetQueueAttributes", "sqs:SendMessage"]
     assert set(granted) == {"ReadChunksAndReference", "WriteDetectionsAndQuarantine",
-                            "ListChunkPrefix", "ConsumeChunkQueue", "BackfillEnqueue"}
+                            "ListChunkPrefix", "ConsumeChunkQueue", "BackfillEnqueue",
+                            "DeadLetterChunks"}
     assert "ManagedPolicyArns" not in resources["WorkerTaskRole"]["Properties"]
 
 
@@ -195,13 +200,28 @@ def test_worker_task_runs_the_image_with_the_secret_and_settings(resources):
     assert network["AwsvpcConfiguration"]["Subnets"] == {"Ref": "SubnetIds"}
 
 
-def test_alarms_watch_the_dlq_and_the_oldest_message(resources):
+def test_alarms_watch_the_dlq_the_oldest_message_and_stream_gaps(resources):
     watched = {
         (r["Properties"]["MetricName"], r["Properties"]["Dimensions"][0]["Value"]["Fn::GetAtt"][0])
-        for r in resources.values() if r["Type"] == "AWS::CloudWatch::Alarm"
+        for r in resources.values()
+        if r["Type"] == "AWS::CloudWatch::Alarm" and "Dimensions" in r["Properties"]
     }
     assert ("ApproximateNumberOfMessagesVisible", "ChunkDeadLetterQueue") in watched
     assert ("ApproximateAgeOfOldestMessage", "ChunkQueue") in watched
+    gap = resources["StreamGapMetricFilter"]["Properties"]
+    assert gap["FilterPattern"] == '{ $.message = "stream gap" }'  # worker._note_gap's line
+    assert gap["LogGroupName"] == {"Ref": "WorkerLogGroup"}
+    assert resources["StreamGapAlarm"]["Properties"]["MetricName"] == "StreamGap"
+
+
+def test_the_queue_recovers_fast_and_counts_deliveries_only_as_a_backstop(sam_template):
+    parameters = sam_template["Parameters"]
+    assert parameters["QueueVisibilityTimeoutSeconds"]["Default"] == 60
+    assert parameters["MaxReceiveCount"]["Default"] >= 50
+    env = {e["Name"]: e["Value"] for e in sam_template["Resources"]["WorkerTaskDefinition"][
+        "Properties"]["ContainerDefinitions"][0]["Environment"]}
+    assert env["WORKER_VISIBILITY_TIMEOUT_SECONDS"] == {"Ref": "QueueVisibilityTimeoutSeconds"}
+    assert env["DLQ_URL"] == {"Ref": "ChunkDeadLetterQueue"}
 
 
 def test_layout_parameters_default_to_the_shared_contract(sam_template):

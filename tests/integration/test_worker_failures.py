@@ -52,14 +52,19 @@ def log_lines(log: Path, message: str) -> list[dict]:
     return lines
 
 
-@pytest.mark.parametrize("place", ["spark_fetch", "apply_chunk", "quarantine"])
-def test_one_chunk_failing_in_a_batch_of_30_never_takes_the_others_with_it(
-        place, dataset, moto_endpoint, migrated_database_url, tmp_path):
+PLACES = ("spark_fetch", "apply_chunk", "quarantine")
+
+
+def test_chunks_failing_in_a_batch_of_30_never_take_the_others_with_them(
+        dataset, moto_endpoint, migrated_database_url, tmp_path):
+    """One process, one batch of 30, and a chunk failing at each of three places: the Spark
+    fetch (the whole Spark job fails), the apply transaction, the quarantine write."""
     transactions, importance = dataset
     chunks = dict(list(split_chunks(transactions, 100).items())[:30])
     keys = sorted(chunks)
-    bad = keys[14]
-    chunks[bad] += b"0,'C1','4','F','1','M1','1','x',-5,0\n"  # a bad row: quarantine runs
+    bad = dict(zip(PLACES, (keys[4], keys[14], keys[24]), strict=True))
+    for key in bad.values():
+        chunks[key] += b"0,'C1','4','F','1','M1','1','x',-5,0\n"  # a bad row: quarantine runs
     resources = AwsResources.create(moto_endpoint, visibility_timeout=20, max_receive_count=50)
     stage(resources, chunks, importance)
     resources.enqueue(keys)
@@ -68,28 +73,36 @@ def test_one_chunk_failing_in_a_batch_of_30_never_takes_the_others_with_it(
         resources, migrated_database_url, WORKER_MAX_BATCH_CHUNKS="30",
         WORKER_BATCH_WINDOW_SECONDS="2", WORKER_VISIBILITY_TIMEOUT_SECONDS="20",
         WORKER_HEARTBEAT_AFTER_SECONDS="5", WORKER_RETRY_DELAY_SECONDS="0.2",
-        WORKER_MAX_CHUNK_FAILURES="3", WORKER_RAISE=f"{place}@{bad.split('/')[-1]}"), log)
+        WORKER_MAX_CHUNK_FAILURES="3",
+        WORKER_RAISE=",".join(f"{place}@{key.split('/')[-1]}" for place, key in bad.items())),
+        log)
     try:
-        poll_until(lambda: applied_count(migrated_database_url) == 29
-                   and resources.depth(resources.dlq_url) == 1, 300,
-                   "29 chunks applied, the failing one in the DLQ", process=worker, log=log)
+        poll_until(lambda: applied_count(migrated_database_url) == 27
+                   and resources.depth(resources.dlq_url) == 3, 300,
+                   "27 chunks applied, the 3 failing ones in the DLQ", process=worker, log=log)
     finally:
         stop(worker, log)
 
-    good = [k for k in keys if k != bad]
+    good = [k for k in keys if k not in bad.values()]
     assert applied_order(migrated_database_url) == good  # in production order
     assert committed_detections(migrated_database_url) == expected_detections(
         chunks, importance, good)
-    (message,) = resources.sqs.receive_message(
-        QueueUrl=resources.dlq_url, MessageAttributeNames=["All"])["Messages"]
-    assert json.loads(message["Body"])["key"] == bad
-    reason = message["MessageAttributes"]["dead_letter_reason"]["StringValue"]
-    assert f"injected failure at {place}" in reason
+    dead = {}
+    for _ in range(3):
+        for message in resources.sqs.receive_message(
+                QueueUrl=resources.dlq_url, MessageAttributeNames=["All"],
+                MaxNumberOfMessages=10, VisibilityTimeout=60).get("Messages", []):
+            attributes = message["MessageAttributes"]
+            dead[json.loads(message["Body"])["key"]] = (
+                attributes["dead_letter_reason"]["StringValue"],
+                attributes["dead_letter_attempts"]["StringValue"])
+    assert set(dead) == set(bad.values())
+    for place, key in bad.items():
+        assert f"injected failure at {place}" in dead[key][0] and dead[key][1] == "3"
     with psycopg2.connect(migrated_database_url) as conn, conn.cursor() as cur:
         cur.execute("SELECT chunk_key, attempts, last_error, dead_lettered_at IS NOT NULL"
-                    " FROM chunk_failures")
-        assert cur.fetchall() == [(bad, 3, reason, True)]
-    # the micro-batch failed as a whole once at most; no good chunk was ever counted
+                    " FROM chunk_failures ORDER BY chunk_key")
+        assert cur.fetchall() == [(key, 3, dead[key][0], True) for key in sorted(dead)]
     assert resources.depth() == 0
 
 
@@ -118,7 +131,8 @@ def test_a_postgresql_outage_stops_intake_and_loses_nothing(
         postgres.stop_embedded(pgdata)
         resources.enqueue(keys[4:])
         # longer than the whole retry budget (2 attempts), the queue untouched meanwhile
-        poll_until(lambda: len(log_lines(log, "database still unavailable: receiving nothing")) >= 4, 120,
+        waiting = "database still unavailable: receiving nothing"
+        poll_until(lambda: len(log_lines(log, waiting)) >= 4, 120,
                    "the worker waiting for the database", process=worker, log=log)
         attrs = resources.sqs.get_queue_attributes(
             QueueUrl=resources.queue_url, AttributeNames=["All"])["Attributes"]

@@ -83,3 +83,12 @@ def test_the_worker_imports_nothing_the_image_lacks():
 
 def test_the_module_it_runs_exists():
     assert (REPO / "spark_detector" / "__main__.py").exists()
+
+
+def test_it_ships_the_rds_ca_bundle_where_the_worker_looks_for_it():
+    from spark_detector.config import RDS_CA_BUNDLE
+
+    adds = [line.split() for line in DOCKERFILE.read_text().splitlines()
+            if line.startswith("ADD ")]
+    assert any(a[-1] == RDS_CA_BUNDLE and a[-2].startswith("https://truststore.pki.rds")
+               for a in adds)
