@@ -60,7 +60,7 @@ def test_the_local_spec_is_read_from_template_yaml():
     spec = spec_from_template()
     assert (spec.chunk_prefix, spec.chunk_suffix) == ("stream_chunks/", ".csv")
     assert spec.notification_events == ("s3:ObjectCreated:*",)
-    assert spec.max_receive_count == 5
+    assert (spec.max_receive_count, spec.chunk_visibility_timeout) == (50, 60)
     assert spec.lambda_max_retry_attempts == 2
     assert ("POWERTOOLS_SERVICE_NAME", "chunk-trigger") in spec.lambda_environment
 
