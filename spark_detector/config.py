@@ -87,7 +87,7 @@ class WorkerSettings:
     reference_key: str = "reference/CustomerImportance.csv"
     detections_prefix: str = "detected_patterns/"
     quarantine_prefix: str = "quarantine/"
-    spark_master: str = "local[2]"
+    spark_master: str | None = None  # None: spark-submit's / spark-defaults' master
     # A backlog drains ~12% faster in batches of 30 than of 10 (make bench: each Spark job
     # has ~0.5 s of fixed cost); at the nominal rate a batch holds one chunk either way.
     max_batch_chunks: int = 30
@@ -113,7 +113,7 @@ class WorkerSettings:
             reference_key=_get(env, "REFERENCE_KEY", "reference/CustomerImportance.csv"),
             detections_prefix=_get(env, "DETECTIONS_PREFIX", "detected_patterns/"),
             quarantine_prefix=_get(env, "QUARANTINE_PREFIX", "quarantine/"),
-            spark_master=_get(env, "SPARK_MASTER", "local[2]"),
+            spark_master=env.get("SPARK_MASTER", "").strip() or None,
             max_batch_chunks=_number(env, "WORKER_MAX_BATCH_CHUNKS", "30", int),
             batch_window_seconds=_number(env, "WORKER_BATCH_WINDOW_SECONDS", "0.5"),
             wait_time_seconds=_number(env, "WORKER_WAIT_TIME_SECONDS", "20", int),

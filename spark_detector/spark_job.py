@@ -25,7 +25,6 @@ import functools
 import gc
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -137,51 +136,6 @@ class BatchResult:
     missing_chunks: tuple[str, ...]
     # S3 GET + whole-chunk checks on the executors, summed over tasks (part of the job's time)
     fetch_ms: float | None = None
-
-
-def build_spark(
-    master: str = "local[2]", app_name: str = "spark_detector", shuffle_partitions: int = 2
-) -> SparkSession:
-    """The worker's SparkSession, tuned for small micro-batches (10,000-row chunks)."""
-    session = (
-        SparkSession.builder.master(master)
-        .appName(app_name)
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")  # the worker logs JSON lines
-        # A batch is at most a few hundred thousand rows: a handful of partitions is plenty,
-        # and each extra task costs more than it saves.
-        .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.python.worker.reuse", "true")  # keeps the S3 client between batches
-        # Adaptive execution re-plans after each stage and runs each stage as its own job;
-        # on batches this small that costs ~100-300 ms and gains nothing.
-        .config("spark.sql.adaptive.enabled", "false")
-        .getOrCreate()
-    )
-    context = session.sparkContext
-    python = python_for_workers(context.master, os.environ,
-                                context.getConf().get("spark.pyspark.python", None),
-                                sys.executable)
-    if python is not None:
-        context.pythonExec = python  # read when each job's Python function is built
-    return session
-
-
-def python_for_workers(master: str, environ: Mapping[str, str], conf_python: str | None,
-                       driver_python: str) -> str | None:
-    """The interpreter Spark's Python workers must run, or None to leave Spark's choice.
-
-    PySpark starts its workers with ``$PYSPARK_PYTHON``, else the ``python3`` on PATH, which
-    need not be the venv holding boto3. In local mode the workers run on this machine, so the
-    driver's own interpreter is the right one. On a cluster the executors' Python is theirs to
-    name (``spark.pyspark.python`` / ``PYSPARK_PYTHON``): a driver path may not exist there.
-    ``spark.pyspark.python`` wins over the environment, as it does under ``spark-submit``.
-    """
-    if conf_python:
-        return conf_python
-    if environ.get("PYSPARK_PYTHON"):
-        return None
-    return driver_python if master.startswith("local") else None
 
 
 def load_weights(
