@@ -141,9 +141,11 @@ def ship_code(context: SparkContext) -> Path | None:
     """
     source = package_dir()
     if not source.is_dir():
-        logger.info("spark_detector comes from %s: shipped by --py-files", source)
+        logger.info("code shipped by spark-submit --py-files", extra={"package": str(source)})
         return None
     archive = zip_package(Path(tempfile.mkdtemp(prefix="spark_detector-")) / "spark_detector.zip",
                           source)
     context.addPyFile(str(archive))
+    logger.info("code shipped with addPyFile", extra={"package": str(source),
+                                                      "py_file": str(archive)})
     return archive
