@@ -25,6 +25,8 @@ RUN pip install --no-compile -r /app/requirements.txt
 # The worker imports the shared chunk-message contract and the trigger's batch sender.
 COPY lambda_trigger /app/lambda_trigger
 COPY spark_detector /app/spark_detector
+# spark-submit runs a file: `spark-submit [--master ...] /app/spark_submit_main.py run`
+COPY infra/spark_submit_main.py /app/spark_submit_main.py
 
 RUN useradd --system --uid 10001 --home-dir /home/worker --create-home worker
 USER 10001

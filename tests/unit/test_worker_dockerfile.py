@@ -66,3 +66,14 @@ def test_the_worker_dependencies_are_pinned():
 
 def test_the_module_it_runs_exists():
     assert (REPO / "spark_detector" / "__main__.py").exists()
+
+
+def test_the_executor_requirements_are_a_pinned_subset_of_the_workers():
+    executor = REPO / "infra" / "executor-requirements.txt"
+    lines = [line.strip() for line in executor.read_text().splitlines()]
+    executor_pins = dict(line.split("==") for line in lines if line and not line.startswith("#"))
+    assert "boto3" in executor_pins
+    assert "psycopg2-binary" not in executor_pins  # the driver's alone
+    worker_pins = pins()
+    for name, version in executor_pins.items():
+        assert worker_pins.get(name) == version, name
