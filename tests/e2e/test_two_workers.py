@@ -19,10 +19,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from infra.local.spark_cluster import SPARK_HOME
 from infra.local.stack import poll_until
 from producer.generate import generate
 from spark_detector.spark_session import zip_package
-from tests.integration.spark_cluster import SPARK_HOME
 from tests.integration.test_worker_crash import REPO, applied_count, start_worker, worker_env
 from tests.integration.worker_support import (
     AwsResources,

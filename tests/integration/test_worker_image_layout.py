@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from infra.local.spark_cluster import create_venv
 from infra.local.stack import poll_until
 from producer.generate import generate
-from tests.integration.spark_cluster import create_venv
 from tests.integration.test_worker_crash import REPO, applied_count, worker_env
 from tests.integration.worker_support import (
     AwsResources,

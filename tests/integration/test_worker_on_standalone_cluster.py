@@ -17,13 +17,13 @@ import sys
 
 import pytest
 
-from infra.local.stack import poll_until
-from producer.generate import generate
-from tests.integration.spark_cluster import (
+from infra.local.spark_cluster import (
     EXECUTOR_REQUIREMENTS,
     create_venv,
     standalone_cluster,
 )
+from infra.local.stack import poll_until
+from producer.generate import generate
 from tests.integration.test_worker_crash import applied_count, worker_env
 from tests.integration.worker_support import (
     AwsResources,

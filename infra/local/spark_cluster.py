@@ -1,4 +1,4 @@
-"""A real Spark standalone cluster for tests, and a Python for its executors without the project.
+"""A real Spark standalone cluster on this machine, and an executor Python without the project.
 
 The master and the worker are the pyspark distribution's own daemons (``spark-class``), each
 a separate process on 127.0.0.1 with a small share of the machine; they are stopped by their
