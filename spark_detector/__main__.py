@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -30,7 +31,7 @@ def aws_clients() -> tuple[object, object]:
 
 def cmd_run(settings: WorkerSettings, args: argparse.Namespace) -> int:
     from spark_detector import db
-    from spark_detector.aggregator import ReferenceUnavailable, SparkAggregator
+    from spark_detector.aggregator import ReferenceRejected, ReferenceUnavailable, SparkAggregator
     from spark_detector.worker import Worker, logger
 
     if args.flush_partial_after is not None:
@@ -52,17 +53,20 @@ def cmd_run(settings: WorkerSettings, args: argparse.Namespace) -> int:
         aggregator = SparkAggregator.start(settings, s3, stop_event)
     except ReferenceUnavailable:
         return 0  # asked to stop while waiting: nothing was started, nothing to clean up
+    except ReferenceRejected as exc:
+        print(f"spark_detector: {exc}", file=sys.stderr)
+        return 2
     # PySpark installs its own SIGINT handler when the session starts: take it back.
     signal.signal(signal.SIGINT, stop)
     worker = Worker(settings, s3=s3, sqs=sqs, connect=lambda: db.connect(settings.database_url),
-                    aggregate=aggregator.aggregate, y_start_time=y_start_time,
-                    stop_event=stop_event)
+                    aggregate=aggregator.aggregate, runtime_alive=aggregator.alive,
+                    y_start_time=y_start_time, stop_event=stop_event)
     try:
-        worker.run(drain=args.drain)
+        return worker.run(drain=args.drain)
     finally:
         worker.close()
-        aggregator.stop()
-    return 0
+        with contextlib.suppress(Exception):  # a lost JVM cannot be stopped politely
+            aggregator.stop()
 
 
 @contextlib.contextmanager
@@ -98,6 +102,36 @@ def cmd_status(settings: WorkerSettings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_skip_seq(settings: WorkerSettings, args: argparse.Namespace) -> int:
+    import getpass
+
+    from spark_detector import engine
+
+    who = args.by or os.environ.get("USER") or getpass.getuser()
+    last = args.through if args.through is not None else args.seq
+    if last < args.seq:
+        print("spark_detector: --through must not be below SEQ", file=sys.stderr)
+        return 2
+    s3, _ = aws_clients()
+    with migrated_connection(settings) as conn:
+        for seq in range(args.seq, last + 1):
+            present = s3.list_objects_v2(Bucket=settings.bucket, MaxKeys=1,
+                                         Prefix=f"{settings.chunk_prefix}chunk-{seq:08d}-")
+            if present.get("KeyCount", 0) and not args.force:
+                print(f"spark_detector: chunk {seq} exists in S3 ({present['Contents'][0]['Key']})"
+                      ": it will be applied; skipping it would lose it (--force to insist)",
+                      file=sys.stderr)
+                return 2
+            try:
+                next_seq = engine.skip_seq(conn, seq, reason=args.reason, decided_by=who)
+            except (engine.SeqAlreadySettled, ValueError) as exc:
+                print(f"spark_detector: {exc}", file=sys.stderr)
+                return 2
+    print(f"skipped {args.seq}" + (f"-{last}" if last != args.seq else "")
+          + f"; the stream now waits for chunk {next_seq}")
+    return 0
+
+
 def cmd_migrate(settings: WorkerSettings, _args: argparse.Namespace) -> int:
     from spark_detector import db
 
@@ -129,6 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="queue depths, chunks, detections, outbox")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
+    skip = sub.add_parser("skip-seq", help="declare a chunk sequence number that will never "
+                          "come, so the stream moves on (recorded with who and why)")
+    skip.add_argument("seq", type=int, metavar="SEQ")
+    skip.add_argument("--through", type=int, metavar="LAST", help="skip SEQ..LAST")
+    skip.add_argument("--reason", required=True, help="why it will never come")
+    skip.add_argument("--by", help="who decided (default: $USER)")
+    skip.add_argument("--force", action="store_true",
+                      help="skip even though the chunk's object exists in S3")
+    skip.set_defaults(func=cmd_skip_seq)
     sub.add_parser("migrate", help="apply the schema migrations and exit"
                    ).set_defaults(func=cmd_migrate)
     return parser

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-from spark_detector.engine import Thresholds, thresholds_from_env
+from spark_detector.engine import THRESHOLD_ENV, Thresholds, thresholds_from_env
 
 
 class ConfigError(ValueError):
@@ -52,11 +52,17 @@ def _thresholds(env: Mapping[str, str]) -> Thresholds:
         raise ConfigError(str(exc)) from exc
 
 
+# Where the worker image keeps the Amazon RDS certificate bundle (infra/worker.Dockerfile).
+RDS_CA_BUNDLE = "/opt/rds/global-bundle.pem"
+
+
 def database_url_from_env(env: Mapping[str, str]) -> str:
-    """DATABASE_URL, or a URL built from DB_SECRET (the JSON of an RDS Secrets Manager secret).
+    """DATABASE_URL as given, or a URL built from DB_SECRET (an RDS Secrets Manager secret).
 
     ECS injects the secret's JSON into DB_SECRET; building the URL here keeps the password
-    out of the task definition.
+    out of the task definition. That URL verifies the server's certificate and host name
+    (``sslmode=verify-full``) against the RDS CA bundle shipped in the image
+    (``DB_SSLROOTCERT`` names another). A DATABASE_URL keeps whatever sslmode it says.
     """
     url = env.get("DATABASE_URL", "").strip()
     if url:
@@ -74,7 +80,10 @@ def database_url_from_env(env: Mapping[str, str]) -> str:
         ) from exc
     port = data.get("port", 5432)
     dbname = data.get("dbname", "postgres")
-    return f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/{dbname}"
+    rootcert = env.get("DB_SSLROOTCERT", "").strip() or RDS_CA_BUNDLE
+    return (f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/"
+            f"{quote(str(dbname), safe='')}?sslmode=verify-full"
+            f"&sslrootcert={quote(rootcert, safe='/')}")
 
 
 @dataclass(frozen=True)
@@ -93,9 +102,22 @@ class WorkerSettings:
     max_batch_chunks: int = 30
     batch_window_seconds: float = 0.5
     wait_time_seconds: int = 20
-    visibility_timeout_seconds: int = 300
-    heartbeat_after_seconds: float = 60.0
-    retry_delay_seconds: int = 30
+    # Held messages are extended to this many seconds every heartbeat; the queue's own
+    # visibility timeout should be the same, so a killed worker's chunks return in a minute.
+    visibility_timeout_seconds: int = 60
+    heartbeat_after_seconds: float = 20.0
+    # A failing chunk waits retry_delay * 2^(failures-1) seconds before its next try, and goes
+    # to the DLQ after max_chunk_failures real failures.
+    retry_delay_seconds: float = 30.0
+    max_chunk_failures: int = 3
+    max_chunk_bytes: int = 64 * 1024 * 1024
+    max_chunk_rows: int = 1_000_000
+    max_reference_bytes: int = 512 * 1024 * 1024
+    # PostgreSQL calls are retried this many times (bounded backoff) before the worker
+    # declares an outage: it then gives its messages back and receives nothing until the
+    # database answers again, however long that takes.
+    db_retry_attempts: int = 5
+    gap_alert_seconds: float = 120.0
     flush_partial_after_seconds: float | None = None
     backfill_every_seconds: float | None = None
     dlq_url: str | None = None
@@ -104,7 +126,7 @@ class WorkerSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
         env = os.environ if env is None else env
-        return cls(
+        settings = cls(
             bucket=_get(env, "BUCKET"),
             queue_url=_get(env, "QUEUE_URL"),
             database_url=database_url_from_env(env),
@@ -117,13 +139,84 @@ class WorkerSettings:
             max_batch_chunks=_number(env, "WORKER_MAX_BATCH_CHUNKS", "30", int),
             batch_window_seconds=_number(env, "WORKER_BATCH_WINDOW_SECONDS", "0.5"),
             wait_time_seconds=_number(env, "WORKER_WAIT_TIME_SECONDS", "20", int),
-            visibility_timeout_seconds=_number(env, "WORKER_VISIBILITY_TIMEOUT_SECONDS", "300",
+            visibility_timeout_seconds=_number(env, "WORKER_VISIBILITY_TIMEOUT_SECONDS", "60",
                                                int),
-            heartbeat_after_seconds=_number(env, "WORKER_HEARTBEAT_AFTER_SECONDS", "60"),
-            retry_delay_seconds=_number(env, "WORKER_RETRY_DELAY_SECONDS", "30",
-                                               int),
+            heartbeat_after_seconds=_number(env, "WORKER_HEARTBEAT_AFTER_SECONDS", "20"),
+            retry_delay_seconds=_number(env, "WORKER_RETRY_DELAY_SECONDS", "30"),
+            max_chunk_failures=_number(env, "WORKER_MAX_CHUNK_FAILURES", "3", int),
+            max_chunk_bytes=_number(env, "WORKER_MAX_CHUNK_BYTES", str(64 * 1024 * 1024), int),
+            max_chunk_rows=_number(env, "WORKER_MAX_CHUNK_ROWS", "1000000", int),
+            max_reference_bytes=_number(env, "WORKER_MAX_REFERENCE_BYTES",
+                                        str(512 * 1024 * 1024), int),
+            db_retry_attempts=_number(env, "WORKER_DB_RETRY_ATTEMPTS", "5", int),
+            gap_alert_seconds=_number(env, "WORKER_GAP_ALERT_SECONDS", "120"),
             flush_partial_after_seconds=_optional_seconds(env, "WORKER_FLUSH_PARTIAL_AFTER"),
             backfill_every_seconds=_optional_seconds(env, "WORKER_BACKFILL_EVERY"),
             dlq_url=env.get("DLQ_URL", "").strip() or None,
             thresholds=_thresholds(env),
         )
+        validate(settings)
+        return settings
+
+
+def _in_range(name: str, value: float, low: float | None, high: float | None, *,
+              low_open: bool = False, high_open: bool = False) -> None:
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high or value != value:  # NaN fails every comparison
+        left = "(" if low_open or low is None else "["
+        right = ")" if high_open or high is None else "]"
+        bounds = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
+        raise ConfigError(f"{name}={value} is out of range: allowed {bounds}")
+
+
+# (field, environment variable, low, high, low_open, high_open); None = unbounded
+_LIMITS: tuple[tuple[str, str, float | None, float | None, bool, bool], ...] = (
+    ("max_batch_chunks", "WORKER_MAX_BATCH_CHUNKS", 1, 1000, False, False),
+    ("batch_window_seconds", "WORKER_BATCH_WINDOW_SECONDS", 0, 60, False, False),
+    ("wait_time_seconds", "WORKER_WAIT_TIME_SECONDS", 0, 20, False, False),  # SQS's limits
+    ("visibility_timeout_seconds", "WORKER_VISIBILITY_TIMEOUT_SECONDS", 2, 43_200, False, False),
+    ("heartbeat_after_seconds", "WORKER_HEARTBEAT_AFTER_SECONDS", 0, None, True, False),
+    ("retry_delay_seconds", "WORKER_RETRY_DELAY_SECONDS", 0, 43_200, False, False),
+    ("max_chunk_failures", "WORKER_MAX_CHUNK_FAILURES", 1, 100, False, False),
+    ("max_chunk_bytes", "WORKER_MAX_CHUNK_BYTES", 1, None, False, False),
+    ("max_chunk_rows", "WORKER_MAX_CHUNK_ROWS", 1, None, False, False),
+    ("max_reference_bytes", "WORKER_MAX_REFERENCE_BYTES", 1, None, False, False),
+    ("db_retry_attempts", "WORKER_DB_RETRY_ATTEMPTS", 1, 100, False, False),
+    ("gap_alert_seconds", "WORKER_GAP_ALERT_SECONDS", 0, None, True, False),
+)
+
+
+def validate(settings: WorkerSettings) -> None:
+    """Every setting within its allowed range, or a ConfigError naming the variable."""
+    for name, env_name, low, high, low_open, high_open in _LIMITS:
+        _in_range(env_name, getattr(settings, name), low, high, low_open=low_open,
+                  high_open=high_open)
+    if settings.heartbeat_after_seconds >= settings.visibility_timeout_seconds:
+        raise ConfigError(
+            f"WORKER_HEARTBEAT_AFTER_SECONDS={settings.heartbeat_after_seconds} is out of range:"
+            f" it must be below WORKER_VISIBILITY_TIMEOUT_SECONDS="
+            f"{settings.visibility_timeout_seconds}, or held messages reappear between beats")
+    for env_name, value in (("WORKER_FLUSH_PARTIAL_AFTER", settings.flush_partial_after_seconds),
+                            ("WORKER_BACKFILL_EVERY", settings.backfill_every_seconds)):
+        if value is not None:
+            _in_range(env_name, value, 0, None, low_open=True)
+    for env_name, prefix in (("DETECTIONS_PREFIX", settings.detections_prefix),
+                             ("QUARANTINE_PREFIX", settings.quarantine_prefix)):
+        if prefix.startswith(settings.chunk_prefix) or settings.chunk_prefix.startswith(prefix):
+            raise ConfigError(
+                f"{env_name}={prefix!r} overlaps CHUNK_PREFIX={settings.chunk_prefix!r}: the"
+                " worker's own objects would be taken for chunks")
+    t = settings.thresholds
+    _in_range(THRESHOLD_ENV["upgrade_min_total"], t.upgrade_min_total, 0, None)
+    _in_range(THRESHOLD_ENV["upgrade_count_percentile"], t.upgrade_count_percentile, 0, 1,
+              low_open=True, high_open=True)
+    _in_range(THRESHOLD_ENV["upgrade_weight_percentile"], t.upgrade_weight_percentile, 0, 1,
+              low_open=True, high_open=True)
+    _in_range(THRESHOLD_ENV["child_min_count"], t.child_min_count, 1, None)
+    if not t.child_max_avg_amount.is_finite():
+        raise ConfigError(f"{THRESHOLD_ENV['child_max_avg_amount']}="
+                          f"{t.child_max_avg_amount} is out of range: allowed (0, inf)")
+    _in_range(THRESHOLD_ENV["child_max_avg_amount"], float(t.child_max_avg_amount), 0, None,
+              low_open=True)
+    _in_range(THRESHOLD_ENV["dei_min_female"], t.dei_min_female, 0, None)

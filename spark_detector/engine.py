@@ -34,12 +34,15 @@ import psycopg2.extensions
 from spark_detector.aggregates import ChunkAggregates
 from spark_detector.db import ENGINE_LOCK, LOCK_NAMESPACE, transaction
 from spark_detector.detection import DETECTION_COLUMNS, Detection, detection_from_row
-from spark_detector.outbox import close_full_files
+from spark_detector.failpoints import failpoint
+from spark_detector.ordering import OutOfTurn, Turn, chunk_seq, turn_of
+from spark_detector.outbox import DEFAULT_PREFIX, close_full_files
 
 __all__ = [
     "ChunkRef",
     "Detection",
     "InvalidAggregates",
+    "OutOfTurn",
     "Thresholds",
     "apply_chunk",
     "chunk_status",
@@ -96,6 +99,11 @@ class ChunkRef:
     etag: str = ""
     event_time: datetime | None = None  # S3 event time, kept for latency figures
 
+    @property
+    def seq(self) -> int | None:
+        """The producer's sequence number in the key; None for a hand-uploaded chunk."""
+        return chunk_seq(self.key)
+
 
 class InvalidAggregates(ValueError):
     """The aggregates handed to apply_chunk break the ChunkAggregates contract."""
@@ -117,9 +125,9 @@ CREATE TEMP TABLE IF NOT EXISTS chunk_pairs (
     first_gender    text NOT NULL
 ) ON COMMIT DELETE ROWS;
 INSERT INTO processed_chunks
-    (chunk_key, apply_order, etag, rows_good, rows_rejected, pairs, event_time, spark_ms)
+    (chunk_key, apply_order, etag, rows_good, rows_rejected, pairs, event_time, spark_ms, seq)
 SELECT %(key)s, next.apply_order, %(etag)s, %(rows_good)s, %(rows_rejected)s, %(pairs)s,
-       %(event_time)s, %(spark_ms)s
+       %(event_time)s, %(spark_ms)s, %(seq)s
 FROM (SELECT coalesce(max(apply_order), 0) + 1 AS apply_order FROM processed_chunks) next
 WHERE NOT EXISTS (SELECT 1 FROM rejected_chunks WHERE chunk_key = %(key)s)
 ON CONFLICT (chunk_key) DO NOTHING
@@ -285,10 +293,15 @@ def apply_chunk(
     y_start_time: datetime,
     thresholds: Thresholds = Thresholds(),  # frozen: a shared default is safe
     spark_ms: int | None = None,
+    detections_prefix: str = DEFAULT_PREFIX,
 ) -> list[Detection]:
     """Apply one chunk and return the detections it fired, in seq order; commits.
 
-    A chunk already applied or rejected returns [] and changes nothing.
+    A chunk already applied or rejected returns [] and changes nothing. A sequenced chunk
+    whose predecessor is not settled yet raises ``OutOfTurn`` and changes nothing. A
+    sequenced chunk whose number was settled without it (skipped or dead-lettered, then
+    redriven) is applied late, where it arrives. ``detections_prefix`` names the S3 keys
+    of the detection files this commit closes.
     """
     started = time.perf_counter()
     if y_start_time.tzinfo is None:
@@ -296,9 +309,11 @@ def apply_chunk(
     _validate(chunk, aggregates)
     with transaction(conn), conn.cursor() as cur:
         _lock(cur)
+        turn = _check_turn(cur, chunk)
         cur.execute(
             _CLAIM_SQL,
             {
+                "seq": chunk.seq,
                 "key": chunk.key,
                 "etag": chunk.etag,
                 "rows_good": aggregates.rows_good,
@@ -313,6 +328,9 @@ def apply_chunk(
             log.info("chunk already done", extra={"chunk_key": chunk.key})
             return []
         apply_order = claimed[0]
+        if turn is not Turn.UNSEQUENCED:
+            _settle(cur, chunk.seq, "applied", chunk.key)
+        failpoint("apply_chunk", chunk.key)
         cur.copy_expert(_COPY_SQL, _pairs_copy_data(aggregates))
         cur.execute(_UPSERT_STATE_SQL, {"apply_order": apply_order})
         cur.execute(
@@ -331,7 +349,7 @@ def apply_chunk(
         )
         detections = sorted((detection_from_row(r) for r in cur.fetchall()),
                             key=lambda d: d.seq)
-        files = close_full_files(cur)
+        files = close_full_files(cur, prefix=detections_prefix)
         apply_ms = round((time.perf_counter() - started) * 1000)
         cur.execute(
             "UPDATE processed_chunks SET apply_ms = %s, detections = %s WHERE chunk_key = %s",
@@ -396,8 +414,9 @@ def record_rejected_chunk(
         _lock(cur)
         cur.execute(
             """
-            INSERT INTO rejected_chunks (chunk_key, reason, quarantine_key, etag, event_time)
-            SELECT %(key)s, %(reason)s, %(quarantine_key)s, %(etag)s, %(event_time)s
+            INSERT INTO rejected_chunks
+                (chunk_key, reason, quarantine_key, etag, event_time, seq)
+            SELECT %(key)s, %(reason)s, %(quarantine_key)s, %(etag)s, %(event_time)s, %(seq)s
             WHERE NOT EXISTS (SELECT 1 FROM processed_chunks WHERE chunk_key = %(key)s)
             ON CONFLICT (chunk_key) DO NOTHING
             """,
@@ -407,9 +426,116 @@ def record_rejected_chunk(
                 "quarantine_key": quarantine_key,
                 "etag": chunk.etag,
                 "event_time": chunk.event_time,
+                "seq": chunk.seq,
             },
         )
         recorded = cur.rowcount == 1
+        if recorded and chunk.seq is not None:
+            # A chunk rejected whole settles its number whenever it comes: it adds nothing
+            # to the state, so rejecting it early cannot change what the others detect.
+            _settle(cur, chunk.seq, "rejected", chunk.key, reason)
     if recorded:
         log.info("chunk rejected", extra={"chunk_key": chunk.key, "reason": reason})
     return recorded
+
+
+# --- production order (SPEC section 4) -------------------------------------------------------
+
+# Record a settled sequence number; when it is the one the stream waits for, move next_seq past
+# it and past every later number already settled (chunks rejected early, numbers skipped ahead).
+_SETTLE_SQL = """
+INSERT INTO sequence_marks AS m (seq, outcome, chunk_key, reason, decided_by)
+VALUES (%(seq)s, %(outcome)s, %(key)s, %(reason)s, %(by)s)
+ON CONFLICT (seq) DO UPDATE SET
+    outcome = excluded.outcome, chunk_key = excluded.chunk_key, reason = excluded.reason,
+    decided_by = excluded.decided_by, marked_at = clock_timestamp();
+UPDATE stream_position
+SET next_seq = (
+        SELECT min(m.seq + 1) FROM sequence_marks m
+        WHERE m.seq >= %(seq)s
+          AND NOT EXISTS (SELECT 1 FROM sequence_marks n WHERE n.seq = m.seq + 1)),
+    waiting_since = NULL,
+    updated_at = clock_timestamp()
+WHERE next_seq = %(seq)s;
+"""
+
+
+def _settle(cur: psycopg2.extensions.cursor, seq: int, outcome: str, key: str | None,
+            reason: str | None = None, by: str | None = None) -> None:
+    """Inside a transaction holding the engine lock."""
+    cur.execute(_SETTLE_SQL, {"seq": seq, "outcome": outcome, "key": key, "reason": reason,
+                              "by": by})
+
+
+def _next_seq(cur: psycopg2.extensions.cursor) -> int:
+    cur.execute("SELECT next_seq FROM stream_position")
+    row = cur.fetchone()
+    return 1 if row is None else row[0]
+
+
+def _check_turn(cur: psycopg2.extensions.cursor, chunk: ChunkRef) -> Turn:
+    turn = turn_of(chunk.seq, _next_seq(cur))
+    if turn is Turn.EARLY:
+        raise OutOfTurn(chunk.key, chunk.seq, _next_seq(cur))
+    if turn is Turn.LATE:
+        log.warning("chunk applied after its successors: its number was settled without it",
+                    extra={"chunk_key": chunk.key, "seq": chunk.seq})
+    return turn
+
+
+def next_seq(conn: psycopg2.extensions.connection) -> int:
+    """The sequence number the stream waits for: the smallest one not settled."""
+    with transaction(conn), conn.cursor() as cur:
+        return _next_seq(cur)
+
+
+def settle_dead_lettered(conn: psycopg2.extensions.connection, chunk: ChunkRef,
+                         reason: str) -> None:
+    """A chunk moved to the DLQ after its failure budget: the stream goes on without it."""
+    if chunk.seq is None:
+        return
+    with transaction(conn), conn.cursor() as cur:
+        _lock(cur)
+        cur.execute("""
+            SELECT 1 FROM processed_chunks WHERE chunk_key = %(key)s
+            UNION ALL SELECT 1 FROM rejected_chunks WHERE chunk_key = %(key)s""",
+                    {"key": chunk.key})
+        if cur.fetchone() is None:
+            _settle(cur, chunk.seq, "dead_lettered", chunk.key, reason)
+
+
+class SeqAlreadySettled(ValueError):
+    """skip-seq was asked for a number that is applied, rejected or skipped already."""
+
+
+def skip_seq(conn: psycopg2.extensions.connection, seq: int, *, reason: str,
+             decided_by: str) -> int:
+    """Record an operator's decision that chunk ``seq`` will never come; the new next_seq."""
+    if seq < 1:
+        raise ValueError(f"sequence number must be >= 1, got {seq}")
+    if not reason.strip():
+        raise ValueError("a reason is required")
+    with transaction(conn), conn.cursor() as cur:
+        _lock(cur)
+        cur.execute("SELECT outcome, chunk_key FROM sequence_marks WHERE seq = %s", (seq,))
+        existing = cur.fetchone()
+        if existing is not None and existing[0] != "dead_lettered":
+            raise SeqAlreadySettled(f"sequence number {seq} is already {existing[0]}"
+                                    + (f" ({existing[1]})" if existing[1] else ""))
+        _settle(cur, seq, "skipped", None, reason.strip(), decided_by)
+        new_next = _next_seq(cur)
+    log.warning("sequence number skipped by an operator", extra={
+        "seq": seq, "reason": reason, "decided_by": decided_by, "next_seq": new_next})
+    return new_next
+
+
+def mark_waiting(conn: psycopg2.extensions.connection, waiting_for: int) -> datetime:
+    """Note that a later chunk waits for ``waiting_for``; since when it has been waiting."""
+    with transaction(conn), conn.cursor() as cur:
+        cur.execute("""
+            UPDATE stream_position
+            SET waiting_since = coalesce(waiting_since, clock_timestamp())
+            WHERE next_seq = %s
+            RETURNING waiting_since""", (waiting_for,))
+        row = cur.fetchone()
+    return row[0] if row else datetime.now().astimezone()

@@ -1,8 +1,13 @@
-"""Crash points for the crash-safety tests: the real process kills itself with SIGKILL.
+"""Failure injection for the tests, into the real worker process.
 
-`WORKER_FAILPOINT=name:n` makes the n-th (1-based) passage through `failpoint(name)` kill
-the process, exactly as an OOM killer or `kill -9` would. Unset (the default and in
-production), a failpoint costs one dict lookup.
+Two kinds, both off unless their environment variable is set (the default and in
+production a failpoint costs one dict lookup):
+
+- ``WORKER_FAILPOINT=name:n`` makes the n-th (1-based) passage through ``failpoint(name)``
+  kill the process with SIGKILL, exactly as an OOM killer or ``kill -9`` would;
+- ``WORKER_RAISE=name@text[,name@text...]`` makes ``failpoint(name, key)`` raise
+  ``InjectedFailure`` whenever ``key`` contains ``text``: one chunk that keeps failing at one
+  place (the Spark fetch, the apply, the quarantine write), while its neighbours do not.
 """
 
 from __future__ import annotations
@@ -13,7 +18,11 @@ import signal
 _counts: dict[str, int] = {}
 
 
-def _armed() -> tuple[str, int] | None:
+class InjectedFailure(RuntimeError):
+    """Raised by an armed failpoint (tests only)."""
+
+
+def _armed_kill() -> tuple[str, int] | None:
     spec = os.environ.get("WORKER_FAILPOINT", "")
     if not spec:
         return None
@@ -21,8 +30,19 @@ def _armed() -> tuple[str, int] | None:
     return name, int(nth or "1")
 
 
-def failpoint(name: str) -> None:
-    armed = _armed()
+def _armed_raise(name: str, key: str) -> bool:
+    spec = os.environ.get("WORKER_RAISE", "")
+    for item in filter(None, spec.split(",")):
+        point, _, text = item.partition("@")
+        if point == name and text and text in key:
+            return True
+    return False
+
+
+def failpoint(name: str, key: str = "") -> None:
+    if key and _armed_raise(name, key):
+        raise InjectedFailure(f"injected failure at {name} for {key}")
+    armed = _armed_kill()
     if armed is None or armed[0] != name:
         return
     _counts[name] = _counts.get(name, 0) + 1

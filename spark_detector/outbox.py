@@ -58,8 +58,10 @@ WITH unfiled AS (
     FROM unfiled u CROSS JOIN base
     WHERE u.i < CASE WHEN %(partial)s THEN u.n ELSE (u.n / %(size)s) * %(size)s END
 ), files AS (
-    INSERT INTO outbox_files (file_no, first_seq, last_seq, detections)
-    SELECT file_no, min(seq), max(seq), count(*) FROM assigned GROUP BY file_no
+    INSERT INTO outbox_files (file_no, first_seq, last_seq, detections, s3_key)
+    SELECT file_no, min(seq), max(seq), count(*),
+           %(prefix)s || 'detections-' || lpad(file_no::text, 8, '0') || '.csv'
+    FROM assigned GROUP BY file_no
 )
 UPDATE detected_patterns d
 SET file_no = a.file_no
@@ -69,20 +71,26 @@ RETURNING d.file_no
 """
 
 
-def close_full_files(cur: psycopg2.extensions.cursor, *, partial: bool = False) -> list[int]:
-    """Inside the caller's transaction, which must hold the engine lock: the files it closed."""
-    cur.execute(_CLOSE_FILES_SQL, {"size": FILE_SIZE, "partial": partial})
+def close_full_files(cur: psycopg2.extensions.cursor, *, partial: bool = False,
+                     prefix: str = DEFAULT_PREFIX) -> list[int]:
+    """Inside the caller's transaction, which must hold the engine lock: the files it closed.
+
+    Each file's S3 key (``file_key``) is fixed here, once: a later restart with another
+    prefix writes the files closed before it under the keys they were given.
+    """
+    cur.execute(_CLOSE_FILES_SQL, {"size": FILE_SIZE, "partial": partial, "prefix": prefix})
     return sorted({row[0] for row in cur.fetchall()})
 
 
-def close_partial_file(conn: psycopg2.extensions.connection) -> int | None:
+def close_partial_file(conn: psycopg2.extensions.connection,
+                       prefix: str = DEFAULT_PREFIX) -> int | None:
     """Close the leftover (< 50) unfiled detections into one file (drain or idle flush).
 
     Returns the new file's number, or None when nothing was waiting. Commits.
     """
     with transaction(conn), conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NAMESPACE, ENGINE_LOCK))
-        closed = close_full_files(cur, partial=True)
+        closed = close_full_files(cur, partial=True, prefix=prefix)
     return closed[-1] if closed else None
 
 
@@ -94,7 +102,7 @@ def pending_files(
     with transaction(conn), conn.cursor() as cur:
         cur.execute(
             f"""
-            SELECT f.file_no, {columns}
+            SELECT f.file_no, f.s3_key, {columns}
             FROM outbox_files f
             JOIN detected_patterns d ON d.file_no = f.file_no
             WHERE f.written_at IS NULL
@@ -103,10 +111,13 @@ def pending_files(
         )
         rows = cur.fetchall()
     grouped: dict[int, list[Detection]] = {}
+    keys: dict[int, str] = {}
     for row in rows:
-        grouped.setdefault(row[0], []).append(detection_from_row(row[1:]))
+        # files closed before keys were fixed at close time have none: they get ``prefix``
+        keys[row[0]] = row[1] or file_key(row[0], prefix)
+        grouped.setdefault(row[0], []).append(detection_from_row(row[2:]))
     return [
-        OutboxFile(file_no, file_key(file_no, prefix), tuple(detections))
+        OutboxFile(file_no, keys[file_no], tuple(detections))
         for file_no, detections in grouped.items()
     ]
 

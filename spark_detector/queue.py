@@ -1,4 +1,4 @@
-"""The chunk queue: receive micro-batches, delete after commit, heartbeat, postpone poison.
+"""The chunk queue: receive micro-batches, hold messages under one heartbeat, delete after commit.
 
 Pure planning (`plan_batch`) is separate from the boto3 calls so tests can drive it with
 plain values.
@@ -23,6 +23,9 @@ class Received:
     body: str
     receive_count: int = 1
     sent_at_ms: int | None = None
+    # set on a message the worker itself moved to the DLQ: seen again, it was redriven
+    dead_letter_reason: str | None = None
+    received_at: float = field(default_factory=time.monotonic, compare=False)
 
 
 @dataclass(frozen=True)
@@ -69,12 +72,14 @@ def plan_batch(messages: Iterable[Received], bucket: str) -> BatchPlan:
 def _to_received(raw: dict) -> Received:
     attributes = raw.get("Attributes", {})
     sent = attributes.get("SentTimestamp")
+    reason = raw.get("MessageAttributes", {}).get(DEAD_LETTER_REASON, {}).get("StringValue")
     return Received(
         message_id=raw["MessageId"],
         receipt_handle=raw["ReceiptHandle"],
         body=raw.get("Body", ""),
         receive_count=int(attributes.get("ApproximateReceiveCount", "1")),
         sent_at_ms=int(sent) if sent else None,
+        dead_letter_reason=reason,
     )
 
 
@@ -103,6 +108,7 @@ def receive_batch(
             MaxNumberOfMessages=min(10, max_messages - len(received)),
             WaitTimeSeconds=wait,
             MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+            MessageAttributeNames=[DEAD_LETTER_REASON],
         )
         batch = [_to_received(m) for m in response.get("Messages", [])]
         if not batch:
@@ -143,38 +149,106 @@ class QueueError(RuntimeError):
     """An SQS call reported a failure for some entries."""
 
 
-class Heartbeat:
-    """Extends the visibility of a batch's messages while it takes longer than expected.
+# Message attributes of a chunk message the worker moved to the DLQ itself.
+DEAD_LETTER_REASON = "dead_letter_reason"
+DEAD_LETTER_ATTEMPTS = "dead_letter_attempts"
 
-    Without it, a slow batch's messages would become visible again and a second worker would
-    redo the chunk (harmless, as apply is idempotent, but wasted work).
+
+def send_to_dead_letter_queue(sqs, dlq_url: str, body: str, *, reason: str,
+                              attempts: int) -> None:
+    """Put a chunk message on the DLQ with why it is there (SQS keeps message attributes
+    when an operator redrives it, which is how the worker knows a redriven message)."""
+    sqs.send_message(QueueUrl=dlq_url, MessageBody=body, MessageAttributes={
+        DEAD_LETTER_REASON: {"DataType": "String", "StringValue": reason[:1000] or "failed"},
+        DEAD_LETTER_ATTEMPTS: {"DataType": "Number", "StringValue": str(attempts)},
+    })
+
+
+# SQS keeps a received message's visibility at most 12 hours after its receipt: past that
+# a heartbeat can no longer extend it, so held messages are let go a little before.
+MAX_HOLD_SECONDS = 11 * 3600
+
+
+class InFlight:
+    """The messages this worker holds, and one heartbeat that keeps them all hidden.
+
+    The queue's visibility timeout is short (about a minute) so that a killed worker's
+    messages come back soon; while the worker lives, this heartbeat extends every held
+    message - the batch at work and the chunks waiting for their predecessor - well before
+    it would reappear.
     """
 
-    def __init__(self, sqs, queue_url: str, messages: Sequence[Received], *,
-                 after_seconds: float, extend_to_seconds: int,
-                 on_beat: Callable[[], None], on_error: Callable[[Exception], None]):
-        self._args = (sqs, queue_url, list(messages))
-        self._after = after_seconds
-        self._extend_to = extend_to_seconds
-        self._on_beat = on_beat
-        self._on_error = on_error
+    def __init__(self, sqs, queue_url: str, *, every_seconds: float, extend_to_seconds: int,
+                 on_error: Callable[[Exception], None] = lambda exc: None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._sqs, self._queue_url = sqs, queue_url
+        self._every, self._extend_to = every_seconds, extend_to_seconds
+        self._on_error, self._clock = on_error, clock
+        self._lock = threading.Lock()
+        self._held: dict[str, list[Received]] = {}  # chunk key -> its messages
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sqs-heartbeat", daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self._after):
-            try:
-                change_visibility(*self._args, self._extend_to)
-                self._on_beat()
-            except Exception as exc:
-                self._on_error(exc)
-
-    def __enter__(self) -> Heartbeat:
-        if self._args[2]:
-            self._thread.start()
+    def __enter__(self) -> InFlight:
+        self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        self._thread.join()
+
+    def add(self, key: str, messages: Sequence[Received]) -> None:
+        with self._lock:
+            self._held.setdefault(key, []).extend(messages)
+
+    def messages(self, key: str) -> list[Received]:
+        with self._lock:
+            return list(self._held.get(key, ()))
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return list(self._held)
+
+    def pop(self, key: str) -> list[Received]:
+        with self._lock:
+            return self._held.pop(key, [])
+
+    def delete(self, key: str) -> None:
+        """The chunk is done: delete its messages (raises if SQS refuses; they stay held)."""
+        delete_messages(self._sqs, self._queue_url, self.messages(key))
+        self.pop(key)
+
+    def release(self, key: str, delay_seconds: int = 0) -> None:
+        messages = self.pop(key)
+        if messages:
+            change_visibility(self._sqs, self._queue_url, messages, delay_seconds)
+
+    def release_all(self) -> int:
+        """Give every held message back to the queue at once (outage, Spark lost, stop)."""
+        with self._lock:
+            held, self._held = self._held, {}
+        messages = [m for ms in held.values() for m in ms]
+        change_visibility(self._sqs, self._queue_url, messages, 0)
+        return len(messages)
+
+    def beat(self) -> None:
+        """Extend every held message; let go of those near SQS's 12-hour limit."""
+        now = self._clock()
+        with self._lock:
+            held = {key: list(ms) for key, ms in self._held.items()}
+        expiring = [m for ms in held.values() for m in ms
+                    if now - m.received_at >= MAX_HOLD_SECONDS]
+        if expiring:
+            change_visibility(self._sqs, self._queue_url, expiring, 0)
+            with self._lock:
+                for key in list(self._held):
+                    self._held[key] = [m for m in self._held[key] if m not in expiring]
+        fresh = [m for ms in held.values() for m in ms if m not in expiring]
+        change_visibility(self._sqs, self._queue_url, fresh, self._extend_to)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            try:
+                self.beat()
+            except Exception as exc:  # a background thread: report, beat again next time
+                self._on_error(exc)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
+from botocore.exceptions import ClientError
 from pyspark import Accumulator
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import (
@@ -47,6 +48,7 @@ from spark_detector.aggregates import (
     WeightKey,
     key_weights,
 )
+from spark_detector.failpoints import failpoint
 from spark_detector.parsing import (
     DECIMAL_PATTERN,
     FIELD_WHITESPACE,
@@ -109,6 +111,7 @@ class FetchSpec:
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     max_attempts: int = 5  # botocore "standard" retries: bounded exponential backoff
+    max_rows: int = 1_000_000  # a chunk with more data lines is rejected whole, "too large"
 
     @classmethod
     def from_env(cls, bucket: str, environ: Mapping[str, str] = os.environ) -> FetchSpec:
@@ -127,13 +130,14 @@ class BatchResult:
     - ``aggregates``: chunks that were read; their ``rows_rejected`` counts ``rejected_rows``;
     - ``rejected_rows``: per read chunk, its rejected rows with reasons (empty tuple if none);
     - ``rejected_chunks``: chunks rejected whole (SPEC section 3), with the reason;
-    - ``missing_chunks``: keys with no object behind them (a poison message, not a bad chunk).
+    - ``missing_chunks``: keys whose object could not be found, with the reason (a failure
+      of that chunk, not a bad chunk: it may appear, or the role may be fixed).
     """
 
     aggregates: dict[str, ChunkAggregates]
     rejected_rows: dict[str, tuple[RejectedRow, ...]]
     rejected_chunks: dict[str, str]
-    missing_chunks: tuple[str, ...]
+    missing_chunks: dict[str, str]
     # S3 GET + whole-chunk checks on the executors, summed over tasks (part of the job's time)
     fetch_ms: float | None = None
 
@@ -188,16 +192,27 @@ def _s3_client(spec: FetchSpec) -> Any:
     )
 
 
-def fetch_chunk(s3: Any, bucket: str, key: str) -> tuple:
+def fetch_chunk(s3: Any, bucket: str, key: str, max_rows: int = 1_000_000) -> tuple:
     """One ``FETCHED_SCHEMA`` row: the chunk read and checked whole, or why it was not."""
+    failpoint("spark_fetch", key)
     try:
         data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except s3.exceptions.NoSuchKey:
         return (key, MISSING, "object does not exist", 0, *([None] * 7))
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "AccessDenied":
+            raise
+        # S3 answers 403, not 404, for a missing key when the caller may not list the bucket
+        return (key, MISSING, "access denied: the object is missing, or the worker's role "
+                "lacks s3:GetObject on it (and s3:ListBucket to be told it is missing)",
+                0, *([None] * 7))
     try:
         chunk = prepare_chunk(key, data)
     except ChunkRejected as exc:
         return (key, REJECTED, exc.reason, 0, *([None] * 7))
+    if chunk.n_lines > max_rows:
+        return (key, REJECTED, f"too large: {chunk.n_lines:,} rows, the limit is {max_rows:,}",
+                0, *([None] * 7))
     layout = chunk.layout
     return (key, OK, None, chunk.n_lines, layout.n_columns, layout.customer, layout.merchant,
             layout.category, layout.gender, layout.amount, chunk.body)
@@ -209,7 +224,7 @@ def _fetch_partition(
     s3 = _s3_client(spec)
     for key in keys:
         started = time.perf_counter()
-        row = fetch_chunk(s3, spec.bucket, key)
+        row = fetch_chunk(s3, spec.bucket, key, spec.max_rows)
         if fetch_ms is not None:
             fetch_ms.add((time.perf_counter() - started) * 1000)
         yield row
@@ -409,7 +424,7 @@ def aggregate_batch(
     """
     keys = sorted(set(chunk_keys))
     if not keys:
-        return BatchResult({}, {}, {}, ())
+        return BatchResult({}, {}, {}, {})
     fetch_ms = spark.sparkContext.accumulator(0.0)
     query = aggregate_chunks(spark, fetch_chunks(spark, fetch_spec, keys, fetch_ms), weights_df)
     # Arrow, not collect(): a batch of 10 chunks returns ~40,000 pair rows, which collect()
@@ -487,13 +502,13 @@ def _assemble_batch(keys: list[str], columns: Mapping[str, list]) -> BatchResult
     aggregates: dict[str, ChunkAggregates] = {}
     rejected_rows: dict[str, tuple[RejectedRow, ...]] = {}
     rejected_chunks: dict[str, str] = {}
-    missing: list[str] = []
+    missing: dict[str, str] = {}
     for key in keys:
         if key not in status:
             raise BatchIntegrityError(f"{key}: no result from the Spark job")
         state, reason, n_lines = status[key]
         if state == MISSING:
-            missing.append(key)
+            missing[key] = reason or "object does not exist"
             continue
         if state == REJECTED:
             rejected_chunks[key] = reason or ""
@@ -507,4 +522,4 @@ def _assemble_batch(keys: list[str], columns: Mapping[str, list]) -> BatchResult
             )
         aggregates[key] = ChunkAggregates(key, rows_good, len(chunk_rejects), chunk_pairs)
         rejected_rows[key] = chunk_rejects
-    return BatchResult(aggregates, rejected_rows, rejected_chunks, tuple(missing))
+    return BatchResult(aggregates, rejected_rows, rejected_chunks, missing)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+
+from spark_detector.failures import failing_chunks
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,13 @@ class PipelineStatus:
     outbox_files_pending: int
     detections_unfiled: int
     newest_applied_age_s: float | None
+    # production order: the chunk the stream waits for, and since when something waits on it
+    next_seq: int = 1
+    waiting_since: str | None = None
+    waiting_s: float | None = None
+    skipped_seqs: list[dict] = field(default_factory=list)
+    failing_chunks: list[dict] = field(default_factory=list)  # not yet dead-lettered
+    dead_lettered_chunks: int = 0
 
 
 def dlq_url(sqs, queue_url: str) -> str | None:
@@ -62,7 +71,18 @@ def collect_status(conn, sqs, settings, now: datetime | None = None) -> Pipeline
         (pending,) = cur.fetchone()
         cur.execute("SELECT count(*) FROM detected_patterns WHERE file_no IS NULL")
         (unfiled,) = cur.fetchone()
+        cur.execute("SELECT next_seq, waiting_since FROM stream_position")
+        next_seq, waiting_since = cur.fetchone() or (1, None)
+        cur.execute("SELECT seq, reason, decided_by, marked_at FROM sequence_marks"
+                    " WHERE outcome = 'skipped' ORDER BY seq DESC LIMIT 20")
+        skipped = [{"seq": q, "reason": r, "by": b, "at": a.isoformat()}
+                   for q, r, b, a in cur.fetchall()]
+        cur.execute("SELECT count(*) FROM chunk_failures WHERE dead_lettered_at IS NOT NULL")
+        (dead,) = cur.fetchone()
     conn.rollback()
+    failing = [{"chunk_key": f.chunk_key, "attempts": f.attempts, "last_error": f.last_error,
+                "last_failed_at": f.last_failed_at.isoformat()}
+               for f in failing_chunks(conn)]
     return PipelineStatus(
         queue_visible=visible, queue_in_flight=in_flight, dlq_depth=dlq,
         chunks_applied=applied, chunks_rejected=rejected, rows_good=int(rows_good),
@@ -70,6 +90,10 @@ def collect_status(conn, sqs, settings, now: datetime | None = None) -> Pipeline
         detections={p: detections.get(p, 0) for p in ("PatId1", "PatId2", "PatId3")},
         outbox_files_pending=pending, detections_unfiled=unfiled,
         newest_applied_age_s=None if newest is None else (now - newest).total_seconds(),
+        next_seq=next_seq,
+        waiting_since=None if waiting_since is None else waiting_since.isoformat(),
+        waiting_s=None if waiting_since is None else (now - waiting_since).total_seconds(),
+        skipped_seqs=skipped, failing_chunks=failing, dead_lettered_chunks=dead,
     )
 
 
@@ -86,5 +110,14 @@ def format_status(status: PipelineStatus, *, as_json: bool = False) -> str:
         f"outbox:     {status.outbox_files_pending} file(s) pending, "
         f"{status.detections_unfiled} detection(s) not yet in a file",
         f"newest applied chunk: {'none' if age is None else f'{age:.1f} s ago'}",
+        f"order:      next chunk {status.next_seq}"
+        + ("" if status.waiting_s is None else
+           f"; chunks wait for it since {status.waiting_since} ({status.waiting_s:.0f} s)"),
+        f"failing:    {len(status.failing_chunks)} chunk(s) retrying, "
+        f"{status.dead_lettered_chunks} moved to the DLQ by the worker",
     ]
+    lines += [f"  {f['chunk_key']}: {f['attempts']} failure(s), last: {f['last_error']}"
+              for f in status.failing_chunks]
+    lines += [f"skipped:    chunk {s['seq']} by {s['by']} at {s['at']}: {s['reason']}"
+              for s in status.skipped_seqs]
     return "\n".join(lines)

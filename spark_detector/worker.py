@@ -1,13 +1,24 @@
-"""The long-running loop of Mechanism Y: SQS in, one Spark job per micro-batch, exactly-once out.
+"""The long-running loop of Mechanism Y: SQS in, Spark micro-batches, exactly-once out.
 
-Order of effects for one chunk, and why it is safe to crash between any two of them:
+Each loop: receive messages (they join the chunks the worker holds), drop chunks already
+done, pick the chunks that may be applied now (``ordering.ready_run``: production order,
+a predecessor looked up in S3 when its event is late or lost), aggregate them in ONE Spark
+job, then settle each chunk in order. Effects for one chunk, and why a crash between any two
+of them is safe:
+
 1. rejected rows are written to quarantine/ (a deterministic key: a redo rewrites it);
-2. `apply_chunk` commits state, the processed_chunks row and the detections in ONE
-   transaction (a redo finds the chunk applied and changes nothing);
+2. ``apply_chunk`` commits state, the processed_chunks row, the detections and the chunk's
+   sequence mark in ONE transaction (a redo finds the chunk applied and changes nothing);
 3. the chunk's SQS messages are deleted (a crash before this only causes a redelivery,
-   recognised in step 0 as a duplicate);
+   recognised as a duplicate);
 4. closed outbox files are written to S3 and marked written (a redo rewrites the same bytes).
-Step 0, before any Spark work: messages for chunks already applied or rejected are deleted.
+
+Failures stay with the chunk that caused them: a failed micro-batch is retried chunk by
+chunk at once, and only a chunk that fails on its own is counted (``failures``); after its
+budget it is moved to the DLQ by the worker, and the stream goes on without it. An outage of
+PostgreSQL is no chunk's failure: the worker gives its messages back and receives nothing
+until the database answers. A dead Spark runtime ends the process (exit code 3) after its
+messages are given back, so the container platform restarts it.
 """
 
 from __future__ import annotations
@@ -22,36 +33,58 @@ from datetime import UTC, datetime
 import psycopg2
 from aws_lambda_powertools import Logger
 
-from spark_detector import engine, outbox
+from lambda_trigger.message import ChunkMessage
+from spark_detector import engine, failures, outbox
 from spark_detector.backfill import backfill
 from spark_detector.config import WorkerSettings
 from spark_detector.failpoints import failpoint
+from spark_detector.ordering import OutOfTurn, chunk_seq, consecutive_from, listing_start_after
+from spark_detector.ordering import ready_run as plan_ready_run
 from spark_detector.publish import publish_pending, quarantine_chunk, quarantine_rows
 from spark_detector.queue import (
-    BatchPlan,
-    Heartbeat,
+    InFlight,
     Received,
     change_visibility,
     delete_messages,
     plan_batch,
     receive_batch,
+    send_to_dead_letter_queue,
 )
-from spark_detector.retry import retry
+from spark_detector.retry import backoff_delays, retry
 from spark_detector.spark_job import BatchResult
 
 logger = Logger(service="spark_detector")
 
 TRANSIENT_DB_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+EXIT_SPARK_LOST = 3
+MAX_HELD_CHUNKS = 1000  # beyond this, early messages go back to the queue for a while
+WAIT_WHILE_HOLDING_SECONDS = 1  # long poll while chunks wait: others may settle the gap
+
+
+class DatabaseUnavailable(RuntimeError):
+    """PostgreSQL did not answer within the retry budget: an outage, not a chunk's fault."""
+
+
+class SparkRuntimeLost(RuntimeError):
+    """The Spark JVM is gone; this process cannot aggregate anything any more."""
+
+
+class ChunkUnavailable(RuntimeError):
+    """The chunk's object could not be read (missing, or access denied)."""
 
 
 @dataclass
 class BatchSummary:
-    """One line per micro-batch in the log: what a dashboard needs."""
+    """One line per loop in the log: what a dashboard needs."""
 
     chunks: int = 0
     duplicates: int = 0
     rejected_chunks: int = 0
     poison: int = 0
+    failures: int = 0
+    dead_lettered: int = 0
+    waiting: int = 0  # chunks held for a predecessor
+    pulled: int = 0  # chunks found in S3 without their message in hand
     rows_good: int = 0
     rows_rejected: int = 0
     detections: int = 0
@@ -94,8 +127,59 @@ def parse_event_time(value: str) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+# --- what to do with one chunk: pure decisions ------------------------------------------------
+
+def size_rejection(size: int, max_bytes: int) -> str | None:
+    """Why a chunk is rejected whole before anything reads it, from its size alone."""
+    if size == 0:
+        return "empty chunk (0 bytes)"
+    if size > max_bytes:
+        return f"too large: {size:,} bytes, the limit is {max_bytes:,}"
+    return None
+
+
+@dataclass(frozen=True)
+class Apply:
+    key: str
+
+
+@dataclass(frozen=True)
+class RejectWhole:
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    key: str
+    reason: str
+
+
+ChunkOutcome = Apply | RejectWhole | Unavailable
+
+
+def chunk_outcome(key: str, result: BatchResult) -> ChunkOutcome:
+    """What the Spark job's result means for one chunk."""
+    if key in result.missing_chunks:
+        return Unavailable(key, result.missing_chunks[key])
+    if key in result.rejected_chunks:
+        return RejectWhole(key, result.rejected_chunks[key])
+    return Apply(key)
+
+
+def failure_text(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:1000]
+
+
+def _ping(conn) -> None:
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1")
+    conn.rollback()
+
+
 class Worker:
-    """Holds the process-wide clients; `run_batch` is one receive -> commit -> publish cycle."""
+    """Holds the process-wide clients and the chunks in hand; ``run_batch`` is one loop."""
 
     def __init__(
         self,
@@ -105,6 +189,7 @@ class Worker:
         sqs,
         connect: Callable[[], object],
         aggregate: Callable[[list[str]], BatchResult],
+        runtime_alive: Callable[[], bool] = lambda: True,
         y_start_time: datetime | None = None,
         clock: Callable[[], float] = time.monotonic,
         stop_event: threading.Event | None = None,
@@ -114,33 +199,75 @@ class Worker:
         self.sqs = sqs
         self._connect = connect
         self._aggregate = aggregate
+        self._runtime_alive = runtime_alive
         self._conn = None
         self.y_start_time = y_start_time or datetime.now(UTC)
         self._clock = clock
         self._last_activity = clock()
         self._last_backfill: float | None = None
+        self._last_gap_alert: float | None = None
         self.stop_event = stop_event or threading.Event()
-        self._batch: list[Received] = []  # the messages of the batch in progress
+        self.dlq_url = settings.dlq_url
+        self.inflight = InFlight(
+            sqs, settings.queue_url, every_seconds=settings.heartbeat_after_seconds,
+            extend_to_seconds=settings.visibility_timeout_seconds,
+            on_error=lambda exc: logger.warning("heartbeat failed", extra={"error": str(exc)}))
+        # The chunks in hand, in arrival order: with messages (held in flight) or found in S3.
+        self.chunks: dict[str, ChunkMessage] = {}
+        self._redriven: set[str] = set()
+        self._database_down = False
 
-    # --- PostgreSQL with reconnects -------------------------------------------------------
+    # --- PostgreSQL: retries, then an outage ----------------------------------------------
 
     def _connection(self):
         if self._conn is None or getattr(self._conn, "closed", 0):
             self._conn = self._connect()
         return self._conn
 
-    def _reset_connection(self, attempt: int, exc: BaseException, delay: float) -> None:
-        logger.warning("database unavailable, reconnecting", extra={
-            "attempt": attempt, "error": str(exc).strip(), "retry_in_s": round(delay, 2)})
+    def _drop_connection(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(psycopg2.Error):  # already broken: just drop it
                 self._conn.close()
         self._conn = None
 
+    def _reset_connection(self, attempt: int, exc: BaseException, delay: float) -> None:
+        logger.warning("database unavailable, reconnecting", extra={
+            "attempt": attempt, "error": str(exc).strip(), "retry_in_s": round(delay, 2)})
+        self._drop_connection()
+
+    def _database_answers(self) -> bool:
+        try:
+            _ping(self._connection())
+            return True
+        except TRANSIENT_DB_ERRORS:
+            self._drop_connection()
+            return False
+
     def db(self, fn: Callable[[object], object]):
-        """Run `fn(conn)`, reconnecting with bounded backoff while PostgreSQL is unavailable."""
-        return retry(lambda: fn(self._connection()), retry_on=TRANSIENT_DB_ERRORS,
-                     attempts=8, base=0.25, cap=8.0, on_retry=self._reset_connection)
+        """Run ``fn(conn)``, reconnecting with bounded backoff; ``DatabaseUnavailable`` when
+        PostgreSQL stays unreachable. An error from a database that does answer is raised as
+        it is: it belongs to the work, not to an outage."""
+        try:
+            return retry(lambda: fn(self._connection()), retry_on=TRANSIENT_DB_ERRORS,
+                         attempts=self.settings.db_retry_attempts, base=0.25, cap=4.0,
+                         on_retry=self._reset_connection)
+        except TRANSIENT_DB_ERRORS as exc:
+            if self._database_answers():
+                raise
+            raise DatabaseUnavailable(str(exc).strip()) from exc
+
+    def _wait_for_database(self) -> None:
+        """Block, receiving nothing, until PostgreSQL answers again (or a stop is asked)."""
+        attempt = 0
+        while not self.stop_event.is_set() and not self._database_answers():
+            attempt += 1
+            delay = backoff_delays(min(attempt, 8) + 1, base=0.5, cap=15.0)[-1]
+            logger.warning("database still unavailable: receiving nothing",
+                           extra={"attempt": attempt, "retry_in_s": delay})
+            self.stop_event.wait(delay)
+        if not self.stop_event.is_set():
+            self._database_down = False
+            logger.info("database is back: resuming", extra={"attempts": attempt})
 
     def close(self) -> None:
         if self._conn is not None:
@@ -150,30 +277,68 @@ class Worker:
     # --- the loop ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start-up work: schema, and detections committed but never written (the outbox)."""
+        """Start-up work: schema, the DLQ's address, detections committed but never written."""
         from spark_detector.db import migrate
+        from spark_detector.status import dlq_url
 
         version = self.db(migrate)
+        if self.dlq_url is None:
+            self.dlq_url = dlq_url(self.sqs, self.settings.queue_url)
         written = self.publish()
         logger.info("worker started", extra={
             "schema_version": version, "y_start_time": self.y_start_time.isoformat(),
-            "outbox_files_written": len(written)})
+            "dlq_url": self.dlq_url, "outbox_files_written": len(written)})
 
-    def run(self, *, drain: bool = False) -> None:
+    def run(self, *, drain: bool = False) -> int:
+        """Loop until asked to stop; the process exit code."""
         self.start()
+        with self.inflight:
+            code = self._loop()
+            self._give_back_all("stopping")
+        if code == 0 and drain:
+            self.flush_partial("drain")
+        logger.info("worker stopped", extra={"drain": drain, "exit_code": code})
+        return code
+
+    def _loop(self) -> int:
         while not self.stop_event.is_set():
             try:
+                if not self._runtime_alive():
+                    raise SparkRuntimeLost("the Spark JVM has exited")
+                if self._database_down:
+                    self._wait_for_database()
+                    continue
                 summary = self.run_batch()
                 self.idle_work(summary)
+            except DatabaseUnavailable as exc:
+                self._database_down = True
+                logger.error("database unavailable: messages given back, receiving nothing"
+                             " until it answers", extra={"error": str(exc)})
+                self._give_back_all("database unavailable")
+            except SparkRuntimeLost as exc:
+                logger.error("spark runtime lost: messages given back, exiting",
+                             extra={"error": str(exc), "exit_code": EXIT_SPARK_LOST})
+                self._give_back_all("spark runtime lost")
+                return EXIT_SPARK_LOST
             except Exception:  # the outermost loop: log with context, go on
-                keys = sorted({m.message_id for m in self._batch})
-                logger.exception("batch failed; its messages will be retried",
-                                 extra={"message_ids": keys})
-                self._release_batch()
+                logger.exception("loop failed; its messages go back to the queue",
+                                 extra={"chunk_keys": list(self.chunks)})
+                self._give_back_all("loop failed")
                 self.stop_event.wait(1.0)
-        if drain:
-            self.flush_partial("drain")
-        logger.info("worker stopped", extra={"drain": drain})
+        return 0
+
+    def _give_back_all(self, why: str) -> None:
+        """Make every held message visible at once: not a failure, not a postponement."""
+        self.chunks.clear()
+        self._redriven.clear()
+        try:
+            released = self.inflight.release_all()
+        except Exception as exc:  # they reappear after the visibility timeout anyway
+            logger.warning("could not give the messages back", extra={"error": str(exc)})
+            return
+        if released:
+            logger.info("messages given back to the queue", extra={
+                "reason": why, "messages": released})
 
     def idle_work(self, summary: BatchSummary | None) -> None:
         now = self._clock()
@@ -192,7 +357,8 @@ class Worker:
             self.db(lambda conn: backfill(conn, self.s3, self.sqs, s))
 
     def flush_partial(self, why: str) -> None:
-        file_no = self.db(outbox.close_partial_file)
+        prefix = self.settings.detections_prefix
+        file_no = self.db(lambda conn: outbox.close_partial_file(conn, prefix))
         written = self.publish()
         if file_no is not None:
             logger.info("partial detection file flushed", extra={
@@ -202,119 +368,238 @@ class Worker:
         s = self.settings
         return self.db(lambda conn: publish_pending(conn, self.s3, s.bucket, s.detections_prefix))
 
-    def receive(self) -> list[Received]:
+    def receive(self, wait_time_seconds: int) -> list[Received]:
         s = self.settings
         return receive_batch(
             self.sqs, s.queue_url, max_messages=s.max_batch_chunks,
-            wait_time_seconds=s.wait_time_seconds, window_seconds=s.batch_window_seconds,
+            wait_time_seconds=wait_time_seconds, window_seconds=s.batch_window_seconds,
             should_stop=self.stop_event.is_set)
 
-    def _release_batch(self) -> None:
-        """Make a failed batch's messages visible again after a short, growing delay.
-
-        Without this they would stay hidden for the queue's whole visibility timeout (15 min
-        in the template). Messages already deleted are reported as failed entries by SQS and
-        ignored; a message failing again and again reaches the DLQ by the redrive policy.
-        """
-        batch, self._batch = self._batch, []
-        try:
-            self._postpone(batch)
-        except Exception as exc:  # they reappear after the visibility timeout anyway
-            logger.warning("could not release the failed batch's messages",
-                           extra={"error": str(exc)})
-
     def run_batch(self) -> BatchSummary | None:
-        self._batch = received = self.receive()
-        if not received:
+        self.db(_ping)  # receive nothing while PostgreSQL is away
+        wait = WAIT_WHILE_HOLDING_SECONDS if self.chunks else self.settings.wait_time_seconds
+        received = self.receive(wait)
+        if not received and not self.chunks:
             return None
         batch_started = time.perf_counter()
-        plan = plan_batch(received, self.settings.bucket)
         summary = BatchSummary(received_at=datetime.now(UTC).isoformat(timespec="milliseconds"))
-        self._handle_poison(plan, summary)
+        self._take(received, summary)
         with _timed(summary, "dedup_ms"):
-            todo = self._drop_done(plan, summary)
-        if todo:
-            with Heartbeat(self.sqs, self.settings.queue_url,
-                           [m for key in todo for m in plan.receipts[key]],
-                           after_seconds=self.settings.heartbeat_after_seconds,
-                           extend_to_seconds=self.settings.visibility_timeout_seconds,
-                           on_beat=lambda: logger.info("batch still running: visibility extended",
-                                                       extra={"keys": todo}),
-                           on_error=lambda exc: logger.warning(
-                               "heartbeat failed", extra={"error": str(exc)})):
-                self._work(plan, todo, summary)
+            self._drop_settled(summary)
+        ready = self._ready(summary)
+        if ready:
+            self._process(ready, summary)
         with _timed(summary, "publish_ms"):
             summary.files_written = len(self.publish())
         summary.batch_ms = _ms_since(batch_started)
-        logger.info("batch done", extra=summary.__dict__)
+        if received or summary.chunks or summary.failures or summary.rejected_chunks:
+            logger.info("batch done", extra=summary.__dict__)
         return summary
 
-    def _handle_poison(self, plan: BatchPlan, summary: BatchSummary) -> None:
-        """Leave poison for the DLQ: not deleted, retried after a growing delay."""
+    # --- the chunks in hand -----------------------------------------------------------------
+
+    def _take(self, received: list[Received], summary: BatchSummary) -> None:
+        plan = plan_batch(received, self.settings.bucket)
         for poison in plan.poison:
             summary.poison += 1
-            logger.error("poison message left for retry / DLQ", extra={
-                "message_id": poison.received.message_id, "reason": poison.reason,
-                "receive_count": poison.received.receive_count})
-            self._postpone([poison.received])
+            self._dead_letter_poison(poison.received, poison.reason)
+        for key, message in plan.chunks.items():
+            messages = plan.receipts[key]
+            if key not in self.chunks and len(self.chunks) >= MAX_HELD_CHUNKS:
+                # far ahead of the stream: come back later rather than hold without bound
+                change_visibility(self.sqs, self.settings.queue_url, messages,
+                                  self.settings.visibility_timeout_seconds)
+                continue
+            self.inflight.add(key, messages)
+            self.chunks.setdefault(key, message)
+            if any(m.dead_letter_reason for m in messages):
+                self._redriven.add(key)
 
-    def _postpone(self, messages: list[Received]) -> None:
-        for message in messages:
-            delay = min(43_200, self.settings.retry_delay_seconds
-                        * 2 ** max(0, message.receive_count - 1))
-            change_visibility(self.sqs, self.settings.queue_url, [message], delay)
-
-    def _drop_done(self, plan: BatchPlan, summary: BatchSummary) -> list[str]:
-        done = self.db(lambda conn: engine.done_chunk_keys(conn, plan.keys))
+    def _drop_settled(self, summary: BatchSummary) -> None:
+        """Delete the messages of chunks done already, and stale ones of dead-lettered chunks."""
+        keys = list(self.chunks)
+        done = self.db(lambda conn: engine.done_chunk_keys(conn, keys))
         for key in sorted(done):
             summary.duplicates += 1
-            logger.info("duplicate delivery: chunk already done, message deleted",
+            logger.info("chunk already done: its messages are deleted",
                         extra={"chunk_key": key})
-            delete_messages(self.sqs, self.settings.queue_url, plan.receipts[key])
-        return [key for key in plan.keys if key not in done]
-
-    def _work(self, plan: BatchPlan, todo: list[str], summary: BatchSummary) -> None:
-        s = self.settings
-        with _timed(summary, "spark_ms"):
-            failpoint("before_spark")
-            result = self._aggregate(todo)
-            failpoint("after_spark")
-        summary.fetch_ms = None if result.fetch_ms is None else round(result.fetch_ms)
-        for key in todo:
-            message = plan.chunks[key]
-            if key in result.missing_chunks:
-                summary.poison += 1
-                logger.error("chunk object not found; message left for retry / DLQ",
-                             extra={"chunk_key": key})
-                self._postpone(plan.receipts[key])
+            self._forget(key)
+        failed = self.db(lambda conn: failures.failures_of(conn, list(self.chunks)))
+        for key, record in failed.items():
+            if record.dead_lettered_at is None:
                 continue
-            chunk = engine.ChunkRef(key=key, etag=message.etag,
-                                    event_time=parse_event_time(message.event_time))
-            if key in result.rejected_chunks:
-                reason = result.rejected_chunks[key]
-                qkey = quarantine_chunk(self.s3, s.bucket, s.quarantine_prefix, key, reason)
-                self.db(lambda conn, c=chunk, r=reason, q=qkey:
-                        engine.record_rejected_chunk(conn, c, r, q))
-                logger.warning("chunk rejected whole", extra={
-                    "chunk_key": key, "reason": reason, "quarantine_key": qkey})
-                summary.rejected_chunks += 1
-                delete_messages(self.sqs, s.queue_url, plan.receipts[key])
-                continue
-            self._apply(chunk, result, summary)
-            failpoint("after_commit")
-            with _timed(summary, "delete_ms"):
-                delete_messages(self.sqs, s.queue_url, plan.receipts[key])
-            summary.chunks += 1
-            summary.keys.append(key)
-            if chunk.event_time is not None:
-                lag = round((datetime.now(UTC) - chunk.event_time).total_seconds() * 1000)
-                summary.lag_ms = max(summary.lag_ms or 0, lag)
+            if key in self._redriven:
+                logger.info("dead-lettered chunk redriven: a fresh failure budget",
+                            extra={"chunk_key": key})
+                self.db(lambda conn, k=key: failures.forget_failures(conn, k))
+                self._redriven.discard(key)
+            else:
+                logger.info("stale message of a dead-lettered chunk deleted",
+                            extra={"chunk_key": key})
+                self._forget(key)
 
-    def _apply(self, chunk: engine.ChunkRef, result: BatchResult, summary: BatchSummary) -> None:
+    def _forget(self, key: str) -> None:
+        self.inflight.delete(key)
+        self.chunks.pop(key, None)
+        self._redriven.discard(key)
+
+    def _ready(self, summary: BatchSummary) -> list[str]:
+        """The chunks to aggregate now, in apply order (SPEC section 4)."""
         s = self.settings
-        key = chunk.key
+        next_seq = self.db(engine.next_seq)
+        records = self.db(lambda conn: failures.failures_of(conn, list(self.chunks)))
+        now = datetime.now(UTC)
+        blocked = {k for k, r in records.items() if r.retry_after and r.retry_after > now}
+        held = {key: chunk_seq(key) for key in self.chunks}
+        plan = plan_ready_run(held, next_seq, s.max_batch_chunks, blocked)
+        ready = list(plan.ready)
+        if plan.look_from is not None:
+            found = self._look_in_s3(plan.look_from, s.max_batch_chunks - len(ready))
+            for key in found:
+                if key in blocked:
+                    break
+                if key not in ready:
+                    ready.append(key)
+                    summary.pulled += 1
+        summary.waiting = sum(1 for k in plan.waiting if k not in ready)
+        if summary.waiting and not any(chunk_seq(k) == next_seq for k in ready):
+            self._note_gap(next_seq, summary.waiting, blocked)
+        suspects = [k for k in ready if k in records]
+        if suspects:  # a chunk that failed before goes alone, so it cannot fail others
+            first = suspects[0]
+            ready = ready[: ready.index(first)] or [first]
+        return self._reject_oversized(ready, summary)
+
+    def _look_in_s3(self, first_seq: int, limit: int) -> list[str]:
+        """Chunks ``first_seq, first_seq+1, ...`` found in S3, their events late or lost."""
+        if limit <= 0:
+            return []
+        s = self.settings
+        response = self.s3.list_objects_v2(
+            Bucket=s.bucket, Prefix=s.chunk_prefix, MaxKeys=limit + 10,
+            StartAfter=listing_start_after(s.chunk_prefix, first_seq))
+        listed = {o["Key"]: o for o in response.get("Contents", [])
+                  if o["Key"].endswith(s.chunk_suffix)}
+        found = consecutive_from(first_seq, listed, limit)
+        for key in found:
+            if key not in self.chunks:
+                obj = listed[key]
+                logger.info("chunk taken from S3 ahead of its message", extra={
+                    "chunk_key": key, "seq": chunk_seq(key)})
+                self.chunks[key] = ChunkMessage(
+                    bucket=s.bucket, key=key, size=int(obj["Size"]),
+                    etag=obj["ETag"].strip('"'),
+                    event_time=obj["LastModified"].astimezone(UTC).isoformat())
+        return found
+
+    def _note_gap(self, next_seq: int, waiting: int, blocked: set[str]) -> None:
+        since = self.db(lambda conn: engine.mark_waiting(conn, next_seq))
+        waited = (datetime.now(UTC) - since).total_seconds()
+        now = self._clock()
+        if waited < self.settings.gap_alert_seconds or (
+                self._last_gap_alert is not None and now - self._last_gap_alert < 60):
+            return
+        self._last_gap_alert = now
+        # "stream gap" is the alarm's metric filter (template.yaml, StreamGapAlarm)
+        logger.error("stream gap", extra={
+            "waiting_for_seq": next_seq, "waiting_s": round(waited, 1),
+            "chunks_waiting": waiting, "failing": sorted(blocked),
+            "hint": "a chunk that will never come: python -m spark_detector skip-seq N"})
+
+    def _reject_oversized(self, ready: list[str], summary: BatchSummary) -> list[str]:
+        kept = []
+        for key in ready:
+            reason = size_rejection(self.chunks[key].size, self.settings.max_chunk_bytes)
+            if reason is None:
+                kept.append(key)
+            else:
+                self._run_for_chunk(key, summary, lambda k=key, r=reason: self._reject_whole(
+                    k, r, summary))
+        return kept
+
+    # --- working on chunks ------------------------------------------------------------------
+
+    def _process(self, keys: list[str], summary: BatchSummary) -> bool:
+        """Aggregate ``keys`` in one Spark job and settle them in order; True if all settled.
+
+        A failed job is retried chunk by chunk at once, so that only the chunk at fault is
+        counted as failing; sequenced chunks after a failing one wait for it.
+        """
+        try:
+            with _timed(summary, "spark_ms"):
+                failpoint("before_spark")
+                result = self._aggregate(keys)
+                failpoint("after_spark")
+        except Exception as exc:
+            self._raise_if_runtime_lost(exc)
+            if len(keys) == 1:
+                self._chunk_failed(keys[0], exc, summary)
+                return False
+            logger.warning("micro-batch failed: its chunks are retried one by one", extra={
+                "chunk_keys": keys, "error": failure_text(exc)})
+            stalled = False
+            for key in keys:
+                if stalled and chunk_seq(key) is not None:
+                    continue
+                if not self._process([key], summary) and chunk_seq(key) is not None:
+                    stalled = True
+            return False
+        if result.fetch_ms is not None:
+            summary.fetch_ms = (summary.fetch_ms or 0) + round(result.fetch_ms)
+        stalled = False
+        for key in keys:
+            if stalled and chunk_seq(key) is not None:
+                continue
+            outcome = chunk_outcome(key, result)
+            ok = self._run_for_chunk(key, summary, lambda o=outcome: self._settle(o, result,
+                                                                                   summary))
+            stalled = stalled or (not ok and chunk_seq(key) is not None)
+        return not stalled
+
+    def _run_for_chunk(self, key: str, summary: BatchSummary, effect: Callable[[], None]) -> bool:
+        """Run one chunk's effects; a failure is that chunk's alone. True if it settled."""
+        try:
+            effect()
+            return True
+        except (DatabaseUnavailable, SparkRuntimeLost):
+            raise
+        except OutOfTurn as exc:
+            logger.info("chunk waits for its predecessor", extra={
+                "chunk_key": key, "seq": exc.seq, "next_seq": exc.next_seq})
+            return False
+        except Exception as exc:
+            self._raise_if_runtime_lost(exc)
+            self._chunk_failed(key, exc, summary)
+            return False
+
+    def _settle(self, outcome: ChunkOutcome, result: BatchResult, summary: BatchSummary) -> None:
+        if isinstance(outcome, Unavailable):
+            raise ChunkUnavailable(outcome.reason)
+        if isinstance(outcome, RejectWhole):
+            self._reject_whole(outcome.key, outcome.reason, summary)
+            return
+        self._apply(outcome.key, result, summary)
+
+    def _chunk_ref(self, key: str) -> engine.ChunkRef:
+        message = self.chunks[key]
+        return engine.ChunkRef(key=key, etag=message.etag,
+                               event_time=parse_event_time(message.event_time))
+
+    def _reject_whole(self, key: str, reason: str, summary: BatchSummary) -> None:
+        s = self.settings
+        chunk = self._chunk_ref(key)
+        qkey = quarantine_chunk(self.s3, s.bucket, s.quarantine_prefix, key, reason)
+        self.db(lambda conn: engine.record_rejected_chunk(conn, chunk, reason, qkey))
+        logger.warning("chunk rejected whole", extra={
+            "chunk_key": key, "reason": reason, "quarantine_key": qkey})
+        summary.rejected_chunks += 1
+        self._forget(key)
+
+    def _apply(self, key: str, result: BatchResult, summary: BatchSummary) -> None:
+        s = self.settings
+        chunk = self._chunk_ref(key)
         aggregates = result.aggregates[key]
-        rejects = result.rejected_rows.get(key, [])
+        rejects = result.rejected_rows.get(key, ())
         if rejects:
             with _timed(summary, "quarantine_ms"):
                 qkey = quarantine_rows(self.s3, s.bucket, s.quarantine_prefix, key, rejects)
@@ -324,13 +609,72 @@ class Worker:
         with _timed(summary, "apply_ms"):
             detections = self.db(lambda conn: engine.apply_chunk(
                 conn, chunk, aggregates, y_start_time=self.y_start_time,
-                thresholds=s.thresholds, spark_ms=summary.spark_ms))
+                thresholds=s.thresholds, spark_ms=summary.spark_ms,
+                detections_prefix=s.detections_prefix))
+        failpoint("after_commit")
+        with _timed(summary, "delete_ms"):
+            self._forget(key)
+        summary.chunks += 1
+        summary.keys.append(key)
         summary.rows_good += aggregates.rows_good
         summary.rows_rejected += aggregates.rows_rejected
         summary.detections += len(detections)
+        if chunk.event_time is not None:
+            lag = round((datetime.now(UTC) - chunk.event_time).total_seconds() * 1000)
+            summary.lag_ms = max(summary.lag_ms or 0, lag)
         for detection in detections:
             logger.info("pattern detected", extra={
                 "chunk_key": key, "pattern_id": detection.pattern_id,
                 "merchant_id": detection.merchant_id,
                 "customer_name": detection.customer_name, "seq": detection.seq})
 
+    # --- failures ---------------------------------------------------------------------------
+
+    def _raise_if_runtime_lost(self, exc: BaseException) -> None:
+        if not self._runtime_alive():
+            raise SparkRuntimeLost(failure_text(exc)) from exc
+
+    def _chunk_failed(self, key: str, exc: BaseException, summary: BatchSummary) -> None:
+        s = self.settings
+        error = failure_text(exc)
+        record = self.db(lambda conn: failures.record_failure(
+            conn, key, chunk_seq(key), error, s.retry_delay_seconds))
+        summary.failures += 1
+        logger.warning("chunk failed", extra={
+            "chunk_key": key, "attempts": record.attempts, "max_attempts": s.max_chunk_failures,
+            "error": error, "retry_after": record.retry_after.isoformat()
+            if record.retry_after else None})
+        if record.attempts >= s.max_chunk_failures:
+            self._dead_letter(key, error, record.attempts, summary)
+
+    def _dead_letter(self, key: str, reason: str, attempts: int, summary: BatchSummary) -> None:
+        """Move a chunk that keeps failing to the DLQ; the stream goes on without it.
+
+        The DLQ message is sent before anything is marked: a crash in between leaves the
+        chunk to fail once more and be sent again (two DLQ messages), never to be lost.
+        """
+        if self.dlq_url is None:
+            logger.error("chunk keeps failing and no DLQ is configured: it will be retried",
+                         extra={"chunk_key": key, "attempts": attempts})
+            return
+        messages = self.inflight.messages(key)
+        body = messages[0].body if messages else self.chunks[key].to_json()
+        send_to_dead_letter_queue(self.sqs, self.dlq_url, body, reason=reason,
+                                  attempts=attempts)
+        chunk = self._chunk_ref(key)
+        self.db(lambda conn: failures.mark_dead_lettered(conn, key))
+        self.db(lambda conn: engine.settle_dead_lettered(conn, chunk, reason))
+        self._forget(key)
+        summary.dead_lettered += 1
+        logger.error("chunk moved to the DLQ after repeated failures", extra={
+            "chunk_key": key, "attempts": attempts, "reason": reason})
+
+    def _dead_letter_poison(self, received: Received, reason: str) -> None:
+        """A message that is no chunk message will never work: straight to the DLQ."""
+        logger.error("poison message moved to the DLQ", extra={
+            "message_id": received.message_id, "reason": reason})
+        if self.dlq_url is None:
+            return  # left in flight: the queue's redrive policy takes it after its visibility
+        send_to_dead_letter_queue(self.sqs, self.dlq_url, received.body, reason=reason,
+                                  attempts=1)
+        delete_messages(self.sqs, self.settings.queue_url, [received])

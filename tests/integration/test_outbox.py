@@ -31,10 +31,11 @@ def conn(migrated_database_url: str) -> Iterator[psycopg2.extensions.connection]
     connection.close()
 
 
-def fire(conn, key: str, customers: range) -> list[Detection]:
+def fire(conn, key: str, customers: range, prefix: str = "detected_patterns/"
+         ) -> list[Detection]:
     aggregates = chunk_from_rows(key, [(f"C{i:04d}", "M1", "1.00", "F") for i in customers])
     return apply_chunk(conn, ChunkRef(key), aggregates, y_start_time=Y_START,
-                       thresholds=EACH_PAIR_FIRES)
+                       thresholds=EACH_PAIR_FIRES, detections_prefix=prefix)
 
 
 def test_files_hold_exactly_50_detections_in_seq_order(conn):
@@ -56,15 +57,22 @@ def test_files_hold_exactly_50_detections_in_seq_order(conn):
 
 def test_close_partial_file_flushes_the_leftover_once(conn):
     assert close_partial_file(conn) is None
-    fire(conn, "c1", range(70))
-    assert close_partial_file(conn) == 2
-    files = pending_files(conn, prefix="out/")
+    fire(conn, "c1", range(70), prefix="out/")
+    assert close_partial_file(conn, "out/") == 2
+    files = pending_files(conn, prefix="elsewhere/")
     assert [(f.file_no, f.s3_key, len(f.detections)) for f in files] == [
         (1, "out/detections-00000001.csv", 50), (2, "out/detections-00000002.csv", 20),
     ]
     assert close_partial_file(conn) is None
     fire(conn, "c2", range(70, 120))  # the next file starts after the partial one
     assert [f.detections[0].seq for f in pending_files(conn)] == [1, 51, 71]
+
+
+def test_a_files_key_is_fixed_when_it_is_closed_not_when_it_is_published(conn):
+    fire(conn, "c1", range(60), prefix="before/")
+    fire(conn, "c2", range(60, 100), prefix="after/")  # a restart with another prefix
+    assert [f.s3_key for f in pending_files(conn, prefix="after/")] == [
+        "before/detections-00000001.csv", "after/detections-00000002.csv"]
 
 
 def test_mark_written_removes_the_file_from_pending_and_records_the_key(conn):

@@ -222,7 +222,8 @@ def test_whole_chunk_rejects_and_missing_objects_do_not_stop_the_batch(
         "stream_chunks/c-latin1.csv": f"not UTF-8: invalid byte at offset {latin1_at}",
         "stream_chunks/d-binary.csv": "not CSV: contains NUL characters",
     }
-    assert result.missing_chunks == ("stream_chunks/f-never-uploaded.csv",)
+    assert result.missing_chunks == {
+        "stream_chunks/f-never-uploaded.csv": "object does not exist"}
     assert sorted(result.aggregates) == ["stream_chunks/a-good.csv", "stream_chunks/e-good.csv"]
     assert_matches_reference(result, chunks, {})
 

@@ -42,7 +42,8 @@ def test_database_url_from_an_rds_secret_escapes_the_password():
     secret = json.dumps({"username": "app", "password": "p@ss/w:rd", "host": "db.local",
                          "port": 5433, "dbname": "patterns"})
     assert database_url_from_env({"DB_SECRET": secret}) == (
-        "postgresql://app:p%40ss%2Fw%3Ard@db.local:5433/patterns")
+        "postgresql://app:p%40ss%2Fw%3Ard@db.local:5433/patterns"
+        "?sslmode=verify-full&sslrootcert=/opt/rds/global-bundle.pem")
     with pytest.raises(ConfigError, match="DB_SECRET"):
         database_url_from_env({"DB_SECRET": "{}"})
 
@@ -71,3 +72,69 @@ def test_retry_returns_the_first_success():
         return value
 
     assert retry(sometimes, retry_on=(ConnectionError,), sleep=lambda _: None) == "ok"
+
+
+def test_a_secret_url_verifies_the_server_and_a_database_url_keeps_its_own_sslmode():
+    secret = json.dumps({"username": "u", "password": "p", "host": "h"})
+    url = database_url_from_env({"DB_SECRET": secret, "DB_SSLROOTCERT": "/etc/ca.pem"})
+    assert url.endswith("?sslmode=verify-full&sslrootcert=/etc/ca.pem")
+    given = "postgresql://u:p@h/db?sslmode=require"
+    assert database_url_from_env({"DATABASE_URL": given, "DB_SECRET": secret}) == given
+
+
+@pytest.mark.parametrize(("name", "value", "allowed"), [
+    ("PATID1_COUNT_PERCENTILE", "90", "(0, 1)"),
+    ("PATID1_COUNT_PERCENTILE", "1", "(0, 1)"),
+    ("PATID1_WEIGHT_PERCENTILE", "0", "(0, 1)"),
+    ("PATID1_MIN_TOTAL", "-1", "[0, inf)"),
+    ("PATID2_MIN_COUNT", "0", "[1, inf)"),
+    ("PATID2_MAX_AVG_AMOUNT", "0", "(0, inf)"),
+    ("PATID2_MAX_AVG_AMOUNT", "Infinity", "(0, inf)"),
+    ("PATID3_MIN_FEMALE", "-5", "[0, inf)"),
+    ("WORKER_MAX_BATCH_CHUNKS", "0", "[1, 1000]"),
+    ("WORKER_MAX_BATCH_CHUNKS", "5000", "[1, 1000]"),
+    ("WORKER_WAIT_TIME_SECONDS", "21", "[0, 20]"),
+    ("WORKER_BATCH_WINDOW_SECONDS", "-1", "[0, 60]"),
+    ("WORKER_VISIBILITY_TIMEOUT_SECONDS", "50000", "[2, 43200]"),
+    ("WORKER_HEARTBEAT_AFTER_SECONDS", "0", "(0, inf)"),
+    ("WORKER_RETRY_DELAY_SECONDS", "-3", "[0, 43200]"),
+    ("WORKER_MAX_CHUNK_FAILURES", "0", "[1, 100]"),
+    ("WORKER_MAX_CHUNK_BYTES", "0", "[1, inf)"),
+    ("WORKER_MAX_CHUNK_ROWS", "0", "[1, inf)"),
+    ("WORKER_MAX_REFERENCE_BYTES", "-1", "[1, inf)"),
+    ("WORKER_DB_RETRY_ATTEMPTS", "0", "[1, 100]"),
+    ("WORKER_GAP_ALERT_SECONDS", "0", "(0, inf)"),
+    ("WORKER_FLUSH_PARTIAL_AFTER", "-2", "(0, inf)"),
+    ("WORKER_BACKFILL_EVERY", "0", "(0, inf)"),
+])
+def test_a_setting_out_of_range_is_named_with_its_allowed_range(name, value, allowed):
+    with pytest.raises(ConfigError) as raised:
+        WorkerSettings.from_env({**BASE, name: value})
+    message = str(raised.value)
+    assert message.startswith(f"{name}=") and allowed in message and "\n" not in message
+
+
+def test_a_heartbeat_must_beat_before_the_visibility_timeout_runs_out():
+    with pytest.raises(ConfigError, match=r"WORKER_HEARTBEAT_AFTER_SECONDS=60\.0 .*below"):
+        WorkerSettings.from_env({**BASE, "WORKER_HEARTBEAT_AFTER_SECONDS": "60"})
+    assert WorkerSettings.from_env({**BASE, "WORKER_HEARTBEAT_AFTER_SECONDS": "59"})
+
+
+@pytest.mark.parametrize("name", ["DETECTIONS_PREFIX", "QUARANTINE_PREFIX"])
+def test_the_workers_own_prefixes_must_not_overlap_the_chunk_prefix(name):
+    with pytest.raises(ConfigError, match=f"{name}=.*overlaps CHUNK_PREFIX"):
+        WorkerSettings.from_env({**BASE, name: "stream_chunks/out/"})
+
+
+def test_the_worker_exits_2_with_one_line_naming_a_bad_setting():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, **BASE, "PATID1_COUNT_PERCENTILE": "90"}
+    done = subprocess.run([sys.executable, "-m", "spark_detector", "run"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "spark_detector: PATID1_COUNT_PERCENTILE=0.9... is out of range: allowed (0, 1)"
+        .replace("0.9...", "90.0")]

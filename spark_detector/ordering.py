@@ -1,0 +1,105 @@
+"""Production order (SPEC section 4): which chunks may be applied now, as pure functions.
+
+The producer names its chunks ``chunk-<seq>-<time>.csv`` with a gap-free ``seq``. A chunk is
+applied only when every smaller number is settled (applied, rejected whole, dead-lettered or
+skipped); the database's ``stream_position.next_seq`` is the first number not settled. The
+engine enforces the rule inside the apply transaction (``OutOfTurn``); the worker uses the
+functions here to pick what to aggregate, so that it rarely meets that error.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from producer.chunks import chunk_seq
+
+__all__ = ["OutOfTurn", "Turn", "chunk_seq", "ready_run", "turn_of"]
+
+
+class Turn(enum.Enum):
+    UNSEQUENCED = "unsequenced"  # no number in the name (hand upload): applied as it comes
+    NOW = "now"  # the number the stream waits for
+    EARLY = "early"  # a predecessor is not settled yet: wait
+    LATE = "late"  # its number was settled without it (skipped, dead-lettered): apply now
+
+
+def turn_of(seq: int | None, next_seq: int) -> Turn:
+    if seq is None:
+        return Turn.UNSEQUENCED
+    if seq == next_seq:
+        return Turn.NOW
+    return Turn.EARLY if seq > next_seq else Turn.LATE
+
+
+class OutOfTurn(RuntimeError):
+    """A chunk was offered for apply before its predecessor was settled (nothing changed)."""
+
+    def __init__(self, key: str, seq: int, next_seq: int) -> None:
+        super().__init__(f"{key}: chunk {seq} must wait for chunk {next_seq}")
+        self.key, self.seq, self.next_seq = key, seq, next_seq
+
+
+@dataclass(frozen=True)
+class ReadyPlan:
+    """What to do with the chunks in hand, given the stream's next_seq."""
+
+    ready: tuple[str, ...]  # keys to aggregate and apply now, in apply order
+    waiting: tuple[str, ...]  # sequenced keys that must wait for a predecessor
+    look_from: int | None  # look in S3 for chunks from this number on (a gap before held ones)
+
+
+def ready_run(held: Mapping[str, int | None], next_seq: int, limit: int,
+              blocked: Iterable[str] = ()) -> ReadyPlan:
+    """Pick the chunks to work on now from ``held`` (key -> seq, in arrival order).
+
+    Unsequenced and late chunks are ready as they came. Sequenced ones are ready as a run of
+    consecutive numbers from ``next_seq``; the run stops at a number not in hand or at a
+    ``blocked`` key (a failing chunk waiting for its retry). When the run stops at a number
+    not in hand while later ones are held, ``look_from`` says where S3 should be searched:
+    the predecessor's event may be late or lost, but its object may be there.
+    """
+    blocked = set(blocked)
+    ready: list[str] = []
+    by_seq: dict[int, str] = {}
+    for key, seq in held.items():
+        if key in blocked:
+            continue
+        turn = turn_of(seq, next_seq)
+        if turn in (Turn.UNSEQUENCED, Turn.LATE):
+            ready.append(key)
+        elif seq not in by_seq or key < by_seq[seq]:
+            by_seq[seq] = key
+    ready = ready[:limit]
+    n = next_seq
+    while len(ready) < limit and n in by_seq:
+        ready.append(by_seq[n])
+        n += 1
+    taken = set(ready)
+    waiting = tuple(k for k, s in held.items() if s is not None and s >= next_seq
+                    and k not in taken)
+    held_beyond = any(s is not None and s >= n for s in held.values())
+    blocked_at_n = any(held.get(k) == n for k in blocked)
+    look_from = n if held_beyond and len(ready) < limit and not blocked_at_n else None
+    return ReadyPlan(tuple(ready), waiting, look_from)
+
+
+def consecutive_from(first: int, keys: Iterable[str], limit: int) -> list[str]:
+    """Keys (sorted S3 listing) forming the run ``first, first+1, ...``, at most ``limit``."""
+    run: list[str] = []
+    expected = first
+    for key in sorted(keys):
+        seq = chunk_seq(key)
+        if seq is None or seq < expected:
+            continue
+        if seq != expected or len(run) == limit:
+            break
+        run.append(key)
+        expected += 1
+    return run
+
+
+def listing_start_after(prefix: str, seq: int) -> str:
+    """An S3 ``StartAfter`` that lists chunk ``seq`` and later: keys sort by number."""
+    return f"{prefix}chunk-{seq - 1:08d}-~" if seq > 1 else f"{prefix}chunk-"
