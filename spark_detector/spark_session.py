@@ -119,8 +119,8 @@ def package_dir() -> Path:
 def zip_package(destination: Path, source: Path | None = None) -> Path:
     """``spark_detector``'s modules as a zip for ``addPyFile`` / ``--py-files``.
 
-    The whole package, not only the modules the executors import (``spark_job`` and the
-    parsing it calls): the rest is a few kilobytes and is never imported there, so the
+    The whole package, not only the modules the executors import (``chunk_fetch``, ``spark_job``,
+    ``parsing`` and what they import): the rest is small and never imported there, so the
     executors need none of the driver's other packages (psycopg2, Powertools).
     """
     source = source or package_dir()

@@ -9,9 +9,9 @@ import pytest
 
 from producer.generate import generate
 from spark_detector import db
-from spark_detector.aggregator import SparkAggregator
 from spark_detector.config import WorkerSettings
 from spark_detector.spark_job import FetchSpec, load_weights
+from spark_detector.spark_runtime import SparkAggregator
 from spark_detector.worker import Worker
 from tests.integration.worker_support import (
     THRESHOLDS,
