@@ -2,10 +2,9 @@
 
     .venv/bin/python -m bench.bench_cluster [--rows 300000] [--batch-chunks 10]
 
-On the local stack (``LocalStack``: moto, the Lambda runner with the real trigger, embedded
-PostgreSQL), the producer writes the whole file at ``--interval 0`` with no worker running;
-then the real worker (``python -m spark_detector run``) drains the queue, each phase into its
-own fresh database:
+On a local stack per phase (``LocalStack``: moto, the Lambda runner with the real trigger,
+embedded PostgreSQL), the producer writes the whole file at ``--interval 0`` with no worker
+running; then the real worker (``python -m spark_detector run``) drains the queue:
 
 1. ``local[2]``: Spark in the worker's process, as ``make bench`` runs it;
 2. ``standalone``: a master and one worker daemon from the pyspark distribution (2 cores,
@@ -48,14 +47,13 @@ def steady_rows_per_s(batches: list[dict]) -> float | None:
 
 
 def drain(stack: LocalStack, server_url: str, config: BenchConfig, name: str,
-          transactions: Path, importance: Path, first: bool, **env: str) -> dict:
+          transactions: Path, importance: Path, **env: str) -> dict:
     phase = Phase(name, stack, server_url)
     phase.env.update(env)
     phase.env.pop("PYSPARK_PYTHON", None)  # the executors' Python is spark-defaults' choice
     _, sqs = stack.clients()
     load_before = os.getloadavg()
-    producer = phase.producer(transactions, importance, config, interval=0,
-                              from_start=not first)
+    producer = phase.producer(transactions, importance, config, interval=0, from_start=False)
     if producer.wait(timeout=600) != 0:
         raise BenchError(f"{name}: the producer failed; see {phase.producer_log}")
     poll(lambda: queue_visible(sqs, stack.resources.queue_url) >= config.chunks, 180,
@@ -100,18 +98,21 @@ def run(rows: int, batch_chunks: int, work_dir: Path) -> dict:
     common = {"WORKER_MAX_BATCH_CHUNKS": str(batch_chunks)}
     results: dict = {"rows": rows, "chunks": config.chunks, "batch_chunks": batch_chunks,
                      "cpu_count": os.cpu_count()}
-    with LocalStack.start(work_dir / "stack", database="cluster_bench") as stack:
+    # One local stack per phase: each streams the file into its own bucket, as one producer
+    # (chunk sequence numbers are unique within a bucket's stream).
+    with LocalStack.start(work_dir / "stack-local2", database="cluster_bench") as stack:
         server_url = postgres.with_database(stack.database_url, "postgres")
         print("[bench_cluster] local[2]", file=sys.stderr, flush=True)
         results["local[2]"] = drain(stack, server_url, config, "local2", transactions,
-                                    importance, True, SPARK_MASTER="local[2]", **common)
-        with standalone_cluster(work_dir / "cluster", cores=2, memory="2g") as cluster:
-            print(f"[bench_cluster] standalone {cluster.master_url}", file=sys.stderr,
-                  flush=True)
-            results["standalone"] = drain(
-                stack, server_url, config, "standalone", transactions, importance, False,
-                SPARK_MASTER=cluster.master_url, SPARK_CONF_DIR=str(conf_dir), **common)
-            results["standalone"]["executors"] = len(cluster.executor_dirs())
+                                    importance, SPARK_MASTER="local[2]", **common)
+    with (LocalStack.start(work_dir / "stack-standalone", database="cluster_bench") as stack,
+          standalone_cluster(work_dir / "cluster", cores=2, memory="2g") as cluster):
+        server_url = postgres.with_database(stack.database_url, "postgres")
+        print(f"[bench_cluster] standalone {cluster.master_url}", file=sys.stderr, flush=True)
+        results["standalone"] = drain(
+            stack, server_url, config, "standalone", transactions, importance,
+            SPARK_MASTER=cluster.master_url, SPARK_CONF_DIR=str(conf_dir), **common)
+        results["standalone"]["executors"] = len(cluster.executor_dirs())
     return results
 
 
