@@ -33,6 +33,8 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import replace
 from datetime import UTC, datetime
+from multiprocessing import Manager
+from typing import Any
 
 from spark_detector import db
 from spark_detector.aggregates import ChunkAggregates
@@ -71,14 +73,14 @@ def split_chunk(chunk: ChunkAggregates, shard_map: Mapping[str, int], shards: in
             for shard, pairs in enumerate(parts)]
 
 
-def apply_shard(url: str, chunks: list[ChunkAggregates], start_at: float) -> dict:
-    """Apply one shard's part of every chunk, in order, from ``start_at`` (a wall-clock time
-    shared by all shards, so that none gets a head start while the others' processes
+def apply_shard(url: str, chunks: list[ChunkAggregates], start: Any) -> dict:
+    """Apply one shard's part of every chunk, in order, once every shard is connected and
+    holds its data (``start``, a barrier shared by the shards, so that none gets a head
     start); its timings and its detections."""
     conn = db.connect(url)
     try:
         y_start = datetime.now(UTC)
-        time.sleep(max(0.0, start_at - time.time()))
+        start.wait()
         started = time.time()
         for chunk in chunks:
             apply_chunk(conn, ChunkRef(chunk.chunk_key), chunk, y_start_time=y_start)
@@ -94,23 +96,13 @@ def apply_shard(url: str, chunks: list[ChunkAggregates], start_at: float) -> dic
             "pairs": sum(len(c.pairs) for c in chunks)}
 
 
-def _ready() -> None:
-    """Nothing: submitted once per pool process so that all have started and imported."""
-
-
 def apply_concurrently(server_url: str, parts: list[list[ChunkAggregates]]) -> list[dict]:
     """One process and one fresh database per part, all starting to apply at the same time."""
-    with ExitStack() as stack:
+    with ExitStack() as stack, Manager() as manager:
         urls = list(migrated_databases(stack, server_url, len(parts)))
+        start = manager.Barrier(len(parts))
         with ProcessPoolExecutor(max_workers=len(parts)) as pool:
-            for future in [pool.submit(_ready) for _ in parts]:
-                future.result()
-            start_at = time.time() + 3.0
-            outcomes = list(pool.map(apply_shard, urls, parts, [start_at] * len(parts)))
-    late = max(o["started"] for o in outcomes) - start_at
-    if late > 0.5:
-        raise RuntimeError(f"a shard started {late:.1f} s late: the machine is too busy")
-    return outcomes
+            return list(pool.map(apply_shard, urls, parts, [start] * len(parts)))
 
 
 def migrated_databases(stack: ExitStack, server_url: str, count: int) -> Iterator[str]:
