@@ -25,6 +25,9 @@ RUN pip install --no-compile -r /app/requirements.txt
 # The worker imports the shared chunk-message contract and the trigger's batch sender.
 COPY lambda_trigger /app/lambda_trigger
 COPY spark_detector /app/spark_detector
+# ...and the chunk key contract, which the producer owns (spark_detector.ordering reads the
+# sequence number from a chunk's name with it); nothing else of the producer.
+COPY producer/__init__.py producer/chunks.py /app/producer/
 # spark-submit runs a file: `spark-submit [--master ...] /app/spark_submit_main.py run`
 COPY infra/spark_submit_main.py /app/spark_submit_main.py
 
