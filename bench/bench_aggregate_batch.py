@@ -21,7 +21,8 @@ from pathlib import Path
 import boto3
 from moto.server import ThreadedMotoServer
 
-from spark_detector.spark_job import FetchSpec, aggregate_batch, build_spark, load_weights
+from spark_detector.spark_job import FetchSpec, aggregate_batch, load_weights
+from spark_detector.spark_session import build_spark
 
 HEADER = "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud"
 

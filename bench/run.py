@@ -226,7 +226,7 @@ def download_chunks(s3, bucket: str, keys: list[str], folder: Path) -> list[Path
 def run_baseline_phase(paths: list[Path], importance: Path) -> dict:
     from bench.baseline import run_baseline
     from spark_detector.engine import Thresholds
-    from spark_detector.spark_job import build_spark
+    from spark_detector.spark_session import build_spark
 
     spark = build_spark(app_name="bench_baseline")
     spark.sparkContext.setLogLevel("ERROR")

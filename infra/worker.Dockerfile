@@ -31,6 +31,8 @@ RUN pip install --no-compile -r /app/requirements.txt
 COPY chunk_contract /app/chunk_contract
 COPY json_logs /app/json_logs
 COPY spark_detector /app/spark_detector
+# spark-submit runs a file: `spark-submit [--master ...] /app/spark_submit_main.py run`
+COPY infra/spark_submit_main.py /app/spark_submit_main.py
 
 RUN useradd --system --uid 10001 --home-dir /home/worker --create-home worker
 USER 10001

@@ -33,7 +33,11 @@ def aws_clients() -> tuple[object, object]:
 
 def cmd_run(settings: WorkerSettings, args: argparse.Namespace) -> int:
     from spark_detector import db
-    from spark_detector.aggregator import ReferenceRejected, ReferenceUnavailable, SparkAggregator
+    from spark_detector.spark_runtime import (
+        ReferenceRejected,
+        ReferenceUnavailable,
+        SparkAggregator,
+    )
     from spark_detector.worker import Worker, logger
 
     if args.flush_partial_after is not None:

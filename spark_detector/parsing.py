@@ -46,7 +46,7 @@ AMOUNT_INTEGER_DIGITS = 16
 WEIGHT_INTEGER_DIGITS = 12
 
 # Whole-value patterns: Python matches them with fullmatch, Spark's rlike gets them anchored
-# (see spark_job.java_fullmatch). No backslashes, so that they read the same inside SQL text.
+# (see batch_query.java_fullmatch). No backslashes, so that they read the same inside SQL text.
 DECIMAL_PATTERN = r"[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)"
 NON_FINITE_PATTERN = r"(?i)[+-]?(inf|infinity|nan|snan)"
 _DECIMAL = re.compile(DECIMAL_PATTERN)

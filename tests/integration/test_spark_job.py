@@ -14,18 +14,14 @@ import boto3
 import pytest
 
 from spark_detector.aggregates import build_aggregates, key_weights
+from spark_detector.batch_result import BatchResult
+from spark_detector.chunk_fetch import FetchSpec, fetch_chunk
 from spark_detector.parsing import (
     ChunkRejected,
     parse_chunk,
     parse_customer_importance,
 )
-from spark_detector.spark_job import (
-    BatchResult,
-    FetchSpec,
-    aggregate_batch,
-    fetch_chunk,
-    load_weights,
-)
+from spark_detector.spark_job import aggregate_batch, load_weights
 from tests.conftest import TEST_DATA
 
 pytestmark = pytest.mark.spark

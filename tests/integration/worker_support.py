@@ -167,9 +167,9 @@ def make_worker(resources: AwsResources, database_url: str, spark, weights_df,
                 **overrides) -> Worker:
     """The real Worker in this process, on the session's SparkSession, started."""
     from spark_detector import db
-    from spark_detector.aggregator import SparkAggregator
     from spark_detector.config import WorkerSettings
     from spark_detector.spark_job import FetchSpec
+    from spark_detector.spark_runtime import SparkAggregator
     from spark_detector.worker import Worker
 
     options = {"wait_time_seconds": 0, "batch_window_seconds": 0.2, "max_batch_chunks": 4,

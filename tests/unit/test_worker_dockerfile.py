@@ -92,3 +92,14 @@ def test_it_ships_the_rds_ca_bundle_where_the_worker_looks_for_it():
             if line.startswith("ADD ")]
     assert any(a[-1] == RDS_CA_BUNDLE and a[-2].startswith("https://truststore.pki.rds")
                for a in adds)
+
+
+def test_the_executor_requirements_are_a_pinned_subset_of_the_workers():
+    executor = REPO / "infra" / "executor-requirements.txt"
+    lines = [line.strip() for line in executor.read_text().splitlines()]
+    executor_pins = dict(line.split("==") for line in lines if line and not line.startswith("#"))
+    assert "boto3" in executor_pins
+    assert "psycopg2-binary" not in executor_pins  # the driver's alone
+    worker_pins = pins()
+    for name, version in executor_pins.items():
+        assert worker_pins.get(name) == version, name

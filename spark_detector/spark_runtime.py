@@ -15,9 +15,13 @@ from spark_detector.spark_job import (
     BatchResult,
     FetchSpec,
     aggregate_batch,
-    build_spark,
     load_weights,
     warm_up,
+)
+from spark_detector.spark_session import (
+    build_spark,
+    follow_parallelism,
+    user_set_shuffle_partitions,
 )
 
 logger = logging.getLogger(__name__)
@@ -84,6 +88,8 @@ class SparkAggregator:
         self.spark = spark
         self.fetch_spec = fetch_spec
         self.weights = weights
+        # executors may join (or leave) after start-up: size each batch's shuffle to them
+        self._follow_parallelism = not user_set_shuffle_partitions(spark)
 
     @classmethod
     def start(cls, settings: WorkerSettings, s3, stop: threading.Event) -> SparkAggregator:
@@ -94,8 +100,11 @@ class SparkAggregator:
                              max_rows=settings.max_chunk_rows)
         started = time.perf_counter()
         warm_up(spark, fetch_spec, weights)
+        context = spark.sparkContext
         logger.info("spark ready", extra={
-            "master": settings.spark_master, "reference_bytes": len(reference),
+            "master": context.master, "default_parallelism": context.defaultParallelism,
+            "shuffle_partitions": spark.conf.get("spark.sql.shuffle.partitions"),
+            "reference_bytes": len(reference),
             "warm_up_ms": round((time.perf_counter() - started) * 1000)})
         return cls(spark, fetch_spec, weights)
 
@@ -103,6 +112,8 @@ class SparkAggregator:
         return jvm_alive(self.spark)
 
     def aggregate(self, keys: list[str]) -> BatchResult:
+        if self._follow_parallelism:
+            follow_parallelism(self.spark)
         return aggregate_batch(self.spark, self.fetch_spec, keys, self.weights)
 
     def stop(self) -> None:

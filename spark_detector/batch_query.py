@@ -1,0 +1,146 @@
+"""The query of one micro-batch, as SQL in named steps: fetched chunks in, aggregates out.
+
+1. each chunk's data lines are exploded, split and validated with Spark expressions (no
+   Python UDF): the row rules mirror ``parsing.parse_row`` reason for reason;
+2. valid rows join the per-key weights (broadcast, left join on customer, merchant,
+   category - one row per key, so the join never multiplies transactions);
+3. one ``GROUP BY`` (a hash aggregate) yields, per chunk, the pair aggregates, each rejected
+   row with its reason, and a marker row for chunks without data lines or rejected whole.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame, SparkSession
+
+from spark_detector.parsing import DECIMAL_PATTERN, FIELD_WHITESPACE, NON_FINITE_PATTERN
+
+# The kinds of output row
+PAIR, REJECTED_ROW, CHUNK = "pair", "rejected_row", "chunk"
+
+
+def java_fullmatch(pattern: str) -> str:
+    r"""A ``re.fullmatch`` pattern for Spark's rlike (Java regex, which searches).
+
+    UNIX_LINES (``d``): only "\n" ends a line, which no field contains, so ``$`` is the end
+    of the value; by default Java's ``$`` also matches before a final "\r" or "\u2028".
+    """
+    flags = "(?di)" if pattern.startswith("(?i)") else "(?d)"
+    return f"{flags}^(?:{pattern.removeprefix('(?i)')})$"
+
+
+def _clean_sql(column: str) -> str:
+    """SQL of ``parsing.clean_field`` for an already trimmed column: one pair of quotes off."""
+    return (
+        f"CASE WHEN length({column}) >= 2 AND startswith({column}, \"'\") "
+        f"AND endswith({column}, \"'\") "
+        f"THEN substr({column}, 2, length({column}) - 2) ELSE {column} END"
+    )
+
+
+_FIELDS = ("customer", "merchant", "category", "gender", "amount")
+_TRIM = "'" + FIELD_WHITESPACE.replace("\t", "\\t") + "'"  # as a SQL literal: ' \t'
+
+# Rounds half-up, as parsing.parse_amount does; null when the value overflows the type.
+_AMOUNT_SQL = "try_cast(amount_text AS DECIMAL(18,2))"
+
+# The row rules of parsing.parse_row, in the same order, with the same reasons.
+_ROW_REASON_SQL = f"""
+CASE
+  WHEN line IS NULL THEN NULL
+  WHEN line = '' THEN 'empty line'
+  WHEN n_fields != n_columns THEN format_string('expected %d fields, got %d', n_columns, n_fields)
+  WHEN customer = '' THEN 'empty customer'
+  WHEN merchant = '' THEN 'empty merchant'
+  WHEN amount_text = '' THEN 'empty amount'
+  WHEN NOT amount_text RLIKE R'{java_fullmatch(DECIMAL_PATTERN)}' THEN
+    CASE WHEN amount_text RLIKE R'{java_fullmatch(NON_FINITE_PATTERN)}'
+      THEN concat("amount '", amount_text, "' is not a finite number")
+      ELSE concat("amount '", amount_text, "' is not a decimal number") END
+  -- a minus sign before a non-zero digit: "-0.00" is zero, "-0.001" is negative
+  WHEN amount_text RLIKE '^-[0-9.]*[1-9]' THEN concat('amount ', amount_text, ' is negative')
+  WHEN {_AMOUNT_SQL} IS NULL THEN concat('amount ', amount_text, ' is too large for decimal(18,2)')
+END"""
+
+_CHUNK = "chunk_key, status, chunk_reason, n_lines"
+_INDEXES = ", ".join(f"i_{name}" for name in _FIELDS)
+_TRIMMED = ", ".join(
+    f"btrim(try_element_at(fields, i_{name} + 1), {_TRIM}) AS {name}_t" for name in _FIELDS
+)
+_CLEANED = ", ".join(
+    f"{_clean_sql(name + '_t')} AS {'amount_text' if name == 'amount' else name}"
+    for name in _FIELDS
+)
+
+# The query of one micro-batch, as named steps. It is SQL rather than Column objects because
+# building the same plan from Columns costs ~2,000 py4j round trips (~200 ms per batch on the
+# driver before Spark starts); one spark.sql call costs a handful.
+_BATCH_SQL = f"""
+WITH lines AS (
+  SELECT {_CHUNK}, n_columns, {_INDEXES},
+         posexplode_outer(split(body, '\\n', -1)) AS (pos, line)
+  FROM {{fetched}}
+), split AS (
+  SELECT {_CHUNK}, n_columns, {_INDEXES}, pos + 1 AS row, line, split(line, ',', -1) AS fields
+  FROM lines
+), trimmed AS (
+  SELECT {_CHUNK}, n_columns, row, line, size(fields) AS n_fields, {_TRIMMED}
+  FROM split
+), cleaned AS (
+  SELECT {_CHUNK}, n_columns, row, line, n_fields, {_CLEANED}
+  FROM trimmed
+), parsed AS (
+  -- one row per data line, or one marker row (line NULL) per chunk without data lines
+  SELECT {_CHUNK}, row, line, {_ROW_REASON_SQL} AS reason,
+         customer, merchant, category, gender, {_AMOUNT_SQL} AS amount
+  FROM cleaned
+), kinds AS (
+  SELECT *, CASE WHEN line IS NULL THEN '{CHUNK}'
+                 WHEN reason IS NOT NULL THEN '{REJECTED_ROW}'
+                 ELSE '{PAIR}' END AS kind
+  FROM parsed
+), keyed AS (
+  -- only valid rows have a pair and a weight; a rejected row is keyed by its number and
+  -- keeps its line (a pair aggregating every line's text would be wasted work)
+  SELECT {_CHUNK}, kind, row, reason, category, amount,
+         IF(kind = '{PAIR}', customer, NULL) AS customer,
+         IF(kind = '{PAIR}', merchant, NULL) AS merchant,
+         IF(kind = '{PAIR}', gender, NULL) AS gender,
+         IF(kind = '{REJECTED_ROW}', row, NULL) AS reject_row,
+         IF(kind = '{REJECTED_ROW}', line, NULL) AS line
+  FROM kinds
+)
+-- Only numeric aggregation buffers, so that Spark can use a hash aggregate: a string
+-- buffer (min_by(gender, row), max(line)) forces a sort-based one, ~2x slower here. Values
+-- constant within a group are grouping keys instead; a pair is grouped by gender too,
+-- and assemble_batch merges the (rare) pairs whose rows carry several genders.
+SELECT /*+ BROADCAST(w) */
+       k.chunk_key, k.kind, k.status, k.chunk_reason, k.n_lines,
+       k.merchant, k.customer, k.gender,
+       count(1) AS txn_count, sum(k.amount) AS amount_sum,
+       sum(w.weight) AS weight_sum, count(w.weight) AS weighted_count,
+       min(k.row) AS first_row, k.reject_row, k.reason, k.line
+FROM keyed AS k
+LEFT JOIN {{weights}} AS w
+  ON k.customer = w.customer AND k.merchant = w.merchant AND k.category = w.category
+GROUP BY k.chunk_key, k.kind, k.status, k.chunk_reason, k.n_lines,
+         k.merchant, k.customer, k.gender, k.reject_row, k.reason, k.line
+"""
+
+OUTPUT_COLUMNS = (
+    "chunk_key", "kind", "status", "chunk_reason", "n_lines",
+    "merchant", "customer", "gender", "txn_count", "amount_sum", "weight_sum", "weighted_count",
+    "first_row", "reject_row", "reason", "line",
+)  # fmt: skip
+
+
+def aggregate_chunks(spark: SparkSession, fetched: DataFrame, weights: DataFrame) -> DataFrame:
+    """Fetched chunks -> per chunk: a row per (merchant, customer), per rejected row, a marker.
+
+    Lines are parsed and checked by the rules of ``parsing.parse_row``, with its reasons.
+    Weights are joined with a broadcast left join on the whole (customer, merchant, category)
+    key, one weights row per key, so a transaction is never multiplied. Rejected rows and
+    markers go through the same ``GROUP BY`` as the pairs (each rejected row is its own
+    group) so that the whole batch is one query with one shuffle: a second query for the
+    rejects would fetch and parse every chunk again. Columns: ``OUTPUT_COLUMNS``.
+    """
+    return spark.sql(_BATCH_SQL, fetched=fetched, weights=weights)

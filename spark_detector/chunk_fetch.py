@@ -1,0 +1,141 @@
+"""The executors' side of a batch: each task fetches its chunks from S3 and checks them whole.
+
+The chunk keys become a small RDD; each task builds (once per Python worker) a boto3 S3
+client from the ``FetchSpec`` and fetches its chunks itself, so nothing relies on a path only
+the driver has. Per chunk (not per row) it runs ``parsing.prepare_chunk``: decoding, line
+endings and the header, i.e. the whole-chunk rejects of SPEC section 3, with the very same
+reasons as the pure-Python reference. What it emits per chunk is one ``FETCHED_SCHEMA`` row.
+
+This module, ``parsing`` and ``aggregates`` are what the executors import: they need boto3
+and nothing else of the worker's dependencies (``infra/executor-requirements.txt``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import ClientError
+from pyspark import Accumulator
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import IntegerType, StringType, StructField, StructType
+
+from spark_detector.failpoints import failpoint
+from spark_detector.parsing import ChunkRejected, prepare_chunk
+
+# What an executor emits per chunk: its status, and for a readable chunk its column layout
+# and its data lines as one string (split in the JVM, which is cheaper than shipping rows).
+OK, REJECTED, MISSING = "ok", "rejected", "missing"
+FETCHED_SCHEMA = StructType([
+    StructField("chunk_key", StringType(), False),
+    StructField("status", StringType(), False),
+    StructField("chunk_reason", StringType(), True),
+    StructField("n_lines", IntegerType(), False),
+    StructField("n_columns", IntegerType(), True),
+    StructField("i_customer", IntegerType(), True),
+    StructField("i_merchant", IntegerType(), True),
+    StructField("i_category", IntegerType(), True),
+    StructField("i_gender", IntegerType(), True),
+    StructField("i_amount", IntegerType(), True),
+    StructField("body", StringType(), True),
+])
+
+
+@dataclass(frozen=True)
+class FetchSpec:
+    """How executors reach the chunk objects. It is pickled into the Spark tasks.
+
+    On a cluster, executors use their own AWS credentials (instance or pod role) and leave
+    the credential fields empty. They are set only where the executors' environment cannot
+    carry them, e.g. tests against a moto server started after the SparkSession.
+    """
+
+    bucket: str
+    region: str = "us-east-1"
+    endpoint_url: str | None = None
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    max_attempts: int = 5  # botocore "standard" retries: bounded exponential backoff
+    max_rows: int = 1_000_000  # a chunk with more data lines is rejected whole, "too large"
+
+    @classmethod
+    def from_env(cls, bucket: str, environ: Mapping[str, str] = os.environ) -> FetchSpec:
+        """Region and endpoint as the driver's boto3 sees them (AWS_REGION, AWS_ENDPOINT_URL)."""
+        return cls(
+            bucket=bucket,
+            region=environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+            endpoint_url=environ.get("AWS_ENDPOINT_URL") or None,
+        )
+
+
+@functools.lru_cache(maxsize=4)
+def s3_client(spec: FetchSpec) -> Any:
+    """One client per Python worker process and spec (creating one costs ~50 ms)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session().client(
+        "s3",
+        region_name=spec.region,
+        endpoint_url=spec.endpoint_url,
+        aws_access_key_id=spec.access_key_id,
+        aws_secret_access_key=spec.secret_access_key,
+        config=Config(retries={"mode": "standard", "max_attempts": spec.max_attempts}),
+    )
+
+
+def fetch_chunk(s3: Any, bucket: str, key: str, max_rows: int = 1_000_000) -> tuple:
+    """One ``FETCHED_SCHEMA`` row: the chunk read and checked whole, or why it was not."""
+    failpoint("spark_fetch", key)
+    try:
+        data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except s3.exceptions.NoSuchKey:
+        return (key, MISSING, "object does not exist", 0, *([None] * 7))
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "AccessDenied":
+            raise
+        # S3 answers 403, not 404, for a missing key when the caller may not list the bucket
+        return (key, MISSING, "access denied: the object is missing, or the worker's role "
+                "lacks s3:GetObject on it (and s3:ListBucket to be told it is missing)",
+                0, *([None] * 7))
+    try:
+        chunk = prepare_chunk(key, data)
+    except ChunkRejected as exc:
+        return (key, REJECTED, exc.reason, 0, *([None] * 7))
+    if chunk.n_lines > max_rows:
+        return (key, REJECTED, f"too large: {chunk.n_lines:,} rows, the limit is {max_rows:,}",
+                0, *([None] * 7))
+    layout = chunk.layout
+    return (key, OK, None, chunk.n_lines, layout.n_columns, layout.customer, layout.merchant,
+            layout.category, layout.gender, layout.amount, chunk.body)
+
+
+def _fetch_partition(
+    spec: FetchSpec, fetch_ms: Accumulator | None, keys: Iterable[str]
+) -> Iterator[tuple]:
+    s3 = s3_client(spec)
+    for key in keys:
+        started = time.perf_counter()
+        row = fetch_chunk(s3, spec.bucket, key, spec.max_rows)
+        if fetch_ms is not None:
+            fetch_ms.add((time.perf_counter() - started) * 1000)
+        yield row
+
+
+def fetch_chunks(
+    spark: SparkSession, spec: FetchSpec, chunk_keys: list[str],
+    fetch_ms: Accumulator | None = None,
+) -> DataFrame:
+    """A ``FETCHED_SCHEMA`` row per chunk, fetched by the executors, chunks spread over tasks.
+
+    ``fetch_ms``, when given, receives the executors' S3 GET + ``prepare_chunk`` time.
+    """
+    slices = max(1, min(len(chunk_keys), spark.sparkContext.defaultParallelism))
+    rdd = spark.sparkContext.parallelize(chunk_keys, slices).mapPartitions(
+        functools.partial(_fetch_partition, spec, fetch_ms)
+    )
+    return spark.createDataFrame(rdd, FETCHED_SCHEMA, verifySchema=False)

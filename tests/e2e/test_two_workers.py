@@ -1,0 +1,112 @@
+"""Two worker processes, each with its own Spark, on one queue give the result of one.
+
+Given 30 chunks queued once both workers are ready - one started as ``python -m
+spark_detector run``, the other by ``spark-submit --py-files`` through
+``infra/spark_submit_main.py``, each on ``local[1]`` - when both have drained the queue, then
+every chunk was applied exactly once, each worker applied some of them, and the detections
+equal the reference model's over the recorded apply order (SPEC section 8: some sequential
+apply order).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from infra.local.spark_cluster import SPARK_HOME
+from infra.local.stack import poll_until
+from producer.generate import generate
+from spark_detector.spark_session import zip_package
+from tests.integration.test_worker_crash import REPO, applied_count, start_worker, worker_env
+from tests.integration.worker_support import (
+    AwsResources,
+    applied_order,
+    assert_files_hold_each_detection_once,
+    committed_detections,
+    expected_detections,
+    split_chunks,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+
+def log_lines(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text(errors="replace").splitlines()
+            if line.startswith("{")]
+
+
+def applied_by(log: Path) -> list[str]:
+    return [key for line in log_lines(log) if line["message"] == "batch done"
+            for key in line["keys"]]
+
+
+def said(log: Path, message: str) -> bool:
+    return log.exists() and any(line["message"] == message for line in log_lines(log))
+
+
+def stop_spark_submit(process: subprocess.Popen) -> int:
+    """SIGTERM the Python driver spark-submit started (the worker drains on it), then wait.
+
+    Signalling spark-submit's JVM instead would leave the Python driver without its gateway.
+    """
+    for child in psutil.Process(process.pid).children(recursive=True):
+        if "spark_submit_main.py" in " ".join(child.cmdline()):
+            child.send_signal(signal.SIGTERM)
+    return process.wait(timeout=120)
+
+
+def test_two_workers_on_one_queue_apply_each_chunk_once_as_one_worker_would(
+        moto_endpoint, migrated_database_url, tmp_path):
+    generate(tmp_path / "data", rows=15_000, seed=3)
+    chunks = split_chunks((tmp_path / "data" / "transactions.csv").read_bytes(), 500)
+    importance = (tmp_path / "data" / "CustomerImportance.csv").read_bytes()
+    assert len(chunks) == 30
+    resources = AwsResources.create(moto_endpoint)
+    resources.upload(chunks)
+    resources.s3.put_object(Bucket=resources.bucket, Key="reference/CustomerImportance.csv",
+                            Body=importance)
+    env = worker_env(resources, migrated_database_url, WORKER_MAX_BATCH_CHUNKS="3")
+    env.pop("SPARK_MASTER")
+    py_files = zip_package(tmp_path / "dist" / "spark_detector.zip")
+
+    module_log, submit_log = tmp_path / "worker-module.log", tmp_path / "worker-submit.log"
+    by_module = start_worker({**env, "SPARK_MASTER": "local[1]"}, module_log, "--drain")
+    by_submit = subprocess.Popen(
+        [str(SPARK_HOME / "bin" / "spark-submit"), "--master", "local[1]",
+         "--conf", f"spark.pyspark.driver.python={sys.executable}",
+         "--py-files", str(py_files), str(REPO / "infra" / "spark_submit_main.py"), "run"],
+        cwd=tmp_path, env={**env, "SPARK_HOME": str(SPARK_HOME)},
+        stdout=submit_log.open("ab"), stderr=subprocess.STDOUT)
+    try:
+        for process, log in ((by_module, module_log), (by_submit, submit_log)):
+            poll_until(lambda log=log: said(log, "worker started"), 180, "worker ready",
+                       process=process, log=log, tail=3000)
+        resources.enqueue(sorted(chunks))
+        poll_until(lambda: applied_count(migrated_database_url) == len(chunks)
+                   and resources.depth() == 0, 300, "every chunk applied",
+                   process=by_module, log=module_log, tail=3000)
+    finally:
+        by_module.send_signal(signal.SIGTERM)
+        codes = (by_module.wait(timeout=120), stop_spark_submit(by_submit))
+    assert codes == (0, 0), submit_log.read_text()[-3000:]
+
+    # Then the spark-submit worker's driver ran the --py-files code, which Spark shipped
+    assert said(submit_log, "code shipped by spark-submit --py-files")
+    assert said(module_log, "code shipped with addPyFile")
+    # And each chunk was applied once, by one worker or the other, both doing some
+    mine, theirs = applied_by(module_log), applied_by(submit_log)
+    assert mine and theirs
+    assert sorted(mine + theirs) == sorted(chunks)
+    order = applied_order(migrated_database_url)
+    assert sorted(order) == sorted(chunks)
+    # And the detections are one sequential apply's: the reference model's over that order
+    expected = expected_detections(chunks, importance, order)
+    assert expected and committed_detections(migrated_database_url) == expected
+    assert_files_hold_each_detection_once(resources, expected, complete=True)
+    assert resources.depth(resources.dlq_url) == 0
