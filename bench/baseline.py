@@ -17,7 +17,7 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from spark_detector.engine import Thresholds
+from spark_detector.detection_state import Thresholds
 
 
 def unquote(column: str) -> F.Column:

@@ -31,13 +31,13 @@ from pathlib import Path
 from bench.measure import percentile_cont
 from infra.local import postgres
 from spark_detector import db
-from spark_detector.aggregates import (
+from spark_detector.chunk_aggregates import (
     ChunkAggregates,
     Transaction,
     build_aggregates,
     key_weights,
 )
-from spark_detector.engine import ChunkRef, apply_chunk
+from spark_detector.detection_state import ChunkRef, apply_chunk
 
 TOTAL_ROWS = 594_643
 CHUNK_ROWS = 10_000

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.bench_cluster [--rows 300000] [--batch-chunks 10]
 
-On a local stack per phase (``LocalStack``: moto, the Lambda runner with the real trigger,
+On a local stack per phase (``LocalServices``: moto, the Lambda runner with the real trigger,
 embedded PostgreSQL), the producer writes the whole file at ``--interval 0`` with no worker
 running; then the real worker (``python -m spark_detector run``) drains the queue:
 
@@ -34,7 +34,7 @@ from bench.run import BenchConfig, BenchError, Phase, poll, queue_visible, read_
 from infra.local import postgres
 from infra.local.demo import sample_data
 from infra.local.spark_cluster import EXECUTOR_REQUIREMENTS, create_venv, standalone_cluster
-from infra.local.stack import REPO_ROOT, LocalStack
+from infra.local.stack import REPO_ROOT, LocalServices
 
 
 def steady_rows_per_s(batches: list[dict]) -> float | None:
@@ -46,7 +46,7 @@ def steady_rows_per_s(batches: list[dict]) -> float | None:
                  / (sum(b["batch_ms"] for b in steady) / 1000))
 
 
-def drain(stack: LocalStack, server_url: str, config: BenchConfig, name: str,
+def drain(stack: LocalServices, server_url: str, config: BenchConfig, name: str,
           transactions: Path, importance: Path, **env: str) -> dict:
     phase = Phase(name, stack, server_url)
     phase.env.update(env)
@@ -100,12 +100,12 @@ def run(rows: int, batch_chunks: int, work_dir: Path) -> dict:
                      "cpu_count": os.cpu_count()}
     # One local stack per phase: each streams the file into its own bucket, as one producer
     # (chunk sequence numbers are unique within a bucket's stream).
-    with LocalStack.start(work_dir / "stack-local2", database="cluster_bench") as stack:
+    with LocalServices.start(work_dir / "stack-local2", database="cluster_bench") as stack:
         server_url = postgres.with_database(stack.database_url, "postgres")
         print("[bench_cluster] local[2]", file=sys.stderr, flush=True)
         results["local[2]"] = drain(stack, server_url, config, "local2", transactions,
                                     importance, SPARK_MASTER="local[2]", **common)
-    with (LocalStack.start(work_dir / "stack-standalone", database="cluster_bench") as stack,
+    with (LocalServices.start(work_dir / "stack-standalone", database="cluster_bench") as stack,
           standalone_cluster(work_dir / "cluster", cores=2, memory="2g") as cluster):
         server_url = postgres.with_database(stack.database_url, "postgres")
         print(f"[bench_cluster] standalone {cluster.master_url}", file=sys.stderr, flush=True)

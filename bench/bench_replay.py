@@ -40,7 +40,7 @@ from bench.memory import RssSampler, classify
 from chunk_contract.layout import chunk_key
 from infra.local import postgres
 from infra.local.demo import sample_data
-from infra.local.stack import REPO_ROOT, LocalStack
+from infra.local.stack import REPO_ROOT, LocalServices
 
 SPARK_STAGES = ("spark_start", "reference", "spark_job")
 POSTGRES_STAGES = ("target", "live_read", "apply_chunk", "outbox")
@@ -144,7 +144,7 @@ def main() -> None:
     out_dir.mkdir(parents=True)
     results: dict = {"rows": args.rows, "load_average_start": os.getloadavg(),
                      "cpus": os.cpu_count()}
-    with LocalStack.start(args.work_dir / "bench-replay", database="replay_live") as stack:
+    with LocalServices.start(args.work_dir / "bench-replay", database="replay_live") as stack:
         s3, _ = stack.clients()
         results["chunks"] = upload_chunks(s3, stack.bucket, stack.spec.chunk_prefix,
                                           transactions, args.rows_per_chunk)

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.bench_shards [--chunks 60] [--shards 1 2 4] [--seed 7]
 
-The serial apply (``engine.apply_chunk``, one transaction per chunk under one advisory
+The serial apply (``detection_state.apply_chunk``, one transaction per chunk under one advisory
 lock) is the worker's throughput ceiling (docs/scaling.md). Every rule is per merchant, so
 the state can be split by merchant: this bench splits each chunk's pair aggregates by
 ``crc32(merchant) % shards``, gives each shard its own database (its own engine schema and
@@ -39,8 +39,8 @@ from typing import Any
 from spark_detector.bench_apply import _fresh_database, _server_url, synthetic_stream
 
 from spark_detector import db
-from spark_detector.aggregates import ChunkAggregates
-from spark_detector.engine import ChunkRef, apply_chunk
+from spark_detector.chunk_aggregates import ChunkAggregates
+from spark_detector.detection_state import ChunkRef, apply_chunk
 
 
 def hashed_shards(merchants: Iterable[str], shards: int) -> dict[str, int]:

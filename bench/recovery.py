@@ -25,7 +25,7 @@ import psycopg2
 from bench.run import Phase, applied_count, default_config, queue_visible
 from infra.local import postgres
 from infra.local.demo import sample_data
-from infra.local.stack import LocalStack, poll_until, wait_for_line
+from infra.local.stack import LocalServices, poll_until, wait_for_line
 
 
 def applied(url: str) -> dict[str, datetime]:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     config = default_config(quick=False)
     transactions, importance = sample_data(config.data_root, args.rows)
     chunks = (args.rows + 9_999) // 10_000
-    with LocalStack.start(config.work_dir, database="recovery") as stack:
+    with LocalServices.start(config.work_dir, database="recovery") as stack:
         server_url = postgres.with_database(stack.database_url, "postgres")
         phase = Phase("recovery", stack, server_url)
         s3, sqs = stack.clients()

@@ -35,7 +35,7 @@ from bench import measure, plots
 from bench.memory import RssSampler
 from infra.local import postgres
 from infra.local.demo import count_rows, sample_data
-from infra.local.stack import REPO_ROOT, LocalStack, poll_until, stop_process, wait_for_line
+from infra.local.stack import REPO_ROOT, LocalServices, poll_until, stop_process, wait_for_line
 from spark_detector.config import WorkerSettings
 
 FULL_ROWS, FULL_ROWS_PER_CHUNK = 594_643, 10_000
@@ -107,7 +107,7 @@ def detection_counts(url: str) -> dict[str, int]:
 class Phase:
     """One worker run against its own fresh database, with its log and memory samples."""
 
-    def __init__(self, name: str, stack: LocalStack, server_url: str) -> None:
+    def __init__(self, name: str, stack: LocalServices, server_url: str) -> None:
         self.name = name
         self.stack = stack
         self.database_url = postgres.recreate_database(server_url, f"bench_{name}")
@@ -151,7 +151,7 @@ class Phase:
             return measure.batch_lines(log)
 
 
-def run_backlog(stack: LocalStack, server_url: str, config: BenchConfig,
+def run_backlog(stack: LocalServices, server_url: str, config: BenchConfig,
                 transactions: Path, importance: Path) -> tuple[dict, RssSampler, Phase]:
     phase = Phase("backlog", stack, server_url)
     _, sqs = stack.clients()
@@ -178,19 +178,19 @@ def start_mid_stream(database_url: str, chunks_before: int) -> None:
     would take the earlier chunks from S3 first. Settling their numbers as skipped, as an
     operator starting a database mid-stream would, makes the phase measure its own chunks.
     """
-    from spark_detector import db, engine
+    from spark_detector import db, detection_state
 
     conn = db.connect(database_url)
     try:
         db.migrate(conn)
         for seq in range(1, chunks_before + 1):
-            engine.skip_seq(conn, seq, reason="bench: this phase starts mid-stream",
+            detection_state.skip_seq(conn, seq, reason="bench: this phase starts mid-stream",
                             decided_by="bench")
     finally:
         conn.close()
 
 
-def run_nominal(stack: LocalStack, server_url: str, config: BenchConfig,
+def run_nominal(stack: LocalServices, server_url: str, config: BenchConfig,
                 transactions: Path, importance: Path) -> tuple[list, RssSampler, Phase]:
     phase = Phase("nominal", stack, server_url)
     start_mid_stream(phase.database_url, config.chunks)
@@ -225,7 +225,7 @@ def download_chunks(s3, bucket: str, keys: list[str], folder: Path) -> list[Path
 
 def run_baseline_phase(paths: list[Path], importance: Path) -> dict:
     from bench.baseline import run_baseline
-    from spark_detector.engine import Thresholds
+    from spark_detector.detection_state import Thresholds
     from spark_detector.spark_session import build_spark
 
     spark = build_spark(app_name="bench_baseline")
@@ -291,7 +291,7 @@ def run(config: BenchConfig) -> dict:
         "machine": machine(),
         "git": git_commit(),
     }
-    with LocalStack.start(config.work_dir, database="bench") as stack:
+    with LocalServices.start(config.work_dir, database="bench") as stack:
         server_url = postgres.with_database(stack.database_url, "postgres")
         results["versions"] = versions(stack.database_url)
         print(f"[bench] backlog: {config.chunks} chunks queued, then the worker drains them",

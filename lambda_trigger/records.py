@@ -36,7 +36,8 @@ def skip_reason(record: S3EventRecord, settings: TriggerSettings) -> str | None:
     if not key.endswith(settings.chunk_suffix):
         return "not_chunk_suffix"
     # An empty chunk is enqueued like any other: the worker rejects it whole, records it and
-    # quarantines it (SPEC section 3), so it is visible rather than silently skipped here.
+    # quarantines it (docs/detection-semantics.md, "Bad input"), so it is visible rather than
+    # silently skipped here.
     return None
 
 

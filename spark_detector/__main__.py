@@ -111,7 +111,7 @@ def cmd_status(settings: WorkerSettings, args: argparse.Namespace) -> int:
 def cmd_skip_seq(settings: WorkerSettings, args: argparse.Namespace) -> int:
     import getpass
 
-    from spark_detector import engine
+    from spark_detector import detection_state
 
     who = args.by or os.environ.get("USER") or getpass.getuser()
     last = args.through if args.through is not None else args.seq
@@ -129,8 +129,8 @@ def cmd_skip_seq(settings: WorkerSettings, args: argparse.Namespace) -> int:
                       file=sys.stderr)
                 return 2
             try:
-                next_seq = engine.skip_seq(conn, seq, reason=args.reason, decided_by=who)
-            except (engine.SeqAlreadySettled, ValueError) as exc:
+                next_seq = detection_state.skip_seq(conn, seq, reason=args.reason, decided_by=who)
+            except (detection_state.SeqAlreadySettled, ValueError) as exc:
                 print(f"spark_detector: {exc}", file=sys.stderr)
                 return 2
     print(f"skipped {args.seq}" + (f"-{last}" if last != args.seq else "")

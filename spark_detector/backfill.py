@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from chunk_contract.message import ChunkMessage
 from chunk_contract.sqs_batch import enqueue
-from spark_detector import engine
+from spark_detector import detection_state
 from spark_detector.failures import failures_of
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def backfill(conn, s3, sqs, settings) -> list[str]:
     listed = list(list_chunks(s3, settings.bucket, settings.chunk_prefix, settings.chunk_suffix))
     keys = [c.key for c in listed]
     dead = {k for k, f in failures_of(conn, keys).items() if f.dead_lettered_at is not None}
-    done = engine.done_chunk_keys(conn, keys) | dead
+    done = detection_state.done_chunk_keys(conn, keys) | dead
     messages = missing_messages(settings.bucket, listed, done)
     enqueue(sqs, settings.queue_url, messages, fifo=settings.queue_url.endswith(".fifo"))
     logger.info("backfill", extra={"listed": len(listed), "done": len(done),

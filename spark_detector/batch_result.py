@@ -12,8 +12,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
-from spark_detector.aggregates import ChunkAggregates, PairAggregate
 from spark_detector.batch_query import PAIR, REJECTED_ROW
+from spark_detector.chunk_aggregates import ChunkAggregates, PairAggregate
 from spark_detector.chunk_fetch import MISSING, REJECTED
 from spark_detector.parsing import RejectedRow
 
@@ -30,7 +30,8 @@ class BatchResult:
 
     - ``aggregates``: chunks that were read; their ``rows_rejected`` counts ``rejected_rows``;
     - ``rejected_rows``: per read chunk, its rejected rows with reasons (empty tuple if none);
-    - ``rejected_chunks``: chunks rejected whole (SPEC section 3), with the reason;
+    - ``rejected_chunks``: chunks rejected whole ("Bad input" in docs/detection-semantics.md),
+      with the reason;
     - ``missing_chunks``: keys whose object could not be found, with the reason (a failure
       of that chunk, not a bad chunk: it may appear, or the role may be fixed).
     """

@@ -3,8 +3,9 @@
 The chunk keys become a small RDD; each task builds (once per Python worker) a boto3 S3
 client from the ``FetchSpec`` and fetches its chunks itself, so nothing relies on a path only
 the driver has. Per chunk (not per row) it runs ``parsing.prepare_chunk``: decoding, line
-endings and the header, i.e. the whole-chunk rejects of SPEC section 3, with the very same
-reasons as the pure-Python reference. What it emits per chunk is one ``FETCHED_SCHEMA`` row.
+endings and the header, i.e. the whole-chunk rejects of docs/detection-semantics.md ("Bad
+input"), with the very same reasons as the pure-Python reference. What it emits per chunk
+is one ``FETCHED_SCHEMA`` row.
 
 This module, ``parsing`` and ``aggregates`` are what the executors import: they need boto3
 and nothing else of the worker's dependencies (``infra/executor-requirements.txt``).

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from chunk_contract import layout
-from spark_detector.engine import THRESHOLD_ENV, Thresholds, thresholds_from_env
+from spark_detector.detection_state import THRESHOLD_ENV, Thresholds, thresholds_from_env
 
 
 class ConfigError(ValueError):

@@ -1,4 +1,4 @@
-"""Real processing failures of chunks, counted by the system (SPEC section 6a).
+"""Real processing failures of chunks, counted by the system (docs/operations.md).
 
 A redelivery is not a failure: a worker killed mid-batch makes SQS deliver its messages
 again, and that says nothing about the chunks. A failure is an error raised while this

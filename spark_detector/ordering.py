@@ -1,4 +1,4 @@
-"""Production order (SPEC section 4): which chunks may be applied now, as pure functions.
+"""Production order: which chunks may be applied now, as pure functions.
 
 The producer names its chunks ``chunk-<seq>-<time>.csv`` with a gap-free ``seq``. A chunk is
 applied only when every smaller number is settled (applied, rejected whole, dead-lettered or

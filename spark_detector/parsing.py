@@ -1,4 +1,5 @@
-"""SPEC section 3 in plain Python: how a chunk's bytes become valid transactions and rejects.
+"""The input rules of docs/detection-semantics.md in plain Python: how a chunk's bytes become
+valid transactions and rejects.
 
 This module is the reference the Spark job (``spark_detector.spark_job``) must agree with, row
 for row and reason for reason; tests compare the two. The chunk-level steps (decoding, the
@@ -7,7 +8,7 @@ executors, so a chunk is rejected whole for the same reason on both paths. The r
 rules are written twice on purpose - here with ``Decimal``, there with Spark expressions -
 and ``tests/integration/test_spark_job.py`` checks they agree.
 
-Format rules, beyond the SPEC's:
+Format rules, beyond the documented ones:
 - Fields are separated by commas; there is no CSV quoting (BankSim has no embedded commas),
   so a double-quoted value containing a comma shows up as a row with too many fields.
 - Every field is stripped of surrounding spaces and tabs, then of one pair of single quotes.
@@ -25,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 
-from spark_detector.aggregates import (
+from spark_detector.chunk_aggregates import (
     AMOUNT_PLACES,
     WEIGHT_INPUT_PLACES,
     Transaction,
@@ -63,7 +64,7 @@ class InputRejected(ValueError):
 
 
 class ChunkRejected(InputRejected):
-    """A chunk rejected whole (SPEC section 3): empty, not UTF-8, not CSV or a bad header."""
+    """A chunk rejected whole: empty, not UTF-8, not CSV or a bad header."""
 
 
 class ReferenceRejected(InputRejected):
@@ -164,7 +165,7 @@ def _locate(key: str, names: list[str], wanted: tuple[str, ...],
 
 
 def prepare_chunk(key: str, data: bytes) -> PreparedChunk:
-    """The whole-chunk checks of SPEC section 3; raises ``ChunkRejected`` with the reason."""
+    """The whole-chunk checks ("Bad input"); raises ``ChunkRejected`` with the reason."""
     names, body, n_lines = _split_header(decode_text(key, data))
     at = _locate(key, names, CHUNK_COLUMNS, ChunkRejected)
     layout = ChunkLayout(

@@ -12,10 +12,11 @@ The chunk archive in S3 is the source of truth. A replay:
    executors. The result stays one compact Arrow table on the driver, turned into one
    chunk's ``ChunkAggregates`` at a time (``spark_job.assemble_batch``) just before that chunk
    is applied, so the driver holds Python objects for two chunks at most;
-3. applies the chunks one by one, in the planned order, with ``engine.apply_chunk`` into the
-   target database or schema: the engine's own state update, rules at every chunk boundary
-   for the merchants the chunk touched, emit-once and detection numbering. The replay is
-   therefore the live semantics by construction, not a second implementation of them;
+3. applies the chunks one by one, in the planned order, with
+   ``detection_state.apply_chunk`` into the target database or schema: the engine's own
+   state update, rules at every chunk boundary for the merchants the chunk touched,
+   emit-once and detection numbering. The replay is therefore the live semantics by
+   construction, not a second implementation of them;
 4. optionally publishes the detection files under another prefix, and compares the result
    with the live detections (added, removed, fired after another chunk).
 
@@ -47,9 +48,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg2 import sql
 
-from spark_detector import db, engine, outbox
-from spark_detector.aggregates import WeightKey, key_weights
+from spark_detector import db, detection_state, outbox
 from spark_detector.backfill import list_chunks
+from spark_detector.chunk_aggregates import WeightKey, key_weights
 from spark_detector.config import WorkerSettings
 from spark_detector.ordering import chunk_seq
 from spark_detector.parsing import parse_customer_importance
@@ -360,16 +361,18 @@ def settle_like_live(conn: psycopg2.extensions.connection, live: LiveRun, gaps: 
     dead-lettered - and ``gaps``, numbers neither in the archive nor settled live - so that
     the engine's production order lets every planned chunk through, as it did live."""
     for r in live.rejected:
-        engine.record_rejected_chunk(conn, engine.ChunkRef(r.key, r.etag, r.event_time),
-                                     r.reason, r.quarantine_key)
+        detection_state.record_rejected_chunk(
+            conn, detection_state.ChunkRef(r.key, r.etag, r.event_time), r.reason,
+            r.quarantine_key)
     for n in live.settled:
         if n.outcome == "dead_lettered" and n.chunk_key:
-            engine.settle_dead_lettered(conn, engine.ChunkRef(n.chunk_key), n.reason or "")
+            detection_state.settle_dead_lettered(
+                conn, detection_state.ChunkRef(n.chunk_key), n.reason or "")
         else:
-            engine.skip_seq(conn, n.seq, reason=n.reason or "skipped in the live run",
+            detection_state.skip_seq(conn, n.seq, reason=n.reason or "skipped in the live run",
                             decided_by=n.decided_by or "replay")
     for seq in gaps:
-        engine.skip_seq(conn, seq, reason="not in the chunk archive: the replay went on"
+        detection_state.skip_seq(conn, seq, reason="not in the chunk archive: the replay went on"
                         " without it", decided_by="replay")
 
 
@@ -657,7 +660,7 @@ def _read_live(settings: WorkerSettings, options: ReplayOptions) -> tuple[LiveRu
 
 
 def _apply_all(conn, plan: ReplayPlan, archive: ArchiveAggregates, oversized: dict[str, str],
-               thresholds: engine.Thresholds, started_at: datetime, report: ReplayReport,
+               thresholds: detection_state.Thresholds, started_at: datetime, report: ReplayReport,
                clock: _Stopwatch, *, files_prefix: str, spark_ms: int) -> None:
     """Apply the chunks in plan order; chunk n+1 is assembled while chunk n is in PostgreSQL.
 
@@ -679,20 +682,21 @@ def _apply_all(conn, plan: ReplayPlan, archive: ArchiveAggregates, oversized: di
             if i + 1 < len(plan.chunks):
                 upcoming.append(pool.submit(assembled, plan.chunks[i + 1].key))
             upcoming[i] = None  # this chunk's objects go as soon as it is applied
-            ref = engine.ChunkRef(chunk.key, chunk.etag, chunk.event_time)
+            ref = detection_state.ChunkRef(chunk.key, chunk.etag, chunk.event_time)
             if result.missing_chunks:
                 raise ReplayError(f"{chunk.key}: the chunk vanished from the archive during"
                                   " the replay")
             if chunk.key in result.rejected_chunks:
                 # Not for a chunk the live run applied, unless its object or the limits changed.
-                engine.record_rejected_chunk(conn, ref, result.rejected_chunks[chunk.key], "")
+                detection_state.record_rejected_chunk(
+                    conn, ref, result.rejected_chunks[chunk.key], "")
                 logger.warning("chunk rejected whole by the replay", extra={
                     "chunk_key": chunk.key, "reason": result.rejected_chunks[chunk.key]})
                 report.chunks_rejected += 1
                 continue
             aggregates = result.aggregates[chunk.key]
             with clock("apply_chunk"):
-                engine.apply_chunk(conn, ref, aggregates, y_start_time=started_at,
+                detection_state.apply_chunk(conn, ref, aggregates, y_start_time=started_at,
                                    thresholds=thresholds, spark_ms=share,
                                    detections_prefix=files_prefix)
             report.chunks_applied += 1

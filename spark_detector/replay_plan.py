@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 
-from spark_detector.engine import THRESHOLD_ENV, Thresholds, thresholds_from_env
+from spark_detector.detection_state import THRESHOLD_ENV, Thresholds, thresholds_from_env
 from spark_detector.ordering import chunk_seq
 
 RECORDED, KEYS = "recorded", "keys"
@@ -34,7 +34,7 @@ class ReplayRefused(ReplayError):
 
 
 def thresholds_with_rules(base: Thresholds, assignments: Iterable[str]) -> Thresholds:
-    """``base`` with ``NAME=VALUE`` overrides, NAME one of ``engine.THRESHOLD_ENV``'s variables.
+    """``base`` with ``NAME=VALUE`` overrides, NAME a ``detection_state.THRESHOLD_ENV`` variable.
 
     The values are parsed exactly as the worker parses its environment, so a rule given here
     means what the same variable would mean to the live worker.

@@ -24,9 +24,9 @@ from decimal import Decimal
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import DecimalType, StringType, StructField, StructType
 
-from spark_detector.aggregates import WeightKey, key_weights
 from spark_detector.batch_query import OUTPUT_COLUMNS, aggregate_chunks
 from spark_detector.batch_result import BatchResult, assemble_batch
+from spark_detector.chunk_aggregates import WeightKey, key_weights
 from spark_detector.chunk_fetch import (
     FETCHED_SCHEMA,
     OK,

@@ -36,14 +36,9 @@ from datetime import UTC, datetime
 import psycopg2
 
 from chunk_contract.message import ChunkMessage
-from spark_detector import db, engine, failures, outbox
+from spark_detector import db, detection_state, failures, outbox
 from spark_detector.backfill import backfill
-from spark_detector.config import WorkerSettings
-from spark_detector.failpoints import failpoint
-from spark_detector.ordering import OutOfTurn, chunk_seq, consecutive_from, listing_start_after
-from spark_detector.ordering import ready_run as plan_ready_run
-from spark_detector.publish import publish_pending, quarantine_chunk, quarantine_rows
-from spark_detector.queue import (
+from spark_detector.chunk_queue import (
     InFlight,
     Received,
     change_visibility,
@@ -52,6 +47,11 @@ from spark_detector.queue import (
     receive_batch,
     send_to_dead_letter_queue,
 )
+from spark_detector.config import WorkerSettings
+from spark_detector.failpoints import failpoint
+from spark_detector.ordering import OutOfTurn, chunk_seq, consecutive_from, listing_start_after
+from spark_detector.ordering import ready_run as plan_ready_run
+from spark_detector.publish import publish_pending, quarantine_chunk, quarantine_rows
 from spark_detector.retry import backoff_delays, retry
 from spark_detector.spark_job import BatchResult
 
@@ -450,7 +450,7 @@ class Worker:
     def _drop_settled(self, summary: BatchSummary) -> None:
         """Delete the messages of chunks done already, and stale ones of dead-lettered chunks."""
         keys = list(self.chunks)
-        done = self.db(lambda conn: engine.done_chunk_keys(conn, keys))
+        done = self.db(lambda conn: detection_state.done_chunk_keys(conn, keys))
         for key in sorted(done):
             summary.duplicates += 1
             logger.info("chunk already done: its messages are deleted",
@@ -476,9 +476,9 @@ class Worker:
         self._redriven.discard(key)
 
     def _ready(self, summary: BatchSummary) -> list[str]:
-        """The chunks to aggregate now, in apply order (SPEC section 4)."""
+        """The chunks to aggregate now, in apply order (docs/detection-semantics.md)."""
         s = self.settings
-        next_seq = self.db(engine.next_seq)
+        next_seq = self.db(detection_state.next_seq)
         records = self.db(lambda conn: failures.failures_of(conn, list(self.chunks)))
         now = datetime.now(UTC)
         blocked = {k for k, r in records.items() if r.retry_after and r.retry_after > now}
@@ -525,7 +525,7 @@ class Worker:
         return found
 
     def _note_gap(self, next_seq: int, waiting: int, blocked: set[str]) -> None:
-        since = self.db(lambda conn: engine.mark_waiting(conn, next_seq))
+        since = self.db(lambda conn: detection_state.mark_waiting(conn, next_seq))
         waited = (datetime.now(UTC) - since).total_seconds()
         now = self._clock()
         if waited < self.settings.gap_alert_seconds or (
@@ -612,16 +612,16 @@ class Worker:
             return
         self._apply(outcome.key, result, summary)
 
-    def _chunk_ref(self, key: str) -> engine.ChunkRef:
+    def _chunk_ref(self, key: str) -> detection_state.ChunkRef:
         message = self.chunks[key]
-        return engine.ChunkRef(key=key, etag=message.etag,
+        return detection_state.ChunkRef(key=key, etag=message.etag,
                                event_time=parse_event_time(message.event_time))
 
     def _reject_whole(self, key: str, reason: str, summary: BatchSummary) -> None:
         s = self.settings
         chunk = self._chunk_ref(key)
         qkey = quarantine_chunk(self.s3, s.bucket, s.quarantine_prefix, key, reason)
-        self.db(lambda conn: engine.record_rejected_chunk(conn, chunk, reason, qkey))
+        self.db(lambda conn: detection_state.record_rejected_chunk(conn, chunk, reason, qkey))
         logger.warning("chunk rejected whole", extra={
             "chunk_key": key, "reason": reason, "quarantine_key": qkey})
         summary.rejected_chunks += 1
@@ -639,7 +639,7 @@ class Worker:
                 "chunk_key": key, "rows_rejected": len(rejects), "quarantine_key": qkey,
                 "first_reason": f"row {rejects[0].row}: {rejects[0].reason}"})
         with _timed(summary, "apply_ms"):
-            detections = self.db(lambda conn: engine.apply_chunk(
+            detections = self.db(lambda conn: detection_state.apply_chunk(
                 conn, chunk, aggregates, y_start_time=self.y_start_time,
                 thresholds=s.thresholds, spark_ms=summary.spark_ms,
                 detections_prefix=s.detections_prefix))
@@ -695,7 +695,7 @@ class Worker:
                                   attempts=attempts)
         chunk = self._chunk_ref(key)
         self.db(lambda conn: failures.mark_dead_lettered(conn, key))
-        self.db(lambda conn: engine.settle_dead_lettered(conn, chunk, reason))
+        self.db(lambda conn: detection_state.settle_dead_lettered(conn, chunk, reason))
         self._forget(key)
         summary.dead_lettered += 1
         logger.error("chunk moved to the DLQ after repeated failures", extra={

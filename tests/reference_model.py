@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from bench.measure import percentile_cont
-from spark_detector.aggregates import ChunkAggregates, Transaction, build_aggregates
-from spark_detector.engine import Thresholds
+from spark_detector.chunk_aggregates import ChunkAggregates, Transaction, build_aggregates
+from spark_detector.detection_state import Thresholds
 
 ACTION_TYPES = {"PatId1": "UPGRADE", "PatId2": "CHILD", "PatId3": "DEI-NEEDED"}
 

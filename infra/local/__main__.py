@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from infra.local import postgres
-from infra.local.stack import REPO_ROOT, LocalStack, _Handles, launch
+from infra.local.stack import REPO_ROOT, LocalServices, _Handles, launch
 from infra.local.template import spec_from_template
 
 STATE_FILE = "stack.json"
@@ -34,12 +34,12 @@ def alive(pid: int) -> bool:
     return True
 
 
-def exports(stack: LocalStack) -> str:
+def exports(stack: LocalServices) -> str:
     env = stack.env({})
     return "\n".join(f"export {name}={shlex.quote(env[name])}" for name in EXPORTED)
 
 
-def instructions(stack: LocalStack) -> str:
+def instructions(stack: LocalServices) -> str:
     r = stack.resources
     return "\n".join([
         "# the local stack is up; paste these into your shell:",
@@ -57,9 +57,9 @@ def instructions(stack: LocalStack) -> str:
     ])
 
 
-def read_state(work_dir: Path) -> LocalStack | None:
+def read_state(work_dir: Path) -> LocalServices | None:
     path = work_dir / STATE_FILE
-    return LocalStack.from_json(path.read_text()) if path.exists() else None
+    return LocalServices.from_json(path.read_text()) if path.exists() else None
 
 
 def cmd_up(work_dir: Path, port: int) -> int:

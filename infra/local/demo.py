@@ -5,7 +5,7 @@
 
 1. sample data: BankSim-shaped files generated once under ``.local/data`` (full size unless
    ``--rows``), or the files given;
-2. the local stack (``LocalStack``): moto S3/SQS set up as template.yaml does, the Lambda
+2. the local stack (``LocalServices``): moto S3/SQS set up as template.yaml does, the Lambda
    runner with the real trigger handler, PostgreSQL (``DATABASE_URL`` or embedded) with a
    fresh ``txn_demo`` database;
 3. the worker (``python -m spark_detector run --drain``) and, once it is ready, the producer
@@ -29,7 +29,7 @@ import psycopg2
 
 from chunk_contract import layout
 from infra.local import postgres
-from infra.local.stack import REPO_ROOT, LocalStack, stop_process, wait_for_line
+from infra.local.stack import REPO_ROOT, LocalServices, stop_process, wait_for_line
 from infra.local.view import (
     Snapshot,
     Summary,
@@ -39,11 +39,11 @@ from infra.local.view import (
     render,
     render_summary,
 )
-from spark_detector.engine import THRESHOLD_ENV
+from spark_detector.detection_state import THRESHOLD_ENV
 
 FULL_ROWS = 594_643
 DEMO_DATABASE = "txn_demo"
-RULES = tuple(THRESHOLD_ENV)  # the engine.Thresholds fields
+RULES = tuple(THRESHOLD_ENV)  # the detection_state.Thresholds fields
 CLEAR = "\x1b[H\x1b[2J"
 
 
@@ -156,7 +156,7 @@ def run_demo(args: argparse.Namespace, transactions: Path, importance: Path,
         interrupted = True
 
     print("starting the local stack (moto, Lambda runner, PostgreSQL) ...", flush=True)
-    with LocalStack.start(args.work_dir, database=DEMO_DATABASE) as stack:
+    with LocalServices.start(args.work_dir, database=DEMO_DATABASE) as stack:
         logs = stack.logs
         s3, sqs = stack.clients()
         # The producer uploads the weights too (and skips them when identical); staging them

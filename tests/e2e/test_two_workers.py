@@ -4,7 +4,7 @@ Given 30 chunks queued once both workers are ready - one started as ``python -m
 spark_detector run``, the other by ``spark-submit --py-files`` through
 ``infra/spark_submit_main.py``, each on ``local[1]`` - when both have drained the queue, then
 every chunk was applied exactly once, each worker applied some of them, and the detections
-equal the reference model's over the recorded apply order (SPEC section 8: some sequential
+equal the reference model's over the recorded apply order (docs/scaling.md: some sequential
 apply order).
 """
 

@@ -11,8 +11,8 @@ import psycopg2.extensions
 import pytest
 
 from spark_detector import db
-from spark_detector.aggregates import ChunkAggregates
-from spark_detector.engine import (
+from spark_detector.chunk_aggregates import ChunkAggregates
+from spark_detector.detection_state import (
     ChunkRef,
     InvalidAggregates,
     Thresholds,

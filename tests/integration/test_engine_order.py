@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import psycopg2.extensions
 import pytest
 
-from spark_detector import db, engine
-from spark_detector.engine import ChunkRef, OutOfTurn, apply_chunk, next_seq
+from spark_detector import db, detection_state
+from spark_detector.detection_state import ChunkRef, OutOfTurn, apply_chunk, next_seq
 from tests.reference_model import chunk_from_rows
 
 Y_START = datetime(2026, 11, 27, 4, 0, tzinfo=UTC)
@@ -44,7 +44,7 @@ def marks(conn) -> list[tuple]:
 def test_a_chunk_waits_for_its_predecessor_and_nothing_changes_meanwhile(conn):
     with pytest.raises(OutOfTurn, match="chunk 2 must wait for chunk 1"):
         apply(conn, key(2))
-    assert engine.chunk_status(conn, key(2)) is None
+    assert detection_state.chunk_status(conn, key(2)) is None
     apply(conn, key(1))
     apply(conn, key(2))
     assert next_seq(conn) == 3
@@ -52,7 +52,7 @@ def test_a_chunk_waits_for_its_predecessor_and_nothing_changes_meanwhile(conn):
 
 
 def test_a_chunk_rejected_early_is_stepped_over_when_its_turn_comes(conn):
-    assert engine.record_rejected_chunk(conn, ChunkRef(key(2)), "no header", "q/2")
+    assert detection_state.record_rejected_chunk(conn, ChunkRef(key(2)), "no header", "q/2")
     assert next_seq(conn) == 1  # rejecting early changes no state, so it need not wait
     apply(conn, key(1))
     assert next_seq(conn) == 3
@@ -61,17 +61,17 @@ def test_a_chunk_rejected_early_is_stepped_over_when_its_turn_comes(conn):
 
 def test_skip_seq_records_who_and_why_and_moves_the_stream_on(conn):
     apply(conn, key(1))
-    assert engine.skip_seq(conn, 2, reason="lost upstream", decided_by="ops") == 3
+    assert detection_state.skip_seq(conn, 2, reason="lost upstream", decided_by="ops") == 3
     apply(conn, key(3))
     assert marks(conn)[1] == (2, "skipped", None, "lost upstream", "ops")
-    with pytest.raises(engine.SeqAlreadySettled, match="already applied"):
-        engine.skip_seq(conn, 3, reason="x", decided_by="ops")
+    with pytest.raises(detection_state.SeqAlreadySettled, match="already applied"):
+        detection_state.skip_seq(conn, 3, reason="x", decided_by="ops")
     with pytest.raises(ValueError, match="reason"):
-        engine.skip_seq(conn, 9, reason=" ", decided_by="ops")
+        detection_state.skip_seq(conn, 9, reason=" ", decided_by="ops")
 
 
 def test_a_number_skipped_ahead_is_stepped_over_later(conn):
-    assert engine.skip_seq(conn, 3, reason="never produced", decided_by="ops") == 1
+    assert detection_state.skip_seq(conn, 3, reason="never produced", decided_by="ops") == 1
     apply(conn, key(1))
     apply(conn, key(2))
     assert next_seq(conn) == 4
@@ -79,7 +79,7 @@ def test_a_number_skipped_ahead_is_stepped_over_later(conn):
 
 def test_a_dead_lettered_chunk_redriven_later_is_applied_late(conn):
     apply(conn, key(1))
-    engine.settle_dead_lettered(conn, ChunkRef(key(2)), "kept failing")
+    detection_state.settle_dead_lettered(conn, ChunkRef(key(2)), "kept failing")
     apply(conn, key(3))
     apply(conn, key(2))  # redriven from the DLQ by an operator: applied where it arrives
     with conn.cursor() as cur:

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from spark_detector import db
-from spark_detector.aggregates import ChunkAggregates
-from spark_detector.engine import ChunkRef, Thresholds, apply_chunk
+from spark_detector.chunk_aggregates import ChunkAggregates
+from spark_detector.detection_state import ChunkRef, Thresholds, apply_chunk
 from tests.reference_model import ReferenceEngine, chunk_from_rows
 
 Y_START = datetime(2026, 1, 1, tzinfo=UTC)

@@ -10,7 +10,7 @@ import psycopg2
 import pytest
 
 from infra.local import postgres
-from infra.local.stack import LocalStack, poll_until
+from infra.local.stack import LocalServices, poll_until
 
 
 def poll(condition, timeout: float = 30.0, every: float = 0.05):
@@ -26,7 +26,7 @@ def test_a_chunk_put_reaches_the_handler_through_s3_notification_and_runner(
     tmp_path: Path, database_url: str
 ):
     record_path = tmp_path / "invocations.jsonl"
-    with LocalStack.start(tmp_path / "stack", database_url=database_url,
+    with LocalServices.start(tmp_path / "stack", database_url=database_url,
                           handler="tests.integration.local_handlers.recording_handler",
                           runner_env={"RECORD_PATH": str(record_path)}) as stack:
         s3, _ = stack.clients()
@@ -47,7 +47,7 @@ def test_a_chunk_put_reaches_the_handler_through_s3_notification_and_runner(
 
 def test_failed_invocations_land_in_the_on_failure_queue(tmp_path: Path, database_url: str):
     record_path = tmp_path / "invocations.jsonl"
-    with LocalStack.start(tmp_path / "stack", database_url=database_url,
+    with LocalServices.start(tmp_path / "stack", database_url=database_url,
                           handler="tests.integration.local_handlers.failing_handler",
                           runner_env={"RECORD_PATH": str(record_path),
                                       "LAMBDA_RETRY_DELAYS": "0,0",
@@ -91,7 +91,7 @@ def test_the_real_trigger_handler_turns_a_chunk_into_a_chunk_message(
 ):
     from chunk_contract.message import ChunkMessage
 
-    with LocalStack.start(tmp_path / "stack", database_url=database_url) as stack:
+    with LocalServices.start(tmp_path / "stack", database_url=database_url) as stack:
         s3, sqs = stack.clients()
         key = "stream_chunks/chunk-00000001-20261127T040102.100Z.csv"
         put = s3.put_object(Bucket=stack.bucket, Key=key, Body=b"step,customer\n1,'C1'\n")

@@ -9,7 +9,7 @@ import psycopg2.extensions
 import pytest
 
 from spark_detector import db
-from spark_detector.engine import ChunkRef, Detection, Thresholds, apply_chunk
+from spark_detector.detection_state import ChunkRef, Detection, Thresholds, apply_chunk
 from spark_detector.outbox import (
     UnknownOutboxFile,
     close_partial_file,

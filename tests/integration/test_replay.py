@@ -24,7 +24,7 @@ from infra.local import postgres
 from producer.generate import generate
 from spark_detector import db
 from spark_detector.config import WorkerSettings
-from spark_detector.engine import Thresholds
+from spark_detector.detection_state import Thresholds
 from spark_detector.replay import ReplayOptions, run_replay
 from spark_detector.replay_plan import ADDED, MOVED, REMOVED, ReplayRefused
 from spark_detector.spark_job import FetchSpec, load_weights

@@ -13,8 +13,8 @@ from decimal import Decimal
 import boto3
 import pytest
 
-from spark_detector.aggregates import build_aggregates, key_weights
 from spark_detector.batch_result import BatchResult
+from spark_detector.chunk_aggregates import build_aggregates, key_weights
 from spark_detector.chunk_fetch import FetchSpec, fetch_chunk
 from spark_detector.parsing import (
     ChunkRejected,

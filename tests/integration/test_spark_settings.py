@@ -80,5 +80,5 @@ def test_the_shipped_zip_holds_the_package_sources_only(tmp_path):
 
     names = zipfile.ZipFile(archive).namelist()
     assert {"spark_detector/__init__.py", "spark_detector/spark_job.py",
-            "spark_detector/parsing.py", "spark_detector/aggregates.py"} <= set(names)
+            "spark_detector/parsing.py", "spark_detector/chunk_aggregates.py"} <= set(names)
     assert all(name.startswith("spark_detector/") and name.endswith(".py") for name in names)

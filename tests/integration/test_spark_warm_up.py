@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from spark_detector.aggregates import build_aggregates, key_weights
+from spark_detector.chunk_aggregates import build_aggregates, key_weights
 from spark_detector.parsing import parse_chunk
 from spark_detector.spark_job import FetchSpec, load_weights, warm_up, warm_up_body
 

@@ -1,4 +1,4 @@
-"""Failure isolation in the real worker process (SPEC section 6a): a fault is injected into
+"""Failure isolation in the real worker process (docs/operations.md): a fault is injected into
 the running process (a failpoint, a stopped PostgreSQL, a killed JVM, a huge chunk) and the
 result is compared with the reference model."""
 

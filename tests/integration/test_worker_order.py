@@ -1,5 +1,5 @@
-"""Production order in the worker's loop (SPEC section 4), in-process: moto server, real
-PostgreSQL, the session's SparkSession. The detections, and the chunk after which each
+"""Production order in the worker's loop (docs/detection-semantics.md), in-process: moto
+server, real PostgreSQL, the session's SparkSession. The detections, and the chunk after which each
 fired, must depend only on the data and the producer's sequence order."""
 
 from __future__ import annotations

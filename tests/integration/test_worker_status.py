@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import boto3
 
-from spark_detector import db, engine
+from spark_detector import db, detection_state
 from spark_detector.config import WorkerSettings
 from spark_detector.status import collect_status, format_status
 from tests.reference_model import chunk_from_rows
@@ -28,14 +28,15 @@ def test_status_reports_queues_chunks_rows_detections_and_the_outbox(
     settings = WorkerSettings(bucket="b", queue_url=queue, database_url=migrated_database_url)
 
     conn = db.connect(migrated_database_url)
-    thresholds = engine.Thresholds(child_min_count=1, child_max_avg_amount=Decimal(23))
+    thresholds = detection_state.Thresholds(child_min_count=1, child_max_avg_amount=Decimal(23))
     started = datetime.now(UTC)
-    engine.apply_chunk(conn, engine.ChunkRef("stream_chunks/c1.csv"),
+    detection_state.apply_chunk(conn, detection_state.ChunkRef("stream_chunks/c1.csv"),
                        chunk_from_rows("stream_chunks/c1.csv", [("C1", "M1", "5", "F")],
                                        rows_rejected=2),
                        y_start_time=started, thresholds=thresholds)
-    engine.record_rejected_chunk(conn, engine.ChunkRef("stream_chunks/bad.csv"), "empty",
-                                 "quarantine/chunks/bad.csv")
+    detection_state.record_rejected_chunk(
+        conn, detection_state.ChunkRef("stream_chunks/bad.csv"), "empty",
+        "quarantine/chunks/bad.csv")
 
     status = collect_status(conn, sqs, settings, now=datetime.now(UTC) + timedelta(seconds=5))
     conn.close()

@@ -21,7 +21,7 @@ import psycopg2
 
 from chunk_contract.layout import CHUNK_PREFIX, chunk_key
 from chunk_contract.message import ChunkMessage
-from spark_detector.engine import Thresholds
+from spark_detector.detection_state import Thresholds
 from tests.reference_model import ReferenceEngine, read_chunk, read_weights
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@ from decimal import Decimal
 
 import pytest
 
-from spark_detector.aggregates import Transaction
+from spark_detector.chunk_aggregates import Transaction
 from spark_detector.parsing import (
     ChunkRejected,
     ReferenceRejected,

@@ -2,7 +2,7 @@
 
 from decimal import Decimal
 
-from spark_detector.engine import Thresholds
+from spark_detector.detection_state import Thresholds
 from tests.reference_model import (
     ReferenceEngine,
     ReferenceRow,

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from spark_detector.engine import Thresholds
+from spark_detector.detection_state import Thresholds
 from spark_detector.replay_plan import (
     ADDED,
     COMPARE_COLUMNS,

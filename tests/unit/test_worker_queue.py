@@ -4,7 +4,7 @@ import boto3
 import pytest
 
 from chunk_contract.message import ChunkMessage
-from spark_detector.queue import (
+from spark_detector.chunk_queue import (
     Received,
     change_visibility,
     delete_messages,

@@ -44,7 +44,7 @@ class BatchPlan:
 
     @property
     def keys(self) -> list[str]:
-        """Chunk keys in ascending order: the order a micro-batch applies them (SPEC 4)."""
+        """Chunk keys in ascending order (production order for numbered chunks)."""
         return sorted(self.chunks)
 
 

@@ -1,6 +1,11 @@
 from decimal import Decimal
 
-from spark_detector.aggregates import PairAggregate, Transaction, build_aggregates, key_weights
+from spark_detector.chunk_aggregates import (
+    PairAggregate,
+    Transaction,
+    build_aggregates,
+    key_weights,
+)
 
 
 def txn(row: int, customer: str, merchant: str, amount: str, gender: str = "F",

@@ -1,4 +1,5 @@
-"""The detection engine: cumulative state, the three rules and emit-once, in PostgreSQL (SPEC 4).
+"""The detection engine: cumulative state, the three rules, emit-once and production order, in
+PostgreSQL (docs/detection-semantics.md).
 
 ``apply_chunk`` adds one chunk's aggregates to the state and evaluates the rules for the
 merchants the chunk touched, all in one transaction that starts by taking a transaction-level
@@ -32,7 +33,7 @@ from decimal import Decimal
 import psycopg2.extensions
 
 from chunk_contract.layout import DETECTIONS_PREFIX
-from spark_detector.aggregates import ChunkAggregates
+from spark_detector.chunk_aggregates import ChunkAggregates
 from spark_detector.db import ENGINE_LOCK, LOCK_NAMESPACE, transaction
 from spark_detector.detection import DETECTION_COLUMNS, Detection, detection_from_row
 from spark_detector.failpoints import failpoint
@@ -57,7 +58,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The rules' constants (SPEC section 4 defaults); tests use small ones."""
+    """The rules' constants (the documented defaults); tests use small ones."""
 
     upgrade_min_total: int = 50_000  # PatId1: total(m) > this
     upgrade_count_percentile: float = 0.90  # PatId1: txn_count >= this percentile
@@ -180,10 +181,10 @@ ON CONFLICT (merchant) DO UPDATE SET
 """
 
 # The rules on the state after this chunk, for all customers of the merchants it touched, as
-# SPEC section 4 says. (With fixed thresholds only the chunk's own pairs could newly satisfy
-# PatId2, but scanning the touched merchants' pairs costs the same one pass over pair_state and
-# stays right when thresholds are changed between runs.) Keys that fired before are skipped
-# before numbering, which keeps seq gap-free; ON CONFLICT stays as the guard of emit-once.
+# docs/detection-semantics.md says. (With fixed thresholds only the chunk's own pairs could
+# newly satisfy PatId2, but scanning the touched merchants' pairs costs the same one pass over
+# pair_state and stays right when thresholds are changed between runs.) Keys that fired before are
+# skipped before numbering, which keeps seq gap-free; ON CONFLICT stays as the guard of emit-once.
 # Text ordering uses the "C" collation: bytewise, the same as Python's.
 _EVALUATE_SQL = f"""
 WITH touched AS (
@@ -440,7 +441,7 @@ def record_rejected_chunk(
     return recorded
 
 
-# --- production order (SPEC section 4) -------------------------------------------------------
+# --- production order (docs/detection-semantics.md) ------------------------------------------
 
 # Record a settled sequence number; when it is the one the stream waits for, move next_seq past
 # it and past every later number already settled (chunks rejected early, numbers skipped ahead).

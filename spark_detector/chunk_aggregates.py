@@ -5,7 +5,7 @@ exactly the same ``ChunkAggregates`` for the same chunk; tests compare them. Eve
 is exact: amounts and weights are ``Decimal``, never float, so the state and therefore the
 detections do not depend on how Spark partitions or orders a sum.
 
-Semantics (SPEC section 4):
+Semantics (docs/detection-semantics.md):
 - one ``PairAggregate`` per (merchant, customer) seen in the chunk's valid rows;
 - ``amount_sum`` is the exact sum of amounts (scale 2);
 - a transaction is *weighted* when its (customer, merchant, category) key has a weight in
