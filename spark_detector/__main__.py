@@ -149,7 +149,8 @@ def cmd_migrate(settings: WorkerSettings, _args: argparse.Namespace) -> int:
 def cmd_replay(settings: WorkerSettings, args: argparse.Namespace) -> int:
     from spark_detector.replay import ReplayOptions, run_replay, submit_args_for_local_driver
     from spark_detector.replay_plan import ReplayError, ReplayRefused
-    from spark_detector.spark_job import FetchSpec, build_spark
+    from spark_detector.spark_job import FetchSpec
+    from spark_detector.spark_session import build_spark
 
     options = ReplayOptions(into=args.into, replace=args.replace, order=args.order,
                             rules=tuple(args.rule), importance=args.importance,

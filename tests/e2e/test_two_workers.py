@@ -3,9 +3,8 @@
 Given 30 chunks queued once both workers are ready - one started as ``python -m
 spark_detector run``, the other by ``spark-submit --py-files`` through
 ``infra/spark_submit_main.py``, each on ``local[1]`` - when both have drained the queue, then
-every chunk was applied exactly once, each worker applied some of them, and the detections
-equal the reference model's over the recorded apply order (docs/scaling.md: some sequential
-apply order).
+every chunk was applied exactly once, in production order, and the detections equal the
+reference model's over that order (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -56,8 +55,11 @@ def stop_spark_submit(process: subprocess.Popen) -> int:
     Signalling spark-submit's JVM instead would leave the Python driver without its gateway.
     """
     for child in psutil.Process(process.pid).children(recursive=True):
-        if "spark_submit_main.py" in " ".join(child.cmdline()):
-            child.send_signal(signal.SIGTERM)
+        try:
+            if "spark_submit_main.py" in " ".join(child.cmdline()):
+                child.send_signal(signal.SIGTERM)
+        except psutil.Error:  # a child that has just exited (or is a zombie)
+            continue
     return process.wait(timeout=120)
 
 
@@ -99,12 +101,13 @@ def test_two_workers_on_one_queue_apply_each_chunk_once_as_one_worker_would(
     # Then the spark-submit worker's driver ran the --py-files code, which Spark shipped
     assert said(submit_log, "code shipped by spark-submit --py-files")
     assert said(module_log, "code shipped with addPyFile")
-    # And each chunk was applied once, by one worker or the other, both doing some
+    # And each chunk was applied once, by one worker or the other, in production order
+    # (which worker applies which is a race: whoever holds the next chunk in sequence)
     mine, theirs = applied_by(module_log), applied_by(submit_log)
-    assert mine and theirs
+    print(f"chunks applied: {len(mine)} by python -m, {len(theirs)} by spark-submit")
     assert sorted(mine + theirs) == sorted(chunks)
     order = applied_order(migrated_database_url)
-    assert sorted(order) == sorted(chunks)
+    assert order == sorted(chunks)
     # And the detections are one sequential apply's: the reference model's over that order
     expected = expected_detections(chunks, importance, order)
     assert expected and committed_detections(migrated_database_url) == expected
