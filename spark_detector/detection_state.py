@@ -51,6 +51,7 @@ __all__ = [
     "done_chunk_keys",
     "record_rejected_chunk",
     "thresholds_from_env",
+    "try_apply_chunk",
 ]
 
 log = logging.getLogger(__name__)
@@ -297,9 +298,33 @@ def apply_chunk(
     spark_ms: int | None = None,
     detections_prefix: str = DETECTIONS_PREFIX,
 ) -> list[Detection]:
+    """``try_apply_chunk``, with [] for a chunk already applied or rejected."""
+    return try_apply_chunk(conn, chunk, aggregates, y_start_time=y_start_time,
+                           thresholds=thresholds, spark_ms=spark_ms,
+                           detections_prefix=detections_prefix) or []
+
+
+def _is_done(cur: psycopg2.extensions.cursor, key: str) -> bool:
+    cur.execute("SELECT 1 FROM processed_chunks WHERE chunk_key = %(key)s"
+                " UNION ALL SELECT 1 FROM rejected_chunks WHERE chunk_key = %(key)s",
+                {"key": key})
+    return cur.fetchone() is not None
+
+
+def try_apply_chunk(
+    conn: psycopg2.extensions.connection,
+    chunk: ChunkRef,
+    aggregates: ChunkAggregates,
+    *,
+    y_start_time: datetime,
+    thresholds: Thresholds = Thresholds(),  # frozen: a shared default is safe
+    spark_ms: int | None = None,
+    detections_prefix: str = DETECTIONS_PREFIX,
+) -> list[Detection] | None:
     """Apply one chunk and return the detections it fired, in seq order; commits.
 
-    A chunk already applied or rejected returns [] and changes nothing. A sequenced chunk
+    A chunk already applied or rejected (by another worker, say) returns None and changes
+    nothing. A sequenced chunk
     whose predecessor is not settled yet raises ``OutOfTurn`` and changes nothing. A
     sequenced chunk whose number was settled without it (skipped or dead-lettered, then
     redriven) is applied late, where it arrives. ``detections_prefix`` names the S3 keys
@@ -311,6 +336,9 @@ def apply_chunk(
     _validate(chunk, aggregates)
     with transaction(conn), conn.cursor() as cur:
         _lock(cur)
+        if _is_done(cur, chunk.key):
+            log.info("chunk already done", extra={"chunk_key": chunk.key})
+            return None
         turn = _check_turn(cur, chunk)
         cur.execute(
             _CLAIM_SQL,
@@ -326,9 +354,8 @@ def apply_chunk(
             },
         )
         claimed = cur.fetchone()
-        if claimed is None:
-            log.info("chunk already done", extra={"chunk_key": chunk.key})
-            return []
+        if claimed is None:  # unreachable under the lock; kept as the guard of exactly-once
+            return None
         apply_order = claimed[0]
         if turn is not Turn.UNSEQUENCED:
             _settle(cur, chunk.seq, "applied", chunk.key)

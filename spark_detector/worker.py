@@ -639,13 +639,16 @@ class Worker:
                 "chunk_key": key, "rows_rejected": len(rejects), "quarantine_key": qkey,
                 "first_reason": f"row {rejects[0].row}: {rejects[0].reason}"})
         with _timed(summary, "apply_ms"):
-            detections = self.db(lambda conn: detection_state.apply_chunk(
+            detections = self.db(lambda conn: detection_state.try_apply_chunk(
                 conn, chunk, aggregates, y_start_time=self.y_start_time,
                 thresholds=s.thresholds, spark_ms=summary.spark_ms,
                 detections_prefix=s.detections_prefix))
         failpoint("after_commit")
         with _timed(summary, "delete_ms"):
             self._forget(key)
+        if detections is None:  # another worker applied it meanwhile: nothing done here
+            summary.duplicates += 1
+            return
         summary.chunks += 1
         summary.keys.append(key)
         summary.rows_good += aggregates.rows_good
