@@ -17,6 +17,7 @@ Writes ``results.json`` and the plots under ``bench/results/<UTC timestamp>/`` a
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -181,6 +182,8 @@ def start_mid_stream(database_url: str, chunks_before: int) -> None:
     from spark_detector import db, detection_state
 
     conn = db.connect(database_url)
+    # one "skipped" warning per number would bury the bench's own progress lines
+    logging.getLogger(detection_state.__name__).setLevel(logging.ERROR)
     try:
         db.migrate(conn)
         for seq in range(1, chunks_before + 1):
