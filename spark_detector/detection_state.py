@@ -503,9 +503,10 @@ def _next_seq(cur: psycopg2.extensions.cursor) -> int:
 
 
 def _check_turn(cur: psycopg2.extensions.cursor, chunk: ChunkRef) -> Turn:
-    turn = turn_of(chunk.seq, _next_seq(cur))
+    waiting_for = _next_seq(cur)
+    turn = turn_of(chunk.seq, waiting_for)
     if turn is Turn.EARLY:
-        raise OutOfTurn(chunk.key, chunk.seq, _next_seq(cur))
+        raise OutOfTurn(chunk.key, chunk.seq, waiting_for)
     if turn is Turn.LATE:
         log.warning("chunk applied after its successors: its number was settled without it",
                     extra={"chunk_key": chunk.key, "seq": chunk.seq})
@@ -525,11 +526,7 @@ def settle_dead_lettered(conn: psycopg2.extensions.connection, chunk: ChunkRef,
         return
     with transaction(conn), conn.cursor() as cur:
         _lock(cur)
-        cur.execute("""
-            SELECT 1 FROM processed_chunks WHERE chunk_key = %(key)s
-            UNION ALL SELECT 1 FROM rejected_chunks WHERE chunk_key = %(key)s""",
-                    {"key": chunk.key})
-        if cur.fetchone() is None:
+        if not _is_done(cur, chunk.key):
             _settle(cur, chunk.seq, "dead_lettered", chunk.key, reason)
 
 

@@ -417,8 +417,8 @@ class Worker:
         summary = BatchSummary(received_at=datetime.now(UTC).isoformat(timespec="milliseconds"))
         self._take(received, summary)
         with _timed(summary, "dedup_ms"):
-            self._drop_settled(summary)
-        ready = self._ready(summary)
+            records = self._drop_settled(summary)
+        ready = self._ready(summary, records)
         if ready:
             self._process(ready, summary)
         with _timed(summary, "publish_ms"):
@@ -447,8 +447,9 @@ class Worker:
             if any(m.dead_letter_reason for m in messages):
                 self._redriven.add(key)
 
-    def _drop_settled(self, summary: BatchSummary) -> None:
-        """Delete the messages of chunks done already, and stale ones of dead-lettered chunks."""
+    def _drop_settled(self, summary: BatchSummary) -> dict[str, failures.ChunkFailure]:
+        """Delete the messages of chunks done already, and stale ones of dead-lettered chunks;
+        the failure records of the chunks still in hand."""
         keys = list(self.chunks)
         done = self.db(lambda conn: detection_state.done_chunk_keys(conn, keys))
         for key in sorted(done):
@@ -469,17 +470,19 @@ class Worker:
                 logger.info("stale message of a dead-lettered chunk deleted",
                             extra={"chunk_key": key})
                 self._forget(key)
+        return {k: r for k, r in failed.items() if r.dead_lettered_at is None}
 
     def _forget(self, key: str) -> None:
         self.inflight.delete(key)
         self.chunks.pop(key, None)
         self._redriven.discard(key)
 
-    def _ready(self, summary: BatchSummary) -> list[str]:
-        """The chunks to aggregate now, in apply order (docs/detection-semantics.md)."""
+    def _ready(self, summary: BatchSummary,
+               records: dict[str, failures.ChunkFailure]) -> list[str]:
+        """The chunks to aggregate now, in apply order (docs/detection-semantics.md);
+        ``records``: the failure records of the chunks in hand."""
         s = self.settings
         next_seq = self.db(detection_state.next_seq)
-        records = self.db(lambda conn: failures.failures_of(conn, list(self.chunks)))
         now = datetime.now(UTC)
         blocked = {k for k, r in records.items() if r.retry_after and r.retry_after > now}
         held = {key: chunk_seq(key) for key in self.chunks}
