@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from bench import measure
-from bench.run import BenchConfig, BenchError, Phase, poll, queue_visible, read_chunks
+from bench.run import BenchConfig, Phase, read_chunks
 from infra.local import postgres
 from infra.local.demo import sample_data
 from infra.local.spark_cluster import EXECUTOR_REQUIREMENTS, create_venv, standalone_cluster
@@ -51,13 +51,8 @@ def drain(stack: LocalServices, server_url: str, config: BenchConfig, name: str,
     phase = Phase(name, stack, server_url)
     phase.env.update(env)
     phase.env.pop("PYSPARK_PYTHON", None)  # the executors' Python is spark-defaults' choice
-    _, sqs = stack.clients()
     load_before = os.getloadavg()
-    producer = phase.producer(transactions, importance, config, interval=0, from_start=False)
-    if producer.wait(timeout=600) != 0:
-        raise BenchError(f"{name}: the producer failed; see {phase.producer_log}")
-    poll(lambda: queue_visible(sqs, stack.resources.queue_url) >= config.chunks, 180,
-         f"{name}: {config.chunks} chunk messages queued")
+    phase.queue_backlog(transactions, importance, config)
     started = time.monotonic()
     phase.start_worker()
     try:

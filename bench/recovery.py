@@ -20,20 +20,15 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import psycopg2
-
-from bench.run import Phase, applied_count, default_config, queue_visible
+from bench.run import Phase, applied_count, default_config, queue_visible, read_chunks
 from infra.local import postgres
 from infra.local.demo import sample_data
 from infra.local.stack import LocalServices, poll_until, wait_for_line
 
 
 def applied(url: str) -> dict[str, datetime]:
-    with psycopg2.connect(url) as conn, conn.cursor() as cur:
-        cur.execute("SELECT chunk_key, applied_at FROM processed_chunks ORDER BY apply_order")
-        rows = dict(cur.fetchall())
-    conn.close()
-    return rows
+    """Applied chunk -> when, in apply order."""
+    return {row.chunk_key: row.applied_at for row in read_chunks(url)}
 
 
 def chunk_keys(s3, bucket: str) -> list[str]:

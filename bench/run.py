@@ -129,6 +129,15 @@ class Phase:
             return subprocess.Popen(args, cwd=REPO_ROOT, env=self.env, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
 
+    def queue_backlog(self, transactions: Path, importance: Path, config: BenchConfig) -> None:
+        """The whole data set streamed at once, with no worker running, every message queued."""
+        _, sqs = self.stack.clients()
+        producer = self.producer(transactions, importance, config, interval=0, from_start=False)
+        if producer.wait(timeout=600) != 0:
+            raise BenchError(f"{self.name}: the producer failed; see {self.producer_log}")
+        poll(lambda: queue_visible(sqs, self.stack.resources.queue_url) >= config.chunks, 180,
+             f"{self.name}: {config.chunks} chunk messages queued")
+
     def start_worker(self, append: bool = False) -> subprocess.Popen:
         with self.worker_log.open("ab" if append else "wb") as log:
             self.worker = subprocess.Popen(
@@ -155,12 +164,7 @@ class Phase:
 def run_backlog(stack: LocalServices, server_url: str, config: BenchConfig,
                 transactions: Path, importance: Path) -> tuple[dict, RssSampler, Phase]:
     phase = Phase("backlog", stack, server_url)
-    _, sqs = stack.clients()
-    producer = phase.producer(transactions, importance, config, interval=0, from_start=False)
-    if producer.wait(timeout=600) != 0:
-        raise BenchError(f"backlog: the producer failed; see {phase.producer_log}")
-    poll(lambda: queue_visible(sqs, stack.resources.queue_url) >= config.chunks, 180,
-         f"backlog: {config.chunks} chunk messages queued")
+    phase.queue_backlog(transactions, importance, config)
     worker = phase.start_worker()
     try:
         with RssSampler(worker.pid, label="backlog") as memory:
