@@ -21,7 +21,8 @@ from pathlib import Path
 import boto3
 from moto.server import ThreadedMotoServer
 
-from spark_detector.spark_job import FetchSpec, aggregate_batch, load_weights
+from spark_detector.reference_weights import compute_weights
+from spark_detector.spark_job import FetchSpec, aggregate_batch
 from spark_detector.spark_session import build_spark
 
 HEADER = "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud"
@@ -73,9 +74,9 @@ def main() -> None:
     try:
         started = time.perf_counter()
         importance = args.importance.read_bytes() if args.importance else None
-        weights = load_weights(spark, importance or customer_importance(chunk))
+        weights, _ = compute_weights(importance or customer_importance(chunk), "importance")
         elapsed = time.perf_counter() - started
-        print(json.dumps({"case": "load_weights", "keys": weights.count(),
+        print(json.dumps({"case": "compute_weights", "keys": len(weights),
                           "ms": round(1000 * elapsed)}))
         for _ in range(5):  # warm-up, as in a running worker: JVM JIT, Python workers, S3 client
             aggregate_batch(spark, spec, keys[:1], weights)

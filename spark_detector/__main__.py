@@ -33,11 +33,8 @@ def aws_clients() -> tuple[object, object]:
 
 def cmd_run(settings: WorkerSettings, args: argparse.Namespace) -> int:
     from spark_detector import db
-    from spark_detector.spark_runtime import (
-        ReferenceRejected,
-        ReferenceUnavailable,
-        SparkAggregator,
-    )
+    from spark_detector.reference_weights import ReferenceRejected, ReferenceUnavailable
+    from spark_detector.spark_runtime import SparkAggregator
     from spark_detector.worker import Worker, logger
 
     if args.flush_partial_after is not None:
@@ -56,7 +53,8 @@ def cmd_run(settings: WorkerSettings, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     s3, sqs = aws_clients()
     try:
-        aggregator = SparkAggregator.start(settings, s3, stop_event)
+        aggregator = SparkAggregator.start(
+            settings, s3, lambda: db.connect(settings.database_url), stop_event)
     except ReferenceUnavailable:
         return 0  # asked to stop while waiting: nothing was started, nothing to clean up
     except ReferenceRejected as exc:

@@ -1,7 +1,8 @@
 """The batch query's result, back on the driver, as one ``ChunkAggregates`` per chunk.
 
-``assemble_batch`` merges the query's rows per (chunk, merchant, customer), sorts each
-chunk's rejected rows, and checks that every data line of every chunk is accounted for.
+``assemble_batch`` weighs the query's rows with the key weights, merges them per (chunk,
+merchant, customer), sorts each chunk's rejected rows, and checks that every data line of
+every chunk is accounted for.
 """
 
 from __future__ import annotations
@@ -10,14 +11,17 @@ import contextlib
 import gc
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Context, Decimal
 
 from spark_detector.batch_query import PAIR, REJECTED_ROW
-from spark_detector.chunk_aggregates import ChunkAggregates, PairAggregate
+from spark_detector.chunk_aggregates import ChunkAggregates, PairAggregate, WeightKey
 from spark_detector.chunk_fetch import MISSING, REJECTED
 from spark_detector.parsing import RejectedRow
 
 _ZERO = Decimal(0)
+# count x weight exactly: a weight has at most 22 digits and a count at most 7 (a chunk's
+# row limit), well inside this precision, so the product is never rounded
+_EXACT = Context(prec=60)
 
 
 class BatchIntegrityError(RuntimeError):
@@ -62,13 +66,20 @@ def _cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def assemble_batch(keys: list[str], columns: Mapping[str, list]) -> BatchResult:
-    """The ``aggregate_chunks`` result, as columns, as a ``BatchResult``; every line counted."""
+def assemble_batch(keys: list[str], columns: Mapping[str, list],
+                   weights: Mapping[WeightKey, Decimal]) -> BatchResult:
+    """The ``aggregate_chunks`` result, as columns, as a ``BatchResult``; every line counted.
+
+    A row's transactions share one weight key (customer, merchant, category): they add
+    ``txn_count x weight`` to the pair's weight sum, exactly what summing the weight row by
+    row gives (``chunk_aggregates.build_aggregates``); an unweighted key adds nothing.
+    """
     with _cyclic_gc_paused():
-        return _assemble_batch(keys, columns)
+        return _assemble_batch(keys, columns, weights)
 
 
-def _assemble_batch(keys: list[str], columns: Mapping[str, list]) -> BatchResult:
+def _assemble_batch(keys: list[str], columns: Mapping[str, list],
+                    weights: Mapping[WeightKey, Decimal]) -> BatchResult:
     status: dict[str, tuple[str, str | None, int]] = {}
     for key, state, reason, n_lines in zip(
         columns["chunk_key"], columns["status"], columns["chunk_reason"], columns["n_lines"],
@@ -78,20 +89,25 @@ def _assemble_batch(keys: list[str], columns: Mapping[str, list]) -> BatchResult
     # (chunk, merchant, customer) -> [count, amount_sum, weight_sum, weighted, first_row, gender]
     merged: dict[tuple[str, str, str], list] = {}
     rejects: dict[str, list[RejectedRow]] = {key: [] for key in keys}
-    for key, kind, merchant, customer, gender, count, amount_sum, weight_sum, weighted, \
-            first_row, row, reason, line in zip(*(columns[name] for name in (
-                "chunk_key", "kind", "merchant", "customer", "gender", "txn_count",
-                "amount_sum", "weight_sum", "weighted_count", "first_row", "reject_row",
-                "reason", "line",
+    multiply = _EXACT.multiply
+    for key, kind, merchant, customer, category, gender, count, amount_sum, first_row, row, \
+            reason, line in zip(*(columns[name] for name in (
+                "chunk_key", "kind", "merchant", "customer", "category", "gender", "txn_count",
+                "amount_sum", "first_row", "reject_row", "reason", "line",
             )), strict=True):  # fmt: skip
         if kind == PAIR:
-            weight_sum = _ZERO if weight_sum is None else weight_sum
+            weight = weights.get((customer, merchant, category))
+            if weight is None:
+                weight_sum, weighted = _ZERO, 0
+            else:
+                weight_sum, weighted = multiply(weight, count), count
             pair = (key, merchant, customer)
             acc = merged.get(pair)
             if acc is None:
                 merged[pair] = [count, amount_sum, weight_sum, weighted, first_row, gender]
                 continue
-            # the pair's rows carry several genders: add up, the first row's gender wins
+            # the pair's rows carry several categories or genders: add up, the first row's
+            # gender wins
             acc[0] += count
             acc[1] += amount_sum
             acc[2] += weight_sum

@@ -50,11 +50,11 @@ from psycopg2 import sql
 
 from spark_detector import db, detection_state, outbox
 from spark_detector.backfill import list_chunks
-from spark_detector.chunk_aggregates import WeightKey, key_weights
+from spark_detector.chunk_aggregates import WeightKey
 from spark_detector.config import WorkerSettings
 from spark_detector.ordering import chunk_seq
-from spark_detector.parsing import parse_customer_importance
 from spark_detector.publish import publish_pending
+from spark_detector.reference_weights import compute_weights
 from spark_detector.replay_plan import (
     RECORDED,
     ArchivedChunk,
@@ -78,7 +78,6 @@ from spark_detector.replay_plan import (
 )
 from spark_detector.spark_job import (
     OUTPUT_COLUMNS,
-    WEIGHTS_SCHEMA,
     BatchResult,
     FetchSpec,
     aggregate_chunks,
@@ -464,7 +463,8 @@ def list_archive(s3, settings: WorkerSettings) -> list[ArchivedChunk]:
 class ArchiveAggregates:
     """The Spark job's result for every chunk, as one Arrow table sorted by chunk key."""
 
-    def __init__(self, table: pa.Table) -> None:
+    def __init__(self, table: pa.Table, weights: dict[WeightKey, Decimal]) -> None:
+        self.weights = weights
         self.table = table.sort_by("chunk_key")
         counts = pc.value_counts(self.table["chunk_key"]).to_pylist()
         # Arrow sorts strings bytewise; UTF-8 byte order is code point order, as sorted()'s
@@ -479,37 +479,18 @@ class ArchiveAggregates:
         offset, length = self.slices.get(key, (0, 0))
         part = self.table.slice(offset, length)
         return assemble_batch([key], {name: part.column(name).to_pylist()
-                                      for name in OUTPUT_COLUMNS})
+                                      for name in OUTPUT_COLUMNS}, self.weights)
 
 
-def aggregate_archive(spark, fetch_spec: FetchSpec, keys: list[str], weights_df
-                      ) -> ArchiveAggregates:
+def aggregate_archive(spark, fetch_spec: FetchSpec, keys: list[str],
+                      weights: dict[WeightKey, Decimal]) -> ArchiveAggregates:
     """ONE Spark job: every chunk fetched by the executors, parsed, validated, aggregated.
 
-    The same query as a live micro-batch (``aggregate_chunks``), over the whole archive.
+    The same query as a live micro-batch (``aggregate_chunks``), over the whole archive; the
+    weights are applied chunk by chunk on the driver, as live.
     """
-    query = aggregate_chunks(spark, fetch_chunks(spark, fetch_spec, sorted(set(keys))),
-                             weights_df)
-    return ArchiveAggregates(query.toArrow())
-
-
-def weights_table(weights: dict[WeightKey, Decimal]) -> pa.Table:
-    """The key weights as ``spark_job.WEIGHTS_SCHEMA``'s columns, for ``createDataFrame``.
-
-    The same rows ``spark_job.load_weights`` builds, but built here, off the main thread and
-    as Arrow: the replay computes them while Spark starts, and Arrow reaches the JVM ~3x
-    faster than a list of tuples (measured: 0.3-1.0 s against 1.0-2.5 s for 42,540 keys).
-    """
-    items = sorted(weights.items())
-    columns = {name: WEIGHTS_SCHEMA[name].dataType for name in WEIGHTS_SCHEMA.names}
-    weight_type = columns["weight"]
-    return pa.table({
-        "customer": pa.array([k[0] for k, _ in items], pa.string()),
-        "merchant": pa.array([k[1] for k, _ in items], pa.string()),
-        "category": pa.array([k[2] for k, _ in items], pa.string()),
-        "weight": pa.array([w for _, w in items],
-                           pa.decimal128(weight_type.precision, weight_type.scale)),
-    })
+    query = aggregate_chunks(spark, fetch_chunks(spark, fetch_spec, sorted(set(keys))))
+    return ArchiveAggregates(query.toArrow(), weights)
 
 
 class _Background:
@@ -563,11 +544,10 @@ def run_replay(
             options.publish, detections_prefix=settings.detections_prefix,
             chunk_prefix=settings.chunk_prefix, replace=options.replace)
 
-    def parsed_reference() -> tuple[str, int, pa.Table]:
-        # only the key weights outlive this: the parsed rows are ~0.3 GB for the full file
+    def parsed_reference() -> tuple[str, int, dict[WeightKey, Decimal]]:
         source, data = read_importance(s3, settings, options.importance)
-        parsed = parse_customer_importance(data, source)
-        return source, len(parsed.rejected), weights_table(key_weights(parsed.rows))
+        weights, rejected = compute_weights(data, source)
+        return source, rejected, weights
 
     reference = _Background(parsed_reference, "replay-reference")
     with clock("target"):
@@ -592,16 +572,11 @@ def run_replay(
         with clock("spark_start"):
             spark = spark_factory()
         with clock("reference"):
-            source, weights_rejected, table = reference.result()
-            weights_df = spark.createDataFrame(table).coalesce(1).cache()
-            weights_df.count()  # materialised once, read by the job's broadcast
+            source, _, weights = reference.result()  # compute_weights logged any rejects
         report = ReplayReport(target.describe(), plan, changed_rules(settings.thresholds,
                                                                        thresholds), source)
         report.gaps_skipped = unsettled_gaps(
             plan.keys, {r.seq for r in live.settled} | {chunk_seq(r.key) for r in live.rejected})
-        if weights_rejected:
-            logger.warning("CustomerImportance rows rejected", extra={
-                "source": source, "rows_rejected": weights_rejected})
         # As live: a chunk over the byte limit is rejected whole, never read into memory.
         sizes = {c.key: c.size for c in listed}
         oversized = {key: reason for key in plan.keys
@@ -609,8 +584,7 @@ def run_replay(
         with clock("spark_job"):
             archive = aggregate_archive(
                 spark, replace(fetch_spec, max_rows=settings.max_chunk_rows),
-                [k for k in plan.keys if k not in oversized], weights_df)
-        weights_df.unpersist()
+                [k for k in plan.keys if k not in oversized], weights)
         with clock("apply"):
             settle_like_live(conn, live, report.gaps_skipped)
             _apply_all(conn, plan, archive, oversized, thresholds, started_at, report, clock,

@@ -8,25 +8,23 @@ parts, each in its own module:
    aggregates per (chunk, merchant, customer), rejected row and chunk;
 3. ``batch_result``: the result, on the driver, assembled into ``ChunkAggregates``.
 
-This module holds the weights (``load_weights``), the start-up ``warm_up`` and
-``aggregate_batch`` itself. The result equals ``build_aggregates(parse_chunk(...))`` chunk
-by chunk; the integration tests compare them.
+This module holds the start-up ``warm_up`` and ``aggregate_batch`` itself. The key weights
+(``reference_weights``) are applied on the driver, in step 3. The result equals
+``build_aggregates(parse_chunk(...))`` chunk by chunk; the integration tests compare them.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from decimal import Decimal
 
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql.types import DecimalType, StringType, StructField, StructType
+from pyspark.sql import SparkSession
 
 from spark_detector.batch_query import OUTPUT_COLUMNS, aggregate_chunks
 from spark_detector.batch_result import BatchResult, assemble_batch
-from spark_detector.chunk_aggregates import WeightKey, key_weights
+from spark_detector.chunk_aggregates import WeightKey
 from spark_detector.chunk_fetch import (
     FETCHED_SCHEMA,
     OK,
@@ -34,52 +32,6 @@ from spark_detector.chunk_fetch import (
     fetch_chunks,
     s3_client,
 )
-from spark_detector.parsing import parse_customer_importance
-
-logger = logging.getLogger(__name__)
-
-WEIGHT_TYPE = DecimalType(22, 10)  # the scale of the key weights (aggregates.KEY_WEIGHT_PLACES)
-
-WEIGHTS_SCHEMA = StructType([
-    StructField("customer", StringType(), False),
-    StructField("merchant", StringType(), False),
-    StructField("category", StringType(), False),
-    StructField("weight", WEIGHT_TYPE, False),
-])
-
-
-def load_weights(
-    spark: SparkSession, source: bytes | Iterable[tuple[WeightKey, Decimal]]
-) -> DataFrame:
-    """One row per (customer, merchant, category) with its exact mean weight, cached.
-
-    ``source`` is the CustomerImportance object's bytes, or its rows already parsed. The
-    means are computed on the driver by ``aggregates.key_weights`` - the contract itself -
-    rather than by Spark's ``avg``: that returns decimal(22,10) too, but through a division
-    at a bounded intermediate scale followed by a cast, i.e. two roundings. Those can only
-    disagree with the exactly rounded mean for a key with about a million rows, so Spark
-    would agree in practice; the driver version is exact by construction instead. The file
-    is read once at start-up: ~4-5 s for a 594,643-row file with 54,000 keys, measured.
-    """
-    if isinstance(source, bytes | bytearray):
-        parsed = parse_customer_importance(bytes(source))
-        if parsed.rejected:
-            logger.warning(
-                "CustomerImportance rows rejected",
-                extra={
-                    "rows_rejected": len(parsed.rejected),
-                    "first_rejects": [(r.row, r.reason) for r in parsed.rejected[:5]],
-                },
-            )
-        rows: Iterable[tuple[WeightKey, Decimal]] = parsed.rows
-    else:
-        rows = source
-    weights = key_weights(rows)
-    data = [(c, m, k, w) for (c, m, k), w in sorted(weights.items())]
-    # one partition: the broadcast of every batch then reads it with one task, not several
-    frame = spark.createDataFrame(data, WEIGHTS_SCHEMA).coalesce(1).cache()
-    frame.count()  # materialise now, so that every batch reads it from memory
-    return frame
 
 
 def warm_up_body(lines: int) -> str:
@@ -99,18 +51,18 @@ def _warm_up_partition(spec: FetchSpec, lines: int, keys: Iterable[str]) -> Iter
         yield (key, OK, None, lines, 10, 1, 5, 7, 3, 8, body)
 
 
-def warm_up(spark: SparkSession, fetch_spec: FetchSpec, weights_df: DataFrame,
-            rounds: int = 3, lines: int = 10_000) -> BatchResult:
+def warm_up(spark: SparkSession, fetch_spec: FetchSpec, rounds: int = 3,
+            lines: int = 10_000) -> BatchResult:
     """Run the batch query on made-up chunks (one per core), without touching S3.
 
     A fresh session's first batches cost seconds more than the later ones: Spark's Python
     workers start and import boto3, the JVM loads the query's classes and compiles its hot
-    loops only after many rows, the weights are broadcast for the first time. Measured by
-    ``make bench``: the first chunk at the nominal rate took 3.4 s instead of ~0.6 s and the
-    queue backed up behind it (p99 3.8 s); the first backlog batch of 10 took 11.4 s instead
-    of ~3.5 s. Paying that at start-up, before the first receive, keeps it out of the
-    latency. Chunk-sized made-up chunks (not a single line) warm the JIT up as real ones do.
-    Returns the last round's result (every made-up line a good row), for tests.
+    loops only after many rows. Measured by ``make bench``: the first chunk at the nominal
+    rate took 3.4 s instead of ~0.6 s and the queue backed up behind it (p99 3.8 s); the
+    first backlog batch of 10 took 11.4 s instead of ~3.5 s. Paying that at start-up,
+    before the first receive, keeps it out of the latency. Chunk-sized made-up chunks (not a
+    single line) warm the JIT up as real ones do. Returns the last round's result (every
+    made-up line a good row, none weighted), for tests.
     """
     slices = max(1, spark.sparkContext.defaultParallelism)
     keys = [f"warm-up-{i}" for i in range(slices)]
@@ -119,12 +71,14 @@ def warm_up(spark: SparkSession, fetch_spec: FetchSpec, weights_df: DataFrame,
         rdd = spark.sparkContext.parallelize(keys, slices).mapPartitions(
             functools.partial(_warm_up_partition, fetch_spec, lines))
         fetched = spark.createDataFrame(rdd, FETCHED_SCHEMA, verifySchema=False)
-        table = aggregate_chunks(spark, fetched, weights_df).toArrow()
-    return assemble_batch(keys, {name: table.column(name).to_pylist() for name in OUTPUT_COLUMNS})
+        table = aggregate_chunks(spark, fetched).toArrow()
+    return assemble_batch(keys, {name: table.column(name).to_pylist() for name in OUTPUT_COLUMNS},
+                          {})
 
 
 def aggregate_batch(
-    spark: SparkSession, fetch_spec: FetchSpec, chunk_keys: Iterable[str], weights_df: DataFrame
+    spark: SparkSession, fetch_spec: FetchSpec, chunk_keys: Iterable[str],
+    weights: Mapping[WeightKey, Decimal],
 ) -> BatchResult:
     """Fetch, parse, validate and aggregate a micro-batch of chunks in one Spark query.
 
@@ -135,10 +89,10 @@ def aggregate_batch(
     if not keys:
         return BatchResult({}, {}, {}, {})
     fetch_ms = spark.sparkContext.accumulator(0.0)
-    query = aggregate_chunks(spark, fetch_chunks(spark, fetch_spec, keys, fetch_ms), weights_df)
+    query = aggregate_chunks(spark, fetch_chunks(spark, fetch_spec, keys, fetch_ms))
     # Arrow, not collect(): a batch of 10 chunks returns ~40,000 pair rows, which collect()
     # unpickles into Row objects at ~25 us each; Arrow columns convert in a few ms.
     table = query.toArrow()
     result = assemble_batch(
-        keys, {name: table.column(name).to_pylist() for name in OUTPUT_COLUMNS})
+        keys, {name: table.column(name).to_pylist() for name in OUTPUT_COLUMNS}, weights)
     return replace(result, fetch_ms=fetch_ms.value)

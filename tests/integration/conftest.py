@@ -1,4 +1,4 @@
-"""Fixtures of the worker's integration tests: a generated data set, its weights in Spark,
+"""Fixtures of the worker's integration tests: a generated data set, its key weights,
 and a fresh bucket + queue (+ DLQ) on the session's moto server."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from producer.generate import generate
-from spark_detector.spark_job import load_weights
+from spark_detector.reference_weights import compute_weights
 from tests.integration.worker_support import AwsResources
 
 
@@ -19,8 +19,8 @@ def dataset(tmp_path_factory) -> tuple[bytes, bytes]:
 
 
 @pytest.fixture(scope="session")
-def weights_df(spark, dataset):
-    return load_weights(spark, dataset[1])
+def weights(dataset):
+    return compute_weights(dataset[1], "CustomerImportance.csv")[0]
 
 
 @pytest.fixture

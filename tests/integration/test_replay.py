@@ -25,9 +25,10 @@ from producer.generate import generate
 from spark_detector import db
 from spark_detector.config import WorkerSettings
 from spark_detector.detection_state import Thresholds
+from spark_detector.reference_weights import compute_weights
 from spark_detector.replay import ReplayOptions, run_replay
 from spark_detector.replay_plan import ADDED, MOVED, REMOVED, ReplayRefused
-from spark_detector.spark_job import FetchSpec, load_weights
+from spark_detector.spark_job import FetchSpec
 from spark_detector.spark_runtime import SparkAggregator
 from spark_detector.worker import Worker
 from tests.integration.worker_support import (
@@ -76,7 +77,7 @@ def live(spark, moto_endpoint, postgres_server_url, migrated_template, dataset):
                                   batch_window_seconds=0.2, max_batch_chunks=10,
                                   thresholds=THRESHOLDS)
         spec = fetch_spec(resources)
-        aggregator = SparkAggregator(spark, spec, load_weights(spark, importance))
+        aggregator = SparkAggregator(spark, spec, compute_weights(importance, "live")[0])
         worker = Worker(settings, s3=resources.s3, sqs=resources.sqs,
                         connect=lambda: db.connect(url), aggregate=aggregator.aggregate)
         worker.start()
@@ -85,7 +86,6 @@ def live(spark, moto_endpoint, postgres_server_url, migrated_template, dataset):
                 break
         worker.flush_partial("drain")
         worker.close()
-        aggregator.weights.unpersist()
         yield settings, resources
 
 

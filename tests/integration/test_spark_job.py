@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import uuid
-from decimal import Decimal
 
 import boto3
 import pytest
@@ -21,7 +20,7 @@ from spark_detector.parsing import (
     parse_chunk,
     parse_customer_importance,
 )
-from spark_detector.spark_job import aggregate_batch, load_weights
+from spark_detector.spark_job import aggregate_batch
 from tests.conftest import TEST_DATA
 
 pytestmark = pytest.mark.spark
@@ -120,10 +119,9 @@ def test_spark_aggregation_equals_the_python_reference(spark, s3, bucket, fetch_
     }
     put(s3, bucket, chunks)
 
-    weights_df = load_weights(spark, importance)
-    result = aggregate_batch(spark, fetch_spec, sorted(chunks), weights_df)
-
     weights = key_weights(parse_customer_importance(importance).rows)
+    result = aggregate_batch(spark, fetch_spec, sorted(chunks), weights)
+
     assert_matches_reference(result, chunks, weights)
     assert set(result.aggregates) == set(chunks) - {"stream_chunks/chunk-05.csv"}
     assert result.rejected_chunks == {
@@ -183,9 +181,9 @@ def test_every_row_rule_and_reason_agrees_with_the_reference(spark, s3, bucket, 
         b"C2,M2,0.1234567,es_bar,0\n"
     )
 
-    result = aggregate_batch(spark, fetch_spec, sorted(chunks), load_weights(spark, importance))
-
     weights = key_weights(parse_customer_importance(importance).rows)
+    result = aggregate_batch(spark, fetch_spec, sorted(chunks), weights)
+
     assert_matches_reference(result, chunks, weights)
     reasons = {r.reason for r in result.rejected_rows["stream_chunks/nasty-lf.csv"]}
     assert {"empty customer", "empty merchant", "empty amount", "empty line",
@@ -211,7 +209,7 @@ def test_whole_chunk_rejects_and_missing_objects_do_not_stop_the_batch(
     keys = [*chunks, "stream_chunks/f-never-uploaded.csv", "stream_chunks/a-good.csv"]
     latin1_at = len(HEADER + "\n0,'C1','4','F','1','M")  # where the é is
 
-    result = aggregate_batch(spark, fetch_spec, keys, load_weights(spark, []))
+    result = aggregate_batch(spark, fetch_spec, keys, {})
 
     assert result.rejected_chunks == {
         "stream_chunks/b-empty.csv": "empty: no header line",
@@ -222,27 +220,6 @@ def test_whole_chunk_rejects_and_missing_objects_do_not_stop_the_batch(
         "stream_chunks/f-never-uploaded.csv": "object does not exist"}
     assert sorted(result.aggregates) == ["stream_chunks/a-good.csv", "stream_chunks/e-good.csv"]
     assert_matches_reference(result, chunks, {})
-
-
-def test_load_weights_equals_key_weights_and_keeps_one_row_per_key(spark):
-    importance = (
-        b"Source,Target,Weight,typeTrans,fraud\n"
-        b"'C1','M1',1,'es_food',0\n"
-        b"'C1','M1',2,'es_food',0\n"
-        b"'C1','M1',2,'es_food',0\n"
-        b"'C1','M1',4.55,'es_travel',0\n"
-        b"'C2','M1',1.0000005,'es_food',0\n"
-        b"'C2','M1',0.0000004,'es_food',0\n"
-        b"'C3','M2',999999999999.999999,'es_food',0\n"
-    )
-
-    frame = load_weights(spark, importance)
-
-    got = {(r.customer, r.merchant, r.category): r.weight for r in frame.collect()}
-    assert got == key_weights(parse_customer_importance(importance).rows)
-    assert got[("C1", "M1", "es_food")] == Decimal("1.6666666667")
-    assert got[("C2", "M1", "es_food")] == Decimal("0.5000005000")
-    assert frame.count() == 4
 
 
 def test_fetch_chunk_reads_checks_and_reports_a_missing_object(s3, bucket):

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 import pytest
 
-from spark_detector.chunk_aggregates import build_aggregates, key_weights
+from spark_detector.chunk_aggregates import build_aggregates
 from spark_detector.parsing import parse_chunk
-from spark_detector.spark_job import FetchSpec, load_weights, warm_up, warm_up_body
+from spark_detector.spark_job import FetchSpec, warm_up, warm_up_body
 
 pytestmark = pytest.mark.spark
 
@@ -18,17 +16,14 @@ HEADER = "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amou
 def test_warm_up_aggregates_its_made_up_chunks_like_the_reference_without_calling_s3(spark):
     # Given an endpoint nothing listens on: any S3 call would fail the Spark job
     spec = FetchSpec("no-such-bucket", endpoint_url="http://127.0.0.1:9", max_attempts=1)
-    importance = [(("C0", "M0", "es_food"), Decimal("2.5")), (("C1", "M1", "es_food"), Decimal(1))]
-    weights_df = load_weights(spark, importance)
 
-    result = warm_up(spark, spec, weights_df, rounds=1, lines=300)
+    result = warm_up(spark, spec, rounds=1, lines=300)
 
-    # Then every made-up chunk went through parsing, the weights join and the aggregate,
-    # and came out as the pure-Python reference aggregates the same lines
+    # Then every made-up chunk went through parsing and the aggregate, and came out as the
+    # pure-Python reference aggregates the same lines (without weights: warm-up has none)
     assert result.aggregates and not result.missing_chunks and not result.rejected_chunks
     chunk = f"{HEADER}\n{warm_up_body(300)}\n".encode()
     for key, aggregates in result.aggregates.items():
         parsed = parse_chunk(key, chunk)
         assert not parsed.rejected and len(parsed.transactions) == 300
-        assert aggregates == build_aggregates(key, parsed.transactions,
-                                              key_weights(importance))
+        assert aggregates == build_aggregates(key, parsed.transactions, {})

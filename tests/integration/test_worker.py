@@ -24,7 +24,7 @@ pytestmark = pytest.mark.spark
 
 
 def test_a_run_matches_the_reference_and_files_hold_fifty_each(
-        spark, weights_df, dataset, resources, migrated_database_url):
+        spark, weights, dataset, resources, migrated_database_url):
     transactions, importance = dataset
     chunks = split_chunks(transactions, 1000)
     assert len(chunks) == 20
@@ -32,7 +32,7 @@ def test_a_run_matches_the_reference_and_files_hold_fifty_each(
     resources.s3.put_object(Bucket=resources.bucket, Key="reference/CustomerImportance.csv",
                             Body=importance)
     resources.enqueue(chunks)
-    worker = make_worker(resources, migrated_database_url, spark, weights_df)
+    worker = make_worker(resources, migrated_database_url, spark, weights)
 
     batches = run_until_idle(worker)
 
@@ -51,7 +51,7 @@ def test_a_run_matches_the_reference_and_files_hold_fifty_each(
 
 
 def test_bad_input_is_set_aside_and_everything_else_is_processed(
-        spark, weights_df, dataset, resources, migrated_database_url):
+        spark, weights, dataset, resources, migrated_database_url):
     transactions = dataset[0]
     good = dict(list(split_chunks(transactions, 500).items())[:3])
     first, second, third = sorted(good)
@@ -68,7 +68,7 @@ def test_bad_input_is_set_aside_and_everything_else_is_processed(
     resources.enqueue([first, second, third, first, second, *extra])
     resources.enqueue(["stream_chunks/chunk-never-uploaded.csv"])
     resources.send_raw("this is not a chunk message")
-    worker = make_worker(resources, migrated_database_url, spark, weights_df,
+    worker = make_worker(resources, migrated_database_url, spark, weights,
                          retry_delay_seconds=0)
 
     run_until_idle(worker)
@@ -98,12 +98,12 @@ def test_bad_input_is_set_aside_and_everything_else_is_processed(
 
 
 def test_backfill_enqueues_only_chunks_neither_applied_nor_rejected(
-        spark, weights_df, dataset, resources, migrated_database_url):
+        spark, weights, dataset, resources, migrated_database_url):
     chunks = dict(list(split_chunks(dataset[0], 500).items())[:5])
     keys = sorted(chunks)
     resources.upload(chunks)
     resources.enqueue(keys[:2])  # the events of the other three were lost
-    worker = make_worker(resources, migrated_database_url, spark, weights_df)
+    worker = make_worker(resources, migrated_database_url, spark, weights)
     run_until_idle(worker)
     assert applied_order(migrated_database_url) == keys[:2]
 
@@ -119,11 +119,11 @@ def test_backfill_enqueues_only_chunks_neither_applied_nor_rejected(
 
 
 def test_a_database_restart_mid_run_loses_and_duplicates_nothing(
-        spark, weights_df, dataset, resources, migrated_database_url):
+        spark, weights, dataset, resources, migrated_database_url):
     chunks = dict(list(split_chunks(dataset[0], 500).items())[:6])
     resources.upload(chunks)
     resources.enqueue(sorted(chunks))
-    worker = make_worker(resources, migrated_database_url, spark, weights_df,
+    worker = make_worker(resources, migrated_database_url, spark, weights,
                          max_batch_chunks=2)
     assert worker.run_batch().chunks == 2
     connection_before = worker._conn
@@ -165,12 +165,12 @@ def test_a_failed_batch_is_released_for_a_retry_not_hidden_for_the_visibility_ti
 
 
 def test_an_idle_worker_flushes_the_partial_file_only_when_configured(
-        spark, weights_df, dataset, resources, migrated_database_url):
+        spark, weights, dataset, resources, migrated_database_url):
     transactions, importance = dataset
     chunks = dict(list(split_chunks(transactions, 500).items())[:2])
     resources.upload(chunks)
     resources.enqueue(chunks)
-    worker = make_worker(resources, migrated_database_url, spark, weights_df)
+    worker = make_worker(resources, migrated_database_url, spark, weights)
     run_until_idle(worker)
     expected = expected_detections(chunks, importance, applied_order(migrated_database_url))
     assert 0 < len(expected) < 50

@@ -38,7 +38,7 @@ def rejected(database_url: str) -> dict[str, str]:
 
 
 def test_shuffled_delayed_and_duplicated_events_give_the_production_order_result(
-        spark, weights_df, dataset, resources, migrated_database_url):
+        spark, weights, dataset, resources, migrated_database_url):
     transactions, importance = dataset
     chunks = split_chunks(transactions, 1000)
     keys = sorted(chunks)
@@ -50,7 +50,7 @@ def test_shuffled_delayed_and_duplicated_events_give_the_production_order_result
     resources.enqueue([k for k in shuffled if k not in delayed])
     resources.enqueue(sorted(delayed), delay_seconds=2)
     resources.enqueue(duplicated)
-    worker = make_worker(resources, migrated_database_url, spark, weights_df)
+    worker = make_worker(resources, migrated_database_url, spark, weights)
 
     run_until(worker, lambda: len(applied_order(migrated_database_url)) == len(keys)
               and resources.depth() == 0)
@@ -63,12 +63,12 @@ def test_shuffled_delayed_and_duplicated_events_give_the_production_order_result
 
 
 def test_a_chunk_whose_event_never_came_is_taken_from_s3_without_a_backfill(
-        spark, weights_df, dataset, resources, migrated_database_url):
+        spark, weights, dataset, resources, migrated_database_url):
     chunks = dict(list(split_chunks(dataset[0], 500).items())[:5])
     keys = sorted(chunks)
     resources.upload(chunks)
     resources.enqueue([k for k in keys if k != keys[2]])  # the third chunk's event is lost
-    worker = make_worker(resources, migrated_database_url, spark, weights_df)
+    worker = make_worker(resources, migrated_database_url, spark, weights)
 
     run_until(worker, lambda: len(applied_order(migrated_database_url)) == 5
               and resources.depth() == 0)
@@ -78,7 +78,7 @@ def test_a_chunk_whose_event_never_came_is_taken_from_s3_without_a_backfill(
 
 
 def test_a_chunk_that_never_comes_is_a_visible_gap_until_an_operator_skips_it(
-        spark, weights_df, dataset, resources, migrated_database_url, capsys, caplog,
+        spark, weights, dataset, resources, migrated_database_url, capsys, caplog,
         monkeypatch):
     from spark_detector.__main__ import main
 
@@ -87,7 +87,7 @@ def test_a_chunk_that_never_comes_is_a_visible_gap_until_an_operator_skips_it(
     never = keys.pop(2)
     resources.upload({k: chunks[k] for k in keys})
     resources.enqueue(keys)
-    worker = make_worker(resources, migrated_database_url, spark, weights_df,
+    worker = make_worker(resources, migrated_database_url, spark, weights,
                          gap_alert_seconds=0.01)
 
     run_until(worker, lambda: applied_order(migrated_database_url) == keys[:2])
@@ -119,11 +119,11 @@ def test_a_chunk_that_never_comes_is_a_visible_gap_until_an_operator_skips_it(
 
 
 def test_hand_uploaded_chunks_without_a_number_are_applied_in_arrival_order(
-        spark, weights_df, dataset, resources, migrated_database_url):
+        spark, weights, dataset, resources, migrated_database_url):
     bodies = list(split_chunks(dataset[0], 500).values())[:2]
     second, first = "stream_chunks/manual-b.csv", "stream_chunks/manual-a.csv"
     resources.upload({second: bodies[0], first: bodies[1]})
-    worker = make_worker(resources, migrated_database_url, spark, weights_df,
+    worker = make_worker(resources, migrated_database_url, spark, weights,
                          max_batch_chunks=1)
     resources.enqueue([second])
     run_until(worker, lambda: len(applied_order(migrated_database_url)) == 1)
@@ -134,7 +134,7 @@ def test_hand_uploaded_chunks_without_a_number_are_applied_in_arrival_order(
 
 
 def test_empty_and_oversized_chunks_are_rejected_whole_before_anything_reads_them(
-        spark, weights_df, dataset, resources, migrated_database_url):
+        spark, weights, dataset, resources, migrated_database_url):
     chunks = dict(list(split_chunks(dataset[0], 500).items())[:4])
     keys = sorted(chunks)
     chunks[keys[1]] = b""
@@ -142,7 +142,7 @@ def test_empty_and_oversized_chunks_are_rejected_whole_before_anything_reads_the
     resources.upload(chunks)
     resources.enqueue(keys)
     limit = len(chunks[keys[0]]) * 2
-    worker = make_worker(resources, migrated_database_url, spark, weights_df,
+    worker = make_worker(resources, migrated_database_url, spark, weights,
                          max_chunk_bytes=limit)
 
     run_until(worker, lambda: resources.depth() == 0
@@ -158,7 +158,7 @@ def test_empty_and_oversized_chunks_are_rejected_whole_before_anything_reads_the
     worker.close()
 
 
-def test_redeliveries_are_not_failures(spark, weights_df, dataset, moto_endpoint,
+def test_redeliveries_are_not_failures(spark, weights, dataset, moto_endpoint,
                                        migrated_database_url):
     """A message delivered six times (six killed workers) is applied, not dead-lettered:
     the queue's maxReceiveCount is a high backstop (50, as in template.yaml)."""
@@ -172,7 +172,7 @@ def test_redeliveries_are_not_failures(spark, weights_df, dataset, moto_endpoint
         resources.sqs.change_message_visibility(QueueUrl=resources.queue_url,
                                                 ReceiptHandle=message["ReceiptHandle"],
                                                 VisibilityTimeout=0)
-    worker = make_worker(resources, migrated_database_url, spark, weights_df)
+    worker = make_worker(resources, migrated_database_url, spark, weights)
     run_until(worker, lambda: resources.depth() == 0)
     assert applied_order(migrated_database_url) == list(chunks)
     assert resources.depth(resources.dlq_url) == 0

@@ -163,7 +163,7 @@ def assert_files_hold_each_detection_once(resources: AwsResources, detections: l
         assert row["detectionTime"].endswith("+05:30") and row["YStartTime"].endswith("+05:30")
 
 
-def make_worker(resources: AwsResources, database_url: str, spark, weights_df,
+def make_worker(resources: AwsResources, database_url: str, spark, weights,
                 **overrides) -> Worker:
     """The real Worker in this process, on the session's SparkSession, started."""
     from spark_detector import db
@@ -178,7 +178,7 @@ def make_worker(resources: AwsResources, database_url: str, spark, weights_df,
                               database_url=database_url, **options)
     spec = FetchSpec(resources.bucket, endpoint_url=resources.endpoint,
                      access_key_id="testing", secret_access_key="testing")
-    aggregator = SparkAggregator(spark, spec, weights_df)
+    aggregator = SparkAggregator(spark, spec, weights)
     worker = Worker(settings, s3=resources.s3, sqs=resources.sqs,
                     connect=lambda: db.connect(database_url), aggregate=aggregator.aggregate)
     worker.start()

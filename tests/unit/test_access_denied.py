@@ -9,7 +9,7 @@ from botocore.stub import Stubber
 
 from spark_detector.chunk_fetch import MISSING, REJECTED, fetch_chunk
 from spark_detector.config import WorkerSettings
-from spark_detector.spark_runtime import ReferenceRejected, read_reference
+from spark_detector.reference_weights import ReferenceRejected, read_reference
 
 
 def stubbed_s3():
