@@ -36,6 +36,15 @@ def _number(env: Mapping[str, str], name: str, default: str, kind: type = float)
         raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from exc
 
 
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _get(env, name, "true" if default else "false").strip().lower()
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a valid flag: use true or false")
+
+
 def _optional_seconds(env: Mapping[str, str], name: str) -> float | None:
     raw = env.get(name, "").strip()
     if not raw:
@@ -103,6 +112,8 @@ class WorkerSettings:
     max_batch_chunks: int = 30
     batch_window_seconds: float = 0.5
     wait_time_seconds: int = 20
+    # The next micro-batch's Spark job runs while this one is applied to PostgreSQL.
+    overlap_batches: bool = True
     # Held messages are extended to this many seconds every heartbeat; the queue's own
     # visibility timeout should be the same, so a killed worker's chunks return in a minute.
     visibility_timeout_seconds: int = 60
@@ -140,6 +151,7 @@ class WorkerSettings:
             max_batch_chunks=_number(env, "WORKER_MAX_BATCH_CHUNKS", "30", int),
             batch_window_seconds=_number(env, "WORKER_BATCH_WINDOW_SECONDS", "0.5"),
             wait_time_seconds=_number(env, "WORKER_WAIT_TIME_SECONDS", "20", int),
+            overlap_batches=_flag(env, "WORKER_OVERLAP_BATCHES", True),
             visibility_timeout_seconds=_number(env, "WORKER_VISIBILITY_TIMEOUT_SECONDS", "60",
                                                int),
             heartbeat_after_seconds=_number(env, "WORKER_HEARTBEAT_AFTER_SECONDS", "20"),

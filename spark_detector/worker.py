@@ -13,6 +13,14 @@ of them is safe:
    recognised as a duplicate);
 4. closed outbox files are written to S3 and marked written (a redo rewrites the same bytes).
 
+While a micro-batch is applied (steps 1-4, main thread), the Spark job of the next one
+already runs on a second thread ("overlap"): the chunks in hand beyond this batch are
+aggregated ahead of their turn. That changes no guarantee: a Spark job only reads S3 and
+returns aggregates, every effect above still happens on the main thread in production order,
+and aggregates held in memory are lost in a crash like the messages and simply redone. A
+failed overlapped job is dropped uncounted; its chunks are aggregated again in their turn,
+where a failure is isolated and counted as below.
+
 Failures stay with the chunk that caused them: a failed micro-batch is retried chunk by
 chunk at once, and only a chunk that fails on its own is counted (``failures``); after its
 budget it is moved to the DLQ by the worker, and the stream goes on without it. An outage of
@@ -30,6 +38,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -87,6 +96,7 @@ class BatchSummary:
     dead_lettered: int = 0
     waiting: int = 0  # chunks held for a predecessor
     pulled: int = 0  # chunks found in S3 without their message in hand
+    overlapped: int = 0  # chunks aggregated by the previous batch's overlapped Spark job
     rows_good: int = 0
     rows_rejected: int = 0
     detections: int = 0
@@ -94,7 +104,7 @@ class BatchSummary:
     # Where the batch's time went, in stage order (ms); fetch_ms is part of spark_ms.
     received_at: str | None = None  # UTC, when the batch's messages were in hand
     dedup_ms: int = 0  # looking up chunks already done
-    spark_ms: int = 0
+    spark_ms: int = 0  # waiting for Spark: the overlapped job's rest, and this batch's own
     fetch_ms: int | None = None  # S3 GET + chunk checks on the executors, summed over tasks
     quarantine_ms: int = 0
     apply_ms: int = 0
@@ -183,6 +193,15 @@ def failure_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:1000]
 
 
+@dataclass
+class Overlapped:
+    """The Spark job running for the chunks after the batch being applied."""
+
+    keys: list[str]
+    future: Future
+    started: float = field(default_factory=time.perf_counter)
+
+
 def _ping(conn) -> None:
     with conn.cursor() as cur:
         cur.execute("SELECT 1")
@@ -225,7 +244,14 @@ class Worker:
             on_error=lambda exc: logger.warning("heartbeat failed", extra={"error": str(exc)}))
         # The chunks in hand, in arrival order: with messages (held in flight) or found in S3.
         self.chunks: dict[str, ChunkMessage] = {}
+        # Spark results of chunks in hand, aggregated ahead of their turn (one batch's result
+        # is shared by its chunks); dropped with the chunk.
+        self._aggregated: dict[str, BatchResult] = {}
+        self._overlapped: Overlapped | None = None
+        self._spark_thread = ThreadPoolExecutor(1, thread_name_prefix="spark-overlap")
         self._redriven: set[str] = set()
+        self._failed_before: set[str] = set()  # chunks in hand with a failure record
+        self._made_progress = False  # the last batch applied a chunk
         self._database_down = False
 
     # --- PostgreSQL: retries, then an outage ----------------------------------------------
@@ -286,6 +312,8 @@ class Worker:
             logger.info("database is back: resuming", extra={"attempts": attempt})
 
     def close(self) -> None:
+        self._drop_overlapped()
+        self._spark_thread.shutdown(wait=True)
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -312,7 +340,11 @@ class Worker:
                                     daemon=True)
         watchdog.start()
         with self.inflight:
-            code = self._loop()
+            try:
+                code = self._loop()
+            finally:
+                self._drop_overlapped()
+                self._spark_thread.shutdown(wait=True)
             self._give_back_all("stopping")
         if code == 0 and drain:
             self.flush_partial("drain")
@@ -361,7 +393,9 @@ class Worker:
 
     def _give_back_all(self, why: str) -> None:
         """Make every held message visible at once: not a failure, not a postponement."""
+        self._drop_overlapped()
         self.chunks.clear()
+        self._aggregated.clear()
         self._redriven.clear()
         try:
             released = self.inflight.release_all()
@@ -409,7 +443,12 @@ class Worker:
 
     def run_batch(self) -> BatchSummary | None:
         self.db(_ping)  # receive nothing while PostgreSQL is away
-        wait = WAIT_WHILE_HOLDING_SECONDS if self.chunks else self.settings.wait_time_seconds
+        if (self._aggregated or self._overlapped) and self._made_progress:
+            wait = 0  # chunks aggregated ahead are probably next: no long poll before them
+        elif self.chunks:
+            wait = WAIT_WHILE_HOLDING_SECONDS
+        else:
+            wait = self.settings.wait_time_seconds
         received = self.receive(wait)
         if not received and not self.chunks:
             return None
@@ -424,6 +463,7 @@ class Worker:
         with _timed(summary, "publish_ms"):
             summary.files_written = len(self.publish())
         summary.batch_ms = _ms_since(batch_started)
+        self._made_progress = summary.chunks > 0
         if received or summary.chunks or summary.failures or summary.rejected_chunks:
             logger.info("batch done", extra=summary.__dict__)
         return summary
@@ -475,6 +515,7 @@ class Worker:
     def _forget(self, key: str) -> None:
         self.inflight.delete(key)
         self.chunks.pop(key, None)
+        self._aggregated.pop(key, None)
         self._redriven.discard(key)
 
     def _ready(self, summary: BatchSummary,
@@ -485,6 +526,7 @@ class Worker:
         next_seq = self.db(detection_state.next_seq)
         now = datetime.now(UTC)
         blocked = {k for k, r in records.items() if r.retry_after and r.retry_after > now}
+        self._failed_before = set(records)
         held = {key: chunk_seq(key) for key in self.chunks}
         plan = plan_ready_run(held, next_seq, s.max_batch_chunks, blocked)
         ready = list(plan.ready)
@@ -554,7 +596,7 @@ class Worker:
 
     # --- working on chunks ------------------------------------------------------------------
 
-    def _process(self, keys: list[str], summary: BatchSummary) -> bool:
+    def _process(self, keys: list[str], summary: BatchSummary, overlap: bool = True) -> bool:
         """Aggregate ``keys`` in one Spark job and settle them in order; True if all settled.
 
         A failed job is retried chunk by chunk at once, so that only the chunk at fault is
@@ -562,9 +604,7 @@ class Worker:
         """
         try:
             with _timed(summary, "spark_ms"):
-                failpoint("before_spark")
-                result = self._aggregate(keys)
-                failpoint("after_spark")
+                results = self._results_for(keys, summary)
         except Exception as exc:
             self._raise_if_runtime_lost(exc)
             if len(keys) == 1:
@@ -576,20 +616,102 @@ class Worker:
             for key in keys:
                 if stalled and chunk_seq(key) is not None:
                     continue
-                if not self._process([key], summary) and chunk_seq(key) is not None:
+                # no overlapped job meanwhile: it would hold the failing chunk again
+                if not self._process([key], summary, overlap=False) and chunk_seq(key) is not None:
                     stalled = True
             return False
-        if result.fetch_ms is not None:
-            summary.fetch_ms = (summary.fetch_ms or 0) + round(result.fetch_ms)
+        if overlap:
+            self._overlap_next(keys, summary)
         stalled = False
         for key in keys:
             if stalled and chunk_seq(key) is not None:
                 continue
+            result = results[key]
             outcome = chunk_outcome(key, result)
-            ok = self._run_for_chunk(key, summary, lambda o=outcome: self._settle(o, result,
-                                                                                   summary))
+            ok = self._run_for_chunk(key, summary, lambda o=outcome, r=result: self._settle(
+                o, r, summary))
+            if not ok:
+                self._aggregated.pop(key, None)  # a retry aggregates it afresh
             stalled = stalled or (not ok and chunk_seq(key) is not None)
         return not stalled
+
+    # --- Spark: this batch's job, and the next batch's, overlapped -------------------------
+
+    def _results_for(self, keys: list[str], summary: BatchSummary) -> dict[str, BatchResult]:
+        """The Spark result of each of ``keys``: aggregated ahead by the overlapped job, or
+        now, in one job for the rest. One Spark job at a time: a running overlapped job is
+        waited for first."""
+        self._collect_overlapped(summary)
+        missing = [key for key in keys if key not in self._aggregated]
+        summary.overlapped += len(keys) - len(missing)
+        if missing:
+            self._keep(missing, self._spark_job(missing), summary)
+        return {key: self._aggregated[key] for key in keys}
+
+    def _spark_job(self, keys: list[str]) -> BatchResult:
+        failpoint("before_spark")
+        result = self._aggregate(keys)
+        failpoint("after_spark")
+        return result
+
+    def _keep(self, keys: list[str], result: BatchResult, summary: BatchSummary | None) -> None:
+        if summary is not None and result.fetch_ms is not None:
+            summary.fetch_ms = (summary.fetch_ms or 0) + round(result.fetch_ms)
+        for key in keys:
+            if key in self.chunks:  # not forgotten meanwhile
+                self._aggregated[key] = result
+
+    def _overlap_next(self, applying: list[str], summary: BatchSummary) -> None:
+        """Start the Spark job of the chunks that come after ``applying``, on the Spark
+        thread, so that it runs while ``applying`` is applied.
+
+        A full batch means a backlog, where the batch being applied is usually all the worker
+        holds: the next messages are received now, without waiting (at the nominal rate a
+        batch holds one chunk and nothing is received here, which would only add latency).
+        Chunks that failed before are left out: they go alone, in their turn, so that a
+        failure stays theirs. At most two batches' results are held ahead.
+        """
+        s = self.settings
+        if (not s.overlap_batches or self._overlapped is not None
+                or len(self._aggregated) >= 2 * s.max_batch_chunks):
+            return
+        if (len(applying) >= s.max_batch_chunks
+                and len(self._candidates(applying)) < s.max_batch_chunks):
+            self._take(self.receive(0), summary)
+        keys = self._candidates(applying)[: s.max_batch_chunks]
+        if keys:
+            self._overlapped = Overlapped(keys, self._spark_thread.submit(self._spark_job, keys))
+
+    def _candidates(self, applying: list[str]) -> list[str]:
+        """Chunks in hand, not yet aggregated, not suspect, not too large: production order."""
+        skip = set(applying) | set(self._aggregated) | self._redriven | self._failed_before
+        keys = [
+            key for key, message in self.chunks.items()
+            if key not in skip
+            and size_rejection(message.size, self.settings.max_chunk_bytes) is None]
+        return sorted(keys, key=lambda k: (chunk_seq(k) is None, chunk_seq(k) or 0, k))
+
+    def _collect_overlapped(self, summary: BatchSummary | None) -> None:
+        """Wait for the overlapped job, if any, and keep its results; a failed job is dropped:
+        its chunks are aggregated again in their turn, where a failure is theirs."""
+        overlapped, self._overlapped = self._overlapped, None
+        if overlapped is None:
+            return
+        try:
+            result = overlapped.future.result()
+        except Exception as exc:
+            self._raise_if_runtime_lost(exc)
+            logger.info("overlapped Spark job failed: its chunks are aggregated in their turn",
+                        extra={"chunk_keys": overlapped.keys, "error": failure_text(exc)})
+            return
+        self._keep(overlapped.keys, result, summary)
+
+    def _drop_overlapped(self) -> None:
+        """Wait for a running overlapped job and drop what it produced (stopping, outage)."""
+        overlapped, self._overlapped = self._overlapped, None
+        if overlapped is not None:
+            with contextlib.suppress(Exception):
+                overlapped.future.result()
 
     def _run_for_chunk(self, key: str, summary: BatchSummary, effect: Callable[[], None]) -> bool:
         """Run one chunk's effects; a failure is that chunk's alone. True if it settled."""

@@ -55,14 +55,15 @@ def log_lines(log: Path, message: str) -> list[dict]:
 PLACES = ("spark_fetch", "apply_chunk", "quarantine")
 
 
-def test_chunks_failing_in_a_batch_of_30_never_take_the_others_with_them(
+def test_chunks_failing_in_batches_of_10_never_take_the_others_with_them(
         dataset, moto_endpoint, migrated_database_url, tmp_path):
-    """One process, one batch of 30, and a chunk failing at each of three places: the Spark
-    fetch (the whole Spark job fails), the apply transaction, the quarantine write."""
+    """One process, 30 chunks in batches of 10, and a chunk failing at each of three places:
+    the Spark fetch (the whole Spark job fails: here the overlapped job of the second batch,
+    run while the first is applied), the apply transaction, the quarantine write."""
     transactions, importance = dataset
     chunks = dict(list(split_chunks(transactions, 100).items())[:30])
     keys = sorted(chunks)
-    bad = dict(zip(PLACES, (keys[4], keys[14], keys[24]), strict=True))
+    bad = dict(zip(PLACES, (keys[14], keys[4], keys[24]), strict=True))
     for key in bad.values():
         chunks[key] += b"0,'C1','4','F','1','M1','1','x',-5,0\n"  # a bad row: quarantine runs
     resources = AwsResources.create(moto_endpoint, visibility_timeout=20, max_receive_count=50)
@@ -70,7 +71,7 @@ def test_chunks_failing_in_a_batch_of_30_never_take_the_others_with_them(
     resources.enqueue(keys)
     log = tmp_path / "worker.log"
     worker = start_worker(worker_env(
-        resources, migrated_database_url, WORKER_MAX_BATCH_CHUNKS="30",
+        resources, migrated_database_url, WORKER_MAX_BATCH_CHUNKS="10",
         WORKER_BATCH_WINDOW_SECONDS="2", WORKER_VISIBILITY_TIMEOUT_SECONDS="20",
         WORKER_HEARTBEAT_AFTER_SECONDS="5", WORKER_RETRY_DELAY_SECONDS="0.2",
         WORKER_MAX_CHUNK_FAILURES="3",
@@ -104,6 +105,14 @@ def test_chunks_failing_in_a_batch_of_30_never_take_the_others_with_them(
                     " FROM chunk_failures ORDER BY chunk_key")
         assert cur.fetchall() == [(key, 3, dead[key][0], True) for key in sorted(dead)]
     assert resources.depth() == 0
+    # Spark jobs overlapped the applies; the overlapped job that failed counted for nobody:
+    # each failing chunk failed exactly its budget of 3 times, each time alone
+    assert sum(b["overlapped"] for b in log_lines(log, "batch done")) >= 10
+    assert any(bad["spark_fetch"] in line["chunk_keys"]
+               for line in log_lines(log, "overlapped Spark job failed: its chunks are"
+                                          " aggregated in their turn"))
+    for key in bad.values():
+        assert len([r for r in log_lines(log, "chunk failed") if r["chunk_key"] == key]) == 3
 
 
 def test_a_postgresql_outage_stops_intake_and_loses_nothing(

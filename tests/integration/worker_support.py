@@ -25,7 +25,7 @@ from spark_detector.detection_state import Thresholds
 from tests.reference_model import ReferenceEngine, read_chunk, read_weights
 
 if TYPE_CHECKING:
-    from spark_detector.worker import Worker
+    from spark_detector.worker import BatchSummary, Worker
 
 # Small enough that all three patterns fire on 20,000 generated rows (seed 3): about 70
 # detections, so one full file of 50 and a partial one.
@@ -185,9 +185,12 @@ def make_worker(resources: AwsResources, database_url: str, spark, weights,
     return worker
 
 
-def run_until_idle(worker: Worker, max_batches: int = 200) -> int:
-    """Run loops until nothing is received and nothing is held; the number of loops run."""
-    for n in range(max_batches):
-        if worker.run_batch() is None:
-            return n
+def run_until_idle(worker: Worker, max_batches: int = 200) -> list[BatchSummary]:
+    """Run loops until nothing is received and nothing is held; the loops' summaries."""
+    summaries = []
+    for _ in range(max_batches):
+        summary = worker.run_batch()
+        if summary is None:
+            return summaries
+        summaries.append(summary)
     raise AssertionError("the queue never went idle")
