@@ -34,17 +34,56 @@ WORKER_SPARK_DEFAULTS: Mapping[str, str] = {
     # batches this small that costs ~100-300 ms and gains nothing.
     "spark.sql.adaptive.enabled": "false",
 }
+# The driver JVM's own settings, which only count when the JVM starts. In local mode the
+# executors live in it too; these keep its heap and footprint to what micro-batches of
+# 10,000-row chunks need (measured RSS 1,058 -> 749 MiB with the same work): Spark's 1 GiB
+# default heap and G1's regions grow the process to ~1.1-1.3 GiB.
+WORKER_JVM_DEFAULTS: Mapping[str, str] = {
+    "spark.driver.memory": "512m",
+    "spark.driver.extraJavaOptions": "-XX:+UseSerialGC",
+}
 SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
 PYFILES = "spark.submit.pyFiles"
+
+
+def spark_defaults_keys(environ: Mapping[str, str]) -> set[str]:
+    """The keys set in the spark-defaults.conf that spark-submit will read, if any."""
+    conf_dir = environ.get("SPARK_CONF_DIR")
+    if not conf_dir:
+        from pyspark.find_spark_home import _find_spark_home
+
+        conf_dir = os.path.join(_find_spark_home(), "conf")
+    path = Path(conf_dir) / "spark-defaults.conf"
+    if not path.is_file():
+        return set()
+    keys = set()
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keys.add(line.replace("=", " ", 1).split(None, 1)[0])
+    return keys
+
+
+def jvm_defaults(environ: Mapping[str, str], defaults_keys: set[str]) -> dict[str, str]:
+    """The ``WORKER_JVM_DEFAULTS`` to pass to the JVM's launch: none when the JVM is not the
+    worker's to launch (under spark-submit) or the user says how (PYSPARK_SUBMIT_ARGS), and
+    none that spark-defaults.conf sets (a launch --conf would win over it)."""
+    if "PYSPARK_GATEWAY_PORT" in environ or environ.get("PYSPARK_SUBMIT_ARGS"):
+        return {}
+    return {k: v for k, v in WORKER_JVM_DEFAULTS.items() if k not in defaults_keys}
 
 
 def spark_conf() -> SparkConf:
     """Spark's configuration as spark-submit resolved it: spark-defaults, --conf, --master.
 
     Those reach the driver as JVM system properties, which ``SparkConf()`` reads only once
-    the JVM gateway is up; starting it here is what ``SparkContext`` would do anyway.
+    the JVM gateway is up; starting it here is what ``SparkContext`` would do anyway, with
+    the worker's JVM defaults where nobody set them.
     """
-    SparkContext._ensure_initialized()
+    if SparkContext._gateway is None:
+        launch = jvm_defaults(os.environ, spark_defaults_keys(os.environ))
+        SparkContext._ensure_initialized(
+            conf=SparkConf(loadDefaults=False).setAll(launch.items()) if launch else None)
     return SparkConf()
 
 

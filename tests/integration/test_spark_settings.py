@@ -30,6 +30,9 @@ print(json.dumps({
     "adaptive": spark.conf.get("spark.sql.adaptive.enabled"),
     "executor_memory": context.getConf().get("spark.executor.memory", None),
     "py_files": list(context._python_includes),
+    "driver_memory": context.getConf().get("spark.driver.memory", None),
+    "java_options": context.getConf().get("spark.driver.extraJavaOptions", None),
+    "max_heap_mib": spark._jvm.java.lang.Runtime.getRuntime().maxMemory() // 2**20,
 }))
 spark.stop()
 """
@@ -54,7 +57,8 @@ def session_settings(tmp_path, defaults: str = "", submit_args: str = "",
 def test_spark_submit_conf_and_spark_defaults_win_over_the_workers_values(tmp_path):
     settings = session_settings(
         tmp_path,
-        defaults="spark.sql.adaptive.enabled true\nspark.executor.memory 3g\n",
+        defaults="spark.sql.adaptive.enabled true\nspark.executor.memory 3g\n"
+                 "spark.driver.memory=1g\n",
         submit_args="--master local[1] --conf spark.sql.shuffle.partitions=7 --name mine")
 
     assert settings["master"] == "local[1]"
@@ -62,6 +66,7 @@ def test_spark_submit_conf_and_spark_defaults_win_over_the_workers_values(tmp_pa
     assert settings["shuffle_partitions"] == "7"
     assert settings["adaptive"] == "true"
     assert settings["executor_memory"] == "3g"
+    assert settings["driver_memory"] == "1g" and settings["max_heap_mib"] > 700
     assert settings["py_files"] == ["spark_detector.zip"]  # the code is shipped either way
 
 
@@ -71,6 +76,9 @@ def test_unset_settings_get_the_workers_defaults_and_spark_master_names_the_mast
     assert settings["master"] == "local[3]"
     assert settings["app"] == "spark_detector"
     assert settings["adaptive"] == "false"
+    # the driver JVM (local mode: the executors too) gets the worker's heap and collector
+    assert settings["driver_memory"] == "512m" and settings["max_heap_mib"] <= 512
+    assert "-XX:+UseSerialGC" in settings["java_options"]
     # shuffle partitions follow the default parallelism (3 cores), not Spark's 200
     assert settings["default_parallelism"] == 3 and settings["shuffle_partitions"] == "3"
 
