@@ -77,7 +77,6 @@ from spark_detector.replay_plan import (
     unsettled_gaps,
 )
 from spark_detector.spark_job import (
-    OUTPUT_COLUMNS,
     BatchResult,
     FetchSpec,
     aggregate_chunks,
@@ -478,8 +477,7 @@ class ArchiveAggregates:
         """One chunk's result, assembled and checked (every line counted) by the worker's code."""
         offset, length = self.slices.get(key, (0, 0))
         part = self.table.slice(offset, length)
-        return assemble_batch([key], {name: part.column(name).to_pylist()
-                                      for name in OUTPUT_COLUMNS}, self.weights)
+        return assemble_batch([key], part, self.weights)
 
 
 def aggregate_archive(spark, fetch_spec: FetchSpec, keys: list[str],

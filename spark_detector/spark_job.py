@@ -22,7 +22,7 @@ from decimal import Decimal
 
 from pyspark.sql import SparkSession
 
-from spark_detector.batch_query import OUTPUT_COLUMNS, aggregate_chunks
+from spark_detector.batch_query import aggregate_chunks
 from spark_detector.batch_result import BatchResult, assemble_batch
 from spark_detector.chunk_aggregates import WeightKey
 from spark_detector.chunk_fetch import (
@@ -74,8 +74,7 @@ def warm_up(spark: SparkSession, fetch_spec: FetchSpec, rounds: int = 1,
             functools.partial(_warm_up_partition, fetch_spec, lines))
         fetched = spark.createDataFrame(rdd, FETCHED_SCHEMA, verifySchema=False)
         table = aggregate_chunks(spark, fetched).toArrow()
-    return assemble_batch(keys, {name: table.column(name).to_pylist() for name in OUTPUT_COLUMNS},
-                          {})
+    return assemble_batch(keys, table, {})
 
 
 def aggregate_batch(
@@ -95,6 +94,5 @@ def aggregate_batch(
     # Arrow, not collect(): a batch of 10 chunks returns ~40,000 pair rows, which collect()
     # unpickles into Row objects at ~25 us each; Arrow columns convert in a few ms.
     table = query.toArrow()
-    result = assemble_batch(
-        keys, {name: table.column(name).to_pylist() for name in OUTPUT_COLUMNS}, weights)
+    result = assemble_batch(keys, table, weights)
     return replace(result, fetch_ms=fetch_ms.value)
