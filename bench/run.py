@@ -483,11 +483,14 @@ def _run_peer(mode: str, config: BenchConfig, chunk_paths: list[Path], importanc
             os.link(path, chunks_dir / path.name)  # same bytes, no copy
     database_url = postgres.recreate_database(server_url, f"bench_peer_{mode}")
     stdout, stderr = folder / "stdout.log", folder / "stderr.log"
+    # the peer's own limit, counted from its query's start; ours adds its start-up
+    peer_timeout = 600 + len(chunk_paths) * (3 + (feed_interval_s or 0))
     args = [sys.executable, "-m", PEER_MODULE, "--chunks-dir", str(chunks_dir),
             "--importance", str(importance), "--database-url", database_url,
             "--max-files-per-trigger", str(files_per_trigger),
-            "--expect-chunks", str(len(chunk_paths)), "--out", str(out)]
-    timeout = 900 + len(chunk_paths) * (3 + (feed_interval_s or 0))
+            "--expect-chunks", str(len(chunk_paths)), "--out", str(out),
+            "--timeout", str(peer_timeout)]
+    timeout = peer_timeout + 300
     feeder = None
     with stdout.open("wb") as out_log, stderr.open("wb") as err_log:
         started = time.monotonic()
@@ -498,21 +501,27 @@ def _run_peer(mode: str, config: BenchConfig, chunk_paths: list[Path], importanc
             if feed_interval_s is not None:
                 from bench.peer_streaming import feed_files
 
+                # as the worker is ready before the producer starts: feed once its query runs
+                poll(lambda: (out / "peer_ready.json").exists(), 300,
+                     f"peer {mode}: peer_ready.json", process, stderr)
                 feeder = threading.Thread(
                     target=feed_files, args=(chunk_paths, chunks_dir, feed_interval_s),
                     name="peer-feed", daemon=True)
                 feeder.start()
             rc = process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        raise BenchError(f"peer {mode}: not done within {timeout} s; see {stderr}") from None
+    except (subprocess.TimeoutExpired, BenchError):
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        raise BenchError(f"peer {mode}: did not finish; see {stderr}") from None
     if feeder is not None:
         feeder.join(timeout=60)
-    if rc != 0:
+    summary = summary_line(stdout.read_text(errors="replace"))
+    # 1: timed out before every chunk was processed (its summary says so); 2: the query failed
+    if summary is None or rc not in (0, 1):
         raise BenchError(f"peer {mode}: exited with {rc}; see {stderr}")
     return {
-        "summary": summary_line(stdout.read_text(errors="replace")),
+        "summary": summary, "exit_code": rc,
         "files_per_trigger": files_per_trigger, "feed_interval_s": feed_interval_s,
         "wall_s": round(time.monotonic() - started, 1),
         "memory": memory.figures(), "memory_samples": memory,
@@ -544,8 +553,13 @@ def run_peer_phase(config: BenchConfig, chunk_paths: list[Path], importance: Pat
         print(f"[bench] peer {mode}: {len(chunk_paths)} chunk files"
               + ("" if feed is None else f", one per {feed} s"), flush=True)
         with loads.phase(f"peer-{mode}") as load:
-            run = _run_peer(mode, config, chunk_paths, importance, server_url, folder / mode,
-                            per_trigger, feed)
+            try:
+                run = _run_peer(mode, config, chunk_paths, importance, server_url,
+                                folder / mode, per_trigger, feed)
+            except BenchError as exc:  # the peer is a comparison: our figures still count
+                print(f"[bench] {exc}", flush=True)
+                result[mode] = {"failed": str(exc), "load": load}
+                continue
         samplers.append(run.pop("memory_samples"))
         peer_detections, peer_chunks = run.pop("detections"), run.pop("chunks")
         run["peer_chunks_reported"] = len(peer_chunks)
@@ -835,10 +849,13 @@ def format_table(results: dict, results_dir: Path) -> str:
     else:
         for mode in ("throughput", "latency"):
             run = peer[mode]
+            if "failed" in run:
+                rows.append((f"peer {mode}", "FAILED (see results.json)", "", "", ""))
+                continue
             cmp = run["comparison"]
             same = "same detections" if cmp["exact"] else (
-                f"DIFFERENT: {len(cmp['only_ours'])} only ours, {len(cmp['only_peer'])} only "
-                f"peer, {len(cmp['fired_elsewhere'])} at another chunk")
+                f"DIFFER {len(cmp['only_ours'])}/{len(cmp['only_peer'])}/"
+                f"{len(cmp['fired_elsewhere'])} (only ours/only peer/other chunk)")
             rows.append((f"peer {mode}", _peer_summary(run["summary"]), "", same,
                          _load_note(run["load"])))
     if not base.get("skipped"):
