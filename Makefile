@@ -35,8 +35,10 @@ up: $(STAMP)
 down: $(STAMP)
 	@$(PY) -m infra.local down $(ARGS)
 
-# The performance targets (docs/performance.md) on the local stack, with plots: `make bench` (~4 min, full data set)
-# or `make bench ARGS="--quick"` (about a minute). Output: bench/results/<UTC timestamp>/.
+# The performance targets (docs/performance.md) on the local stack, with plots: `make bench` (the data set
+# streamed 5 times: 3 backlog drains, 300 s at 1 chunk/s, recovery, peer, baseline; ~20-25 min) or
+# `make bench ARGS="--quick"` (a few minutes); `python -m bench --help` lists the options.
+# Output: bench/results/<UTC timestamp>/.
 bench: $(STAMP) check-java
 	@$(PY) -m bench $(ARGS)
 

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "possible (env CHUNK_INTERVAL_SECONDS, default 1.0)")
     st.add_argument("--max-chunks", type=int, help="stop after this many chunks")
     st.add_argument("--from-start", action="store_true", help="ignore the saved position")
+    st.add_argument("--passes", type=int, default=1, help="send the file this many times: each "
+                    "pass after the first starts again at its top, with the next sequence "
+                    "numbers, on the same schedule (default 1)")
     st.add_argument("--dry-run", type=Path, metavar="DIR",
                     help="write chunks, reference and state under DIR instead of S3")
     return parser
@@ -137,7 +140,8 @@ def run_stream_command(args: argparse.Namespace, err: TextIO) -> int:
     store = LocalStore(args.dry_run) if args.dry_run else S3Store(s3, settings.require_bucket())
     stop = threading.Event()
     reporter = ChunkReporter(err, settings.interval, progress=err.isatty())
-    options = StreamOptions(args.source, args.importance, args.max_chunks, args.from_start)
+    options = StreamOptions(args.source, args.importance, args.max_chunks, args.from_start,
+                            args.passes)
 
     def started(next_row: int, next_seq: int) -> None:
         logger.info("stream_started", extra={

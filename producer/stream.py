@@ -47,6 +47,9 @@ class StreamOptions:
     importance: str | None = None
     max_chunks: int | None = None
     from_start: bool = False
+    # Times the file is sent: each pass after the first starts again at its top, with the
+    # next sequence numbers, on the same schedule (a longer stream from one file, for benches).
+    passes: int = 1
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,30 @@ def _guarded(chunks: Iterator[Chunk], source: str) -> Iterator[Chunk]:
         raise SourceError(source, f"read failed ({exc!r})") from exc
 
 
+def _pass_from_top(uri: str, s3: Any, rows_per_chunk: int, first_seq: int) -> Iterator[Chunk]:
+    """The file again from its first row, numbered from ``first_seq`` (the next pass)."""
+    with open_source(uri, s3) as again:
+        lines = again.lines()
+        try:
+            header = check_header(next(lines, b""))
+        except BadHeader as exc:
+            raise SourceError(uri, str(exc)) from exc
+        yield from _guarded(iter_chunks(header, lines, rows_per_chunk, first_seq, 0), uri)
+
+
+def _passes(first: Iterator[Chunk], next_pass: Callable[[int], Iterator[Chunk]], passes: int,
+            next_seq: int) -> Iterator[Chunk]:
+    """The first (possibly resumed) pass, then ``passes - 1`` passes from the top; sequence
+    numbers keep increasing across passes."""
+    for chunk in first:
+        next_seq = chunk.seq + 1
+        yield chunk
+    for _ in range(passes - 1):
+        for chunk in next_pass(next_seq):
+            next_seq = chunk.seq + 1
+            yield chunk
+
+
 def run_stream(
     settings: ProducerSettings,
     options: StreamOptions,
@@ -180,6 +207,8 @@ def run_stream(
     report: Callable[[ChunkReport], None] = lambda _: None,
     on_start: Callable[[int, int], None] = lambda next_row, next_seq: None,
 ) -> StreamResult:
+    if options.passes < 1:
+        raise ValueError(f"passes must be >= 1, got {options.passes}")
     stop = stop or threading.Event()
     with ExitStack() as stack:
         source: OpenSource = stack.enter_context(open_source(options.source, s3))
@@ -206,9 +235,13 @@ def run_stream(
             raise SourceError(
                 options.source, f"has {skipped} rows but the saved position is row {next_row}"
             )
-        chunks = _guarded(
-            iter_chunks(header, lines, settings.rows_per_chunk, next_seq, next_row), options.source
+        chunks = _passes(
+            _guarded(iter_chunks(header, lines, settings.rows_per_chunk, next_seq, next_row),
+                     options.source),
+            lambda seq: _pass_from_top(options.source, s3, settings.rows_per_chunk, seq),
+            options.passes, next_seq,
         )
+        stack.callback(chunks.close)  # a pass stopped early closes its source now
         pending = next(chunks, None)
         if pending is None and next_row == 0:
             raise SourceError(options.source, "has a header but no data rows")

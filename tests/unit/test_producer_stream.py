@@ -148,6 +148,25 @@ def test_from_start_sends_everything_again_with_later_sequence_numbers(tmp_path:
     assert chunk_rows(store) == source_rows()[:2000] + source_rows()
 
 
+def test_passes_send_the_file_again_from_its_top_with_increasing_sequence_numbers(
+        tmp_path: Path):
+    store = LocalStore(tmp_path)
+    run_stream(SETTINGS, StreamOptions(str(TRANSACTIONS), max_chunks=2), store)
+    # resumed at row 2000: the rest of this pass, then two whole passes
+    result = run_stream(SETTINGS, StreamOptions(str(TRANSACTIONS), passes=3), store)
+    assert (result.chunks_sent, result.rows_sent, result.next_seq) == (7, 7000, 10)
+    keys = sorted(store.keys("stream_chunks/"))
+    assert [k.split("-")[1] for k in keys] == [f"{i:08d}" for i in range(1, 10)]
+    assert chunk_rows(store) == source_rows() * 3
+    assert json.loads(store.get(SETTINGS.state_key))["next_row"] == 3000
+
+
+def test_passes_below_one_are_refused_before_anything_is_written(tmp_path: Path, capsys):
+    code = main(["stream", str(TRANSACTIONS), "--passes", "0", "--dry-run", str(tmp_path)])
+    assert code == 2 and "passes must be >= 1" in capsys.readouterr().err
+    assert_nothing_written(tmp_path)
+
+
 def test_a_different_source_is_refused_without_from_start(tmp_path: Path):
     store = LocalStore(tmp_path / "out")
     run_stream(SETTINGS, StreamOptions(str(TRANSACTIONS), max_chunks=1), store)
