@@ -72,21 +72,30 @@ def batch_lines(lines: Iterable[str]) -> list[dict]:
 def startup_figures(records: Iterable[dict], started_at: datetime) -> dict:
     """One worker start: seconds from ``started_at`` (just before the process was spawned) to
     its "spark ready" and "worker started" (ready to receive) lines, the first of each."""
-    ready = spark = None
+    ready = spark = warm = None
     for record in records:
         message = record.get("message")
         if message == "spark ready" and spark is None:
             spark = record
         elif message == "worker started" and ready is None:
             ready = record
+        elif message == "spark warm" and warm is None:
+            warm = record
 
     def since(record: dict | None) -> float | None:
         if record is None or "timestamp" not in record:
             return None
         return round((_parse_time(record["timestamp"]) - started_at).total_seconds(), 3)
 
-    return {"ready_s": since(ready), "spark_ready_s": since(spark),
-            "warm_up_ms": (spark or {}).get("warm_up_ms")}
+    spark = spark or {}
+    return {"ready_s": since(ready), "spark_ready_s": since(spark or None),
+            # the warm-up runs on the Spark thread while the worker already receives
+            "warm_s": since(warm),
+            # the key weights read from the PostgreSQL cache (every start but the first of
+            # a CustomerImportance version) or computed from the file
+            "weights_cached": spark.get("weights_cached"),
+            "spark_start_ms": spark.get("spark_start_ms"),
+            "start_up_ms": spark.get("start_up_ms")}
 
 
 def spread(values: Iterable[float | None], places: int = 3) -> dict:
@@ -340,7 +349,10 @@ def target_checks(results: dict) -> dict[str, dict]:
     memory = results["memory"]
     check("memory_peak_bytes", memory["peak_total_bytes"], TARGET_MEMORY_BYTES, False, memory)
     startup = results["startup"]
-    check("startup_s", startup["ready_s"]["median"], TARGET_STARTUP_S, False, startup)
+    # the steady state: starts whose key weights came from the cache, when there were any
+    ready = startup.get("ready_s_cached") or {}
+    check("startup_s", (ready if ready.get("n") else startup["ready_s"])["median"],
+          TARGET_STARTUP_S, False, startup)
     recovery = results["recovery"]
     check("recovery_s", recovery.get("kill_to_in_flight_applied_s"), TARGET_RECOVERY_S, False,
           recovery)

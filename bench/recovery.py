@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         s3.upload_file(str(importance), stack.bucket, "reference/CustomerImportance.csv")
         phase.start_worker()
         try:
-            phase.wait_ready()
+            phase.wait_ready(warm=True)
             result = measure_recovery(phase, transactions, importance, config,
                                       args.kill_after, args.interval, after_seq=0)
             phase.stop_worker()

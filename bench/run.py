@@ -26,6 +26,7 @@ Writes ``results.json`` and the plots under ``bench/results/<UTC timestamp>/`` a
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -61,6 +62,7 @@ QUICK_ROWS, QUICK_ROWS_PER_CHUNK = 12_000, 2_000
 QUICK_WORKER_ENV = (("WORKER_MAX_BATCH_CHUNKS", "4"),)
 PEER_MODULE = "bench.peer_streaming"
 WORKER_READY = "worker started"
+WORKER_WARM = "spark warm"
 
 
 class BenchError(RuntimeError):
@@ -260,9 +262,14 @@ class Phase:
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return self.worker
 
-    def wait_ready(self, timeout: float = 300) -> None:
+    def wait_ready(self, timeout: float = 300, warm: bool = False) -> None:
+        """Until the worker receives; with ``warm``, also until its Spark warm-up (which runs
+        while it receives) is done: a steady-state measurement starts there."""
         wait_for_line(self.worker_log, self.worker_log_offset, WORKER_READY, self.worker,
                       timeout=timeout)
+        if warm:
+            wait_for_line(self.worker_log, self.worker_log_offset, WORKER_WARM, self.worker,
+                          timeout=timeout)
 
     def startup(self) -> dict:
         """The last started worker's start-up: process start -> "spark ready", "worker started"."""
@@ -309,12 +316,45 @@ def start_mid_stream(database_url: str, chunks_before: int) -> None:
         conn.close()
 
 
+def copy_weight_cache(source_url: str, target_url: str) -> int:
+    """The key weights cached in ``source_url``'s database, copied into ``target_url``'s
+    (migrated here); the number of weights copied.
+
+    Every phase runs on a fresh database, but a real worker's database keeps its cache from
+    one start to the next: only the first start of a CustomerImportance version computes the
+    weights. The first phase's worker computes them (a cold start); the later phases start
+    with them cached, as every later start in production would.
+    """
+    import io
+
+    from spark_detector import db
+
+    with contextlib.closing(db.connect(source_url)) as src, \
+            contextlib.closing(db.connect(target_url)) as dst:
+        db.migrate(dst)
+        copied = 0
+        with src.cursor() as read, dst.cursor() as write:
+            for table in ("reference_weight_sets", "reference_weights"):
+                buffer = io.StringIO()
+                read.copy_expert(f"COPY {table} TO STDOUT", buffer)
+                buffer.seek(0)
+                write.copy_expert(f"COPY {table} FROM STDIN", buffer)
+                copied = write.rowcount
+        dst.commit()
+        src.rollback()
+    return copied
+
+
 def run_backlog(stack: LocalServices, server_url: str, config: BenchConfig,
                 transactions: Path, importance: Path, name: str = "backlog",
-                chunks_before: int = 0) -> tuple[dict, RssSampler, Phase]:
+                chunks_before: int = 0, weights_from: str | None = None,
+                ) -> tuple[dict, RssSampler, Phase]:
     """One backlog drain on a fresh database; ``chunks_before`` chunks are already in the
-    bucket (earlier phases): the stream starts after them."""
+    bucket (earlier phases): the stream starts after them. ``weights_from``: a database
+    whose cached key weights the worker finds (``copy_weight_cache``)."""
     phase = Phase(name.replace("-", "_"), stack, server_url, config.worker_env)
+    if weights_from:
+        copy_weight_cache(weights_from, phase.database_url)
     if chunks_before:
         start_mid_stream(phase.database_url, chunks_before)
     phase.queue_backlog(transactions, importance, config, from_start=chunks_before > 0)
@@ -331,16 +371,19 @@ def run_backlog(stack: LocalServices, server_url: str, config: BenchConfig,
 
 def run_nominal(stack: LocalServices, server_url: str, config: BenchConfig,
                 transactions: Path, importance: Path, chunks_before: int,
+                weights_from: str | None = None,
                 ) -> tuple[list[measure.ChunkRow], RssSampler, Phase]:
     """The stream at the nominal rate to a ready worker. The worker is left running (the
     recovery phase goes on with it); the caller stops it."""
     phase = Phase("nominal", stack, server_url, config.worker_env)
+    if weights_from:
+        copy_weight_cache(weights_from, phase.database_url)
     start_mid_stream(phase.database_url, chunks_before)
     worker = phase.start_worker()
     producer = None
     try:
         with RssSampler(worker.pid, label="nominal") as memory:
-            phase.wait_ready()
+            phase.wait_ready(warm=True)  # latency in the steady state; start-up is apart
             producer = phase.producer(transactions, importance, config,
                                       interval=config.interval_s, from_start=True,
                                       passes=config.passes)
@@ -654,14 +697,17 @@ def run(config: BenchConfig) -> dict:
         results["versions"] = versions(stack.database_url)
 
         repeats = []
+        weights_from = None  # the first start computes the key weights, later ones find them
         for r in range(1, config.backlog_repeats + 1):
             name = f"backlog-{r}"
             print(f"[bench] {name}: {config.chunks} chunks queued, then the worker drains them",
                   flush=True)
             with loads.phase(name) as load:
-                figures, memory, _ = run_backlog(stack, server_url, config, transactions,
-                                                 importance, name=name,
-                                                 chunks_before=streamed)
+                figures, memory, phase = run_backlog(stack, server_url, config, transactions,
+                                                     importance, name=name,
+                                                     chunks_before=streamed,
+                                                     weights_from=weights_from)
+            weights_from = weights_from or phase.database_url
             streamed += config.chunks
             worker_memory.append(memory)
             startups.append({"phase": name, **figures["startup"]})
@@ -676,7 +722,8 @@ def run(config: BenchConfig) -> dict:
               flush=True)
         with loads.phase("nominal") as load:
             chunks, memory, nominal = run_nominal(stack, server_url, config, transactions,
-                                                  importance, chunks_before=streamed)
+                                                  importance, chunks_before=streamed,
+                                                  weights_from=weights_from)
         streamed += config.chunks
         worker_memory.append(memory)
         try:
@@ -709,6 +756,10 @@ def run(config: BenchConfig) -> dict:
 
         results["startup"] = {
             "ready_s": measure.spread(s["ready_s"] for s in startups),
+            "ready_s_cached": measure.spread(
+                s["ready_s"] for s in startups if s.get("weights_cached")),
+            "ready_s_computed": measure.spread(
+                s["ready_s"] for s in startups if s.get("weights_cached") is False),
             "per_start": startups,
         }
         s3, _ = stack.clients()
@@ -837,6 +888,8 @@ def format_table(results: dict, results_dir: Path) -> str:
          + " MiB", "", "", ""),
         ("start-up to ready, median [min-max]", f"{span(start['ready_s'], '.1f')} s", "<= 6 s",
          verdict("startup_s"), _load_note(start["load"])),
+        ("  weights cached / computed", f"{span(start['ready_s_cached'], '.1f')} s / "
+         f"{span(start['ready_s_computed'], '.1f')} s", "", "", ""),
     ]
     if not rec.get("skipped"):
         rows.append(("recovery: kill -> in flight applied",

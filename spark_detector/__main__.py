@@ -64,6 +64,7 @@ def cmd_run(settings: WorkerSettings, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     worker = Worker(settings, s3=s3, sqs=sqs, connect=lambda: db.connect(settings.database_url),
                     aggregate=aggregator.aggregate, runtime_alive=aggregator.alive,
+                    warm_up=aggregator.warm_up,
                     y_start_time=y_start_time, stop_event=stop_event)
     try:
         return worker.run(drain=args.drain)

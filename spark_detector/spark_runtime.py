@@ -46,7 +46,8 @@ class SparkAggregator:
               stop: threading.Event) -> SparkAggregator:
         """Start Spark and load the key weights side by side: the JVM's start-up and the
         weights (cached in PostgreSQL, or computed from the object) use different processes,
-        so start-up costs the longer of the two, not their sum."""
+        so start-up costs the longer of the two, not their sum. The warm-up is not part of
+        it: the worker runs ``warm_up`` on its Spark thread while it starts receiving."""
         started = time.perf_counter()
         with ThreadPoolExecutor(1, thread_name_prefix="key-weights") as pool:
             loading = pool.submit(load_key_weights, s3, connect, settings, stop)
@@ -55,7 +56,6 @@ class SparkAggregator:
                 spark_ms = round((time.perf_counter() - started) * 1000)
                 fetch_spec = replace(FetchSpec.from_env(settings.bucket),
                                      max_rows=settings.max_chunk_rows)
-                warm_up(spark, fetch_spec)
             except BaseException:
                 stop.set()  # a weights loader waiting for the object gives up
                 raise
@@ -69,6 +69,14 @@ class SparkAggregator:
             "spark_start_ms": spark_ms,
             "start_up_ms": round((time.perf_counter() - started) * 1000)})
         return cls(spark, fetch_spec, weights.weights)
+
+    def warm_up(self) -> None:
+        """One made-up batch through the whole query (``spark_job.warm_up``): the first real
+        batch then does not pay the Python workers' start, class loading and code generation."""
+        started = time.perf_counter()
+        warm_up(self.spark, self.fetch_spec)
+        logger.info("spark warm", extra={
+            "warm_up_ms": round((time.perf_counter() - started) * 1000)})
 
     def alive(self) -> bool:
         return jvm_alive(self.spark)

@@ -220,6 +220,7 @@ class Worker:
         connect: Callable[[], object],
         aggregate: Callable[[list[str]], BatchResult],
         runtime_alive: Callable[[], bool] = lambda: True,
+        warm_up: Callable[[], object] | None = None,
         y_start_time: datetime | None = None,
         clock: Callable[[], float] = time.monotonic,
         stop_event: threading.Event | None = None,
@@ -230,6 +231,7 @@ class Worker:
         self._connect = connect
         self._aggregate = aggregate
         self._runtime_alive = runtime_alive
+        self._warm_up = warm_up
         self._conn = None
         self.y_start_time = y_start_time or datetime.now(UTC)
         self._clock = clock
@@ -336,6 +338,9 @@ class Worker:
     def run(self, *, drain: bool = False) -> int:
         """Loop until asked to stop; the process exit code."""
         self.start()
+        if self._warm_up is not None:
+            # warmed up while the first receive waits; the first Spark job waits for it
+            self._overlapped = Overlapped([], self._spark_thread.submit(self._warm_up))
         watchdog = threading.Thread(target=self._watch_runtime, name="spark-watchdog",
                                     daemon=True)
         watchdog.start()
@@ -704,7 +709,8 @@ class Worker:
             logger.info("overlapped Spark job failed: its chunks are aggregated in their turn",
                         extra={"chunk_keys": overlapped.keys, "error": failure_text(exc)})
             return
-        self._keep(overlapped.keys, result, summary)
+        if overlapped.keys:  # the start-up warm-up has none
+            self._keep(overlapped.keys, result, summary)
 
     def _drop_overlapped(self) -> None:
         """Wait for a running overlapped job and drop what it produced (stopping, outage)."""

@@ -105,6 +105,9 @@ def test_chunks_failing_in_batches_of_10_never_take_the_others_with_them(
                     " FROM chunk_failures ORDER BY chunk_key")
         assert cur.fetchall() == [(key, 3, dead[key][0], True) for key in sorted(dead)]
     assert resources.depth() == 0
+    # The start-up warm-up ran on the Spark thread, done before the first batch's Spark job
+    text = log.read_text(errors="replace")
+    assert 0 < text.index('"spark warm"') < text.index('"batch done"')
     # Spark jobs overlapped the applies; the overlapped job that failed counted for nobody:
     # each failing chunk failed exactly its budget of 3 times, each time alone
     assert sum(b["overlapped"] for b in log_lines(log, "batch done")) >= 10

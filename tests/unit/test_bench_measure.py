@@ -152,11 +152,12 @@ def test_edge_windows_never_overlap(count, expected):
 def test_startup_runs_from_process_start_to_the_ready_line():
     records = [{"message": "code shipped with addPyFile", "timestamp": "2026-11-27T04:00:03Z"},
                {"message": "spark ready", "timestamp": "2026-11-27T04:00:12.5+00:00",
-                "warm_up_ms": 5_000},
+                "weights_cached": True, "spark_start_ms": 3_100, "start_up_ms": 4_800},
                {"message": "worker started", "timestamp": "2026-11-27T04:00:12.75+00:00"},
                {"message": "worker started", "timestamp": "2026-11-27T04:09:00+00:00"}]
-    assert startup_figures(records, T0) == {"ready_s": 12.75, "spark_ready_s": 12.5,
-                                            "warm_up_ms": 5_000}
+    assert startup_figures(records, T0) == {
+        "ready_s": 12.75, "spark_ready_s": 12.5, "warm_s": None, "weights_cached": True,
+        "spark_start_ms": 3_100, "start_up_ms": 4_800}
     assert startup_figures(records[:1], T0)["ready_s"] is None
 
 
