@@ -59,12 +59,13 @@ def warm_up(spark: SparkSession, fetch_spec: FetchSpec, rounds: int = 1,
     workers start and import boto3, the JVM loads the query's classes and compiles its hot
     loops only after many rows. Measured by ``make bench``: the first chunk at the nominal
     rate took 3.4 s instead of ~0.6 s and the queue backed up behind it (p99 3.8 s); the
-    first backlog batch of 10 took 11.4 s instead of ~3.5 s. Paying that at start-up,
-    before the first receive, keeps it out of the latency. Chunk-sized made-up chunks (not a
-    single line) warm the JIT up as real ones do. One round pays the Python workers' start,
-    class loading and code generation; more rounds only heat the JIT further, which the
-    first real chunks finish (start-up counts against its own target: 6 s). Returns the
-    last round's result (every made-up line a good row, none weighted), for tests.
+    first backlog batch of 10 took 11.4 s instead of ~3.5 s. The worker pays it once, on
+    its Spark thread while its first receive waits (``Worker.run``), so it delays neither
+    start-up nor, unless a chunk is already waiting, any chunk. Chunk-sized made-up chunks
+    (not a single line) warm the JIT up as real ones do. One round pays the Python workers'
+    start, class loading and code generation; more rounds only heat the JIT further, which
+    the first real chunks finish. Returns the last round's result (every made-up line a
+    good row, none weighted), for tests.
     """
     slices = max(1, spark.sparkContext.defaultParallelism)
     keys = [f"warm-up-{i}" for i in range(slices)]
