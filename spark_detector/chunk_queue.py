@@ -216,6 +216,14 @@ class InFlight:
         delete_messages(self._sqs, self._queue_url, self.messages(key))
         self.pop(key)
 
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete the messages of several done chunks, ten per call (raises if SQS refuses:
+        they all stay held)."""
+        messages = [m for key in keys for m in self.messages(key)]
+        delete_messages(self._sqs, self._queue_url, messages)
+        for key in keys:
+            self.pop(key)
+
     def release(self, key: str, delay_seconds: int = 0) -> None:
         messages = self.pop(key)
         if messages:

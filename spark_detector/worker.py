@@ -9,7 +9,8 @@ of them is safe:
 1. rejected rows are written to quarantine/ (a deterministic key: a redo rewrites it);
 2. ``apply_chunk`` commits state, the processed_chunks row, the detections and the chunk's
    sequence mark in ONE transaction (a redo finds the chunk applied and changes nothing);
-3. the chunk's SQS messages are deleted (a crash before this only causes a redelivery,
+3. the chunk's SQS messages are deleted, with those of the batch's other applied chunks
+   once the batch is settled, ten per call (a crash before this only causes a redelivery,
    recognised as a duplicate);
 4. closed outbox files are written to S3 and marked written (a redo rewrites the same bytes).
 
@@ -108,7 +109,7 @@ class BatchSummary:
     fetch_ms: int | None = None  # S3 GET + chunk checks on the executors, summed over tasks
     quarantine_ms: int = 0
     apply_ms: int = 0
-    delete_ms: int = 0  # SQS deletes after each commit
+    delete_ms: int = 0  # SQS deletes of the applied chunks' messages, after their commits
     publish_ms: int = 0  # closed outbox files written to S3
     batch_ms: int = 0  # received_at -> batch done
     lag_ms: int | None = None  # oldest S3 event in the batch -> last commit
@@ -252,6 +253,7 @@ class Worker:
         self._overlapped: Overlapped | None = None
         self._spark_thread = ThreadPoolExecutor(1, thread_name_prefix="spark-overlap")
         self._redriven: set[str] = set()
+        self._applied_unacked: list[str] = []  # applied; their messages not deleted yet
         self._failed_before: set[str] = set()  # chunks in hand with a failure record
         self._made_progress = False  # the last batch applied a chunk
         self._database_down = False
@@ -398,6 +400,7 @@ class Worker:
 
     def _give_back_all(self, why: str) -> None:
         """Make every held message visible at once: not a failure, not a postponement."""
+        self._delete_applied(BatchSummary())  # done chunks' messages: deleted, not given back
         self._drop_overlapped()
         self.chunks.clear()
         self._aggregated.clear()
@@ -465,6 +468,7 @@ class Worker:
         ready = self._ready(summary, records)
         if ready:
             self._process(ready, summary)
+        self._delete_applied(summary)
         with _timed(summary, "publish_ms"):
             summary.files_written = len(self.publish())
         summary.batch_ms = _ms_since(batch_started)
@@ -517,8 +521,26 @@ class Worker:
                 self._forget(key)
         return {k: r for k, r in failed.items() if r.dead_lettered_at is None}
 
-    def _forget(self, key: str) -> None:
-        self.inflight.delete(key)
+    def _delete_applied(self, summary: BatchSummary) -> None:
+        """Delete the messages of the chunks applied since the last call, ten per SQS call.
+        If SQS refuses, they stay held and are tried again next loop (a crash meanwhile
+        only brings them back as duplicates)."""
+        keys, self._applied_unacked = self._applied_unacked, []
+        if not keys:
+            return
+        try:
+            with _timed(summary, "delete_ms"):
+                self.inflight.delete_many(keys)
+        except Exception as exc:
+            self._applied_unacked = keys + self._applied_unacked
+            logger.warning("messages of applied chunks not deleted; tried again next loop",
+                           extra={"chunk_keys": keys, "error": str(exc)})
+
+    def _forget(self, key: str, delete_now: bool = True) -> None:
+        if delete_now:
+            self.inflight.delete(key)
+        else:
+            self._applied_unacked.append(key)
         self.chunks.pop(key, None)
         self._aggregated.pop(key, None)
         self._redriven.discard(key)
@@ -775,8 +797,7 @@ class Worker:
                 thresholds=s.thresholds, spark_ms=summary.spark_ms,
                 detections_prefix=s.detections_prefix))
         failpoint("after_commit")
-        with _timed(summary, "delete_ms"):
-            self._forget(key)
+        self._forget(key, delete_now=False)  # with the batch's others: _delete_applied
         if detections is None:  # another worker applied it meanwhile: nothing done here
             summary.duplicates += 1
             return

@@ -5,6 +5,7 @@ import pytest
 
 from chunk_contract.message import ChunkMessage
 from spark_detector.chunk_queue import (
+    InFlight,
     Received,
     change_visibility,
     delete_messages,
@@ -78,3 +79,21 @@ def test_deleted_messages_are_gone_and_postponed_ones_are_hidden(queue):
     attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
     assert attrs["ApproximateNumberOfMessages"] == "0"
     assert attrs["ApproximateNumberOfMessagesNotVisible"] == "1"
+
+
+def test_inflight_deletes_several_chunks_messages_at_once_and_stops_holding_them(queue):
+    sqs, url = queue
+    for i in range(13):  # two deliveries of chunk 0: both deleted with it
+        sqs.send_message(QueueUrl=url, MessageBody=body(f"stream_chunks/c{i % 12:02d}.csv"))
+    got = receive_batch(sqs, url, max_messages=13, wait_time_seconds=0, window_seconds=5)
+    held = InFlight(sqs, url, every_seconds=60, extend_to_seconds=60)
+    for message in got:
+        held.add(ChunkMessage.from_json(message.body).key, [message])
+    done = [f"stream_chunks/c{i:02d}.csv" for i in range(11)]
+
+    held.delete_many(done)
+
+    assert held.keys() == ["stream_chunks/c11.csv"]
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert (attrs["ApproximateNumberOfMessages"],
+            attrs["ApproximateNumberOfMessagesNotVisible"]) == ("0", "1")
