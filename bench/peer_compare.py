@@ -33,7 +33,7 @@ def diff_detections(peer: Iterable[tuple[Key, str]], expected: Iterable[tuple[Ke
     """Compare (detection key, chunk it fired at) lists; keys are unique in each."""
     peer_at, expected_at = dict(peer), dict(expected)
     both = peer_at.keys() & expected_at.keys()
-    other_chunk = sorted((list(k), peer_at[k], expected_at[k]) for k in both
+    other_chunk = sorted([*k, peer_at[k], expected_at[k]] for k in both
                          if peer_at[k] != expected_at[k])
     return {
         "peer": len(peer_at),
