@@ -48,13 +48,15 @@ Output contract (``--out``):
   "committed_at" (UTC ISO: when the micro-batch's PostgreSQL transaction committed),
   "batch_id", "rows" (the file's rows with the header's number of fields), "batch_rows",
   "batch_files", "batch_started_at" (``foreachBatch`` entered), "batch_ms" (``foreachBatch``:
-  Spark jobs + PostgreSQL), "spark_ms", "db_ms"}``;
+  Spark jobs + PostgreSQL), "spark_ms" (both Spark jobs), "files_ms" (the first: the
+  micro-batch's file names), "db_ms"}``;
 - ``peer_detections.jsonl``, one line per detection: ``{"pattern_id", "merchant_id",
   "customer_name" ("" for PatId3), "chunk_key" (the micro-batch's last file, by name),
   "batch_id"}``;
 - stdout: ONE JSON line (``summary``): chunks, rows, batches, ``rows_per_s`` (rows from the
   first micro-batch's trigger to the last commit), ``latency_s`` p50/p90/p99/max of
-  committed_at - file_mtime, ``startup_s`` (process start -> query started), detections per
+  committed_at - file_mtime, ``batch_stages_ms_p50`` (median over micro-batches of batch_ms,
+  spark_ms, files_ms, db_ms), ``startup_s`` (process start -> query started), detections per
   pattern, ``timed_out``. Progress and Spark's own messages go to stderr.
 Exit code 0 when ``--expect-chunks`` were processed (or, without it, at ``--timeout``), 1 on a
 timeout before them, 2 when the query failed.
@@ -72,6 +74,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import threading
@@ -88,6 +91,7 @@ PROCESS_START = time.time()  # fallback when psutil is not installed
 CHUNK_COLUMNS = ("step", "customer", "age", "gender", "zipcodeOri",
                  "merchant", "zipMerchant", "category", "amount", "fraud")
 PATTERNS = ("PatId1", "PatId2", "PatId3")
+STAGES = ("batch_ms", "spark_ms", "files_ms", "db_ms")  # per micro-batch, in peer_chunks.jsonl
 
 SCHEMA_SQL = """
 DROP SCHEMA IF EXISTS {schema} CASCADE;
@@ -210,6 +214,9 @@ def summarize(chunks: Sequence[dict], detections: Sequence[dict], *, startup_s: 
         span = last_commit - start
     else:
         span = None
+    one_per_batch = {c["batch_id"]: c for c in chunks}.values()
+    stages = {name: round(statistics.median(c[name] for c in one_per_batch), 1)
+              for name in STAGES if chunks and all(name in c for c in chunks)}
     per_pattern = {p: 0 for p in PATTERNS}
     for d in detections:
         per_pattern[d["pattern_id"]] = per_pattern.get(d["pattern_id"], 0) + 1
@@ -224,6 +231,7 @@ def summarize(chunks: Sequence[dict], detections: Sequence[dict], *, startup_s: 
                for q in (50, 90, 99)},
             "max": round(max(latencies), 3) if latencies else None,
         },
+        "batch_stages_ms_p50": stages,
         "startup_s": round(startup_s, 3) if startup_s is not None else None,
         "detections": sum(per_pattern.values()),
         "detections_per_pattern": per_pattern,
@@ -341,6 +349,7 @@ class PeerSink:
             F.count(F.lit(1)), F.expr("unix_millis(max(file_modification_time))")).collect())
         if not files:
             return
+        files_done = time.time()
         pairs = [tuple(row) for row in batch_pairs(batch_df, self.weights_df).collect()]
         spark_done = time.time()
         rows = {name: n for name, n, _ in files}
@@ -355,6 +364,7 @@ class PeerSink:
                  "batch_started_at": utc_iso(started),
                  "batch_ms": round((committed - started) * 1000, 1),
                  "spark_ms": round((spark_done - started) * 1000, 1),
+                 "files_ms": round((files_done - started) * 1000, 1),
                  "db_ms": round((committed - spark_done) * 1000, 1)}
         chunks = [{"chunk_key": name, "file_mtime": utc_iso(mtime_ms / 1000), "rows": n,
                    **batch} for name, n, mtime_ms in files]

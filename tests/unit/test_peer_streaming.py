@@ -35,6 +35,7 @@ def test_summary_latency_is_commit_minus_file_time_and_rows_per_s_runs_from_the_
     assert summary["run_s"] == 4.0 and summary["rows_per_s"] == 100
     assert summary["latency_s"] == {"p50": 1.0, "p90": 1.8, "p99": 1.98, "max": 2.0}
     assert summary["startup_s"] == 12.346
+    assert summary["batch_stages_ms_p50"] == {}  # no stage timings in these records
     assert summary["detections_per_pattern"] == {"PatId1": 0, "PatId2": 2, "PatId3": 1}
     assert summary["max_files_per_trigger"] == 1 and summary["timed_out"] is False
 
@@ -43,6 +44,18 @@ def test_summary_without_a_trigger_time_starts_at_the_first_foreach_batch():
     chunks = [chunk("a.csv", 0, T0, T0 + 2.0, started=T0 + 1.0, rows=50)]
     summary = summarize(chunks, [], startup_s=None, first_trigger_at=None, timed_out=True)
     assert summary["rows_per_s"] == 50 and summary["timed_out"] is True
+
+
+def test_stage_medians_count_each_micro_batch_once():
+    stages = [{"batch_ms": 100, "spark_ms": 80, "files_ms": 30, "db_ms": 20},
+              {"batch_ms": 300, "spark_ms": 200, "files_ms": 50, "db_ms": 100}]
+    chunks = [{**chunk("a.csv", 0, T0, T0 + 1), **stages[0]},
+              {**chunk("b.csv", 1, T0, T0 + 2), **stages[1]},
+              {**chunk("c.csv", 1, T0, T0 + 2), **stages[1]},
+              {**chunk("d.csv", 1, T0, T0 + 2), **stages[1]}]
+    summary = summarize(chunks, [], startup_s=None, first_trigger_at=None, timed_out=False)
+    assert summary["batch_stages_ms_p50"] == {"batch_ms": 200, "spark_ms": 140,
+                                              "files_ms": 40, "db_ms": 60}
 
 
 def test_summary_of_nothing_processed():
