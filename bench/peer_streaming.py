@@ -16,9 +16,11 @@ isolation):
 - ``foreachBatch``: fields cleaned as docs/detection-semantics.md says (blanks, then one pair of
   single quotes), amounts checked and rounded to cents, the averaged CustomerImportance weights
   joined per (customer, merchant, category) (``spark_detector.spark_job.load_weights``, the
-  worker's own weights), ONE Spark aggregation per (merchant, customer): count, exact amount sum,
-  weight sum and weighted count, gender of the pair's first row in the micro-batch (files in
-  name order, then row order); the result goes to the driver;
+  worker's own weights), ONE Spark job aggregating per (merchant, customer): count, exact amount
+  sum, weight sum and weighted count, gender of the pair's first row in the micro-batch (files
+  in name order, then row order); and, in the same job (grouping sets), per file: its name,
+  valid rows and modification time, which ``foreachBatch`` is not told otherwise; the result
+  goes to the driver;
 - then ONE PostgreSQL transaction per micro-batch: add the totals (``INSERT ... ON CONFLICT DO
   UPDATE SET n = t.n + excluded.n``), evaluate the three rules in SQL for every customer of the
   merchants the micro-batch touched, insert new detections ``ON CONFLICT DO NOTHING`` (fires at
@@ -37,8 +39,8 @@ Differences from the worker, by design: with ``maxFilesPerTrigger`` > 1 the rule
 micro-batch, not after each chunk (a condition true only between two chunks of one micro-batch
 is never seen; a detection fires at the micro-batch's last file); the file source orders files
 by modification time (ties in listing order), not by the producer's sequence number; a chunk is
-never rejected whole and rejected rows are dropped, not quarantined; the columns must be in
-BankSim's order.
+never rejected whole and rejected rows are dropped, not quarantined (a file without one valid
+row is not reported at all); the columns must be in BankSim's order.
 
 Output contract (``--out``):
 - ``peer_ready.json``, written once the streaming query has started:
@@ -46,17 +48,16 @@ Output contract (``--out``):
 - ``peer_chunks.jsonl``, one line per chunk file as its micro-batch commits: ``{"chunk_key"
   (the file's name), "file_mtime" (UTC ISO, ms: when the file appeared, as Spark lists it),
   "committed_at" (UTC ISO: when the micro-batch's PostgreSQL transaction committed),
-  "batch_id", "rows" (the file's rows with the header's number of fields), "batch_rows",
+  "batch_id", "rows" (the file's valid rows), "batch_rows",
   "batch_files", "batch_started_at" (``foreachBatch`` entered), "batch_ms" (``foreachBatch``:
-  Spark jobs + PostgreSQL), "spark_ms" (both Spark jobs), "files_ms" (the first: the
-  micro-batch's file names), "db_ms"}``;
+  the Spark job + PostgreSQL), "spark_ms", "db_ms"}``;
 - ``peer_detections.jsonl``, one line per detection: ``{"pattern_id", "merchant_id",
   "customer_name" ("" for PatId3), "chunk_key" (the micro-batch's last file, by name),
   "batch_id"}``;
 - stdout: ONE JSON line (``summary``): chunks, rows, batches, ``rows_per_s`` (rows from the
   first micro-batch's trigger to the last commit), ``latency_s`` p50/p90/p99/max of
   committed_at - file_mtime, ``batch_stages_ms_p50`` (median over micro-batches of batch_ms,
-  spark_ms, files_ms, db_ms), ``startup_s`` (process start -> query started), detections per
+  spark_ms, db_ms), ``startup_s`` (process start -> query started), detections per
   pattern, ``timed_out``. Progress and Spark's own messages go to stderr.
 Exit code 0 when ``--expect-chunks`` were processed (or, without it, at ``--timeout``), 1 on a
 timeout before them, 2 when the query failed.
@@ -91,7 +92,7 @@ PROCESS_START = time.time()  # fallback when psutil is not installed
 CHUNK_COLUMNS = ("step", "customer", "age", "gender", "zipcodeOri",
                  "merchant", "zipMerchant", "category", "amount", "fraud")
 PATTERNS = ("PatId1", "PatId2", "PatId3")
-STAGES = ("batch_ms", "spark_ms", "files_ms", "db_ms")  # per micro-batch, in peer_chunks.jsonl
+STAGES = ("batch_ms", "spark_ms", "db_ms")  # per micro-batch, in peer_chunks.jsonl
 
 SCHEMA_SQL = """
 DROP SCHEMA IF EXISTS {schema} CASCADE;
@@ -301,8 +302,12 @@ def chunk_stream(spark, chunks_dir: Path, max_files_per_trigger: int):
     )
 
 
-def batch_pairs(batch_df, weights_df):
-    """The micro-batch aggregated per (merchant, customer), valid rows only, weights joined."""
+def batch_aggregates(batch_df, weights_df):
+    """The micro-batch's valid rows, weights joined, aggregated in ONE Spark job at two levels
+    (grouping sets): per (merchant, customer) - ``file_name`` null - and per file - ``merchant``
+    and ``customer`` null - whose ``txn_count`` is the file's valid rows (the file source tells
+    ``foreachBatch`` nothing of its files). Columns: merchant, customer, file_name, txn_count,
+    amount_sum, weight_sum, weighted_count, gender, file_mtime_ms."""
     from pyspark.sql import functions as F
 
     from spark_detector.parsing import DECIMAL_PATTERN
@@ -311,20 +316,24 @@ def batch_pairs(batch_df, weights_df):
         batch_df.withColumn("row_id", F.monotonically_increasing_id())  # file order in a task
         .select(clean("customer").alias("customer"), clean("merchant").alias("merchant"),
                 clean("category").alias("category"), clean("gender").alias("gender"),
-                clean("amount").alias("amount_text"), "file_name", "row_id")
+                clean("amount").alias("amount_text"), "file_name", "file_modification_time",
+                "row_id")
         .where((F.col("customer") != "") & (F.col("merchant") != "")
                & F.col("amount_text").rlike(f"^({DECIMAL_PATTERN})$"))
         .withColumn("amount", F.expr("try_cast(amount_text AS decimal(18,2))"))  # half-up
         .where(F.col("amount") >= 0)  # null (too large) or negative: the row is dropped
     )
     weighted = rows.join(F.broadcast(weights_df), ["customer", "merchant", "category"], "left")
-    return weighted.groupBy("merchant", "customer").agg(
+    return weighted.groupingSets(
+        [["merchant", "customer"], ["file_name"]], "merchant", "customer", "file_name"
+    ).agg(
         F.count(F.lit(1)).alias("txn_count"),
         F.sum("amount").alias("amount_sum"),
         F.coalesce(F.sum("weight"), F.lit(0)).alias("weight_sum"),
         F.count("weight").alias("weighted_count"),
         # the gender of the pair's first row: files in name order, rows in file order
         F.min_by("gender", F.struct("file_name", "row_id")).alias("gender"),
+        F.expr("unix_millis(max(file_modification_time))").alias("file_mtime_ms"),
     )
 
 
@@ -341,17 +350,18 @@ class PeerSink:
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr, flush=True)
 
     def __call__(self, batch_df, batch_id: int) -> None:
-        from pyspark.sql import functions as F
-
         started = time.time()
-        # the micro-batch's files (a second, small Spark job: the file source tells no one)
-        files = sorted(tuple(row) for row in batch_df.groupBy("file_name").agg(
-            F.count(F.lit(1)), F.expr("unix_millis(max(file_modification_time))")).collect())
+        pairs, files = [], []
+        for r in batch_aggregates(batch_df, self.weights_df).collect():
+            if r.file_name is None:
+                pairs.append((r.merchant, r.customer, r.txn_count, r.amount_sum, r.weight_sum,
+                              r.weighted_count, r.gender))
+            else:
+                files.append((r.file_name, r.txn_count, r.file_mtime_ms))
+        spark_done = time.time()
         if not files:
             return
-        files_done = time.time()
-        pairs = [tuple(row) for row in batch_pairs(batch_df, self.weights_df).collect()]
-        spark_done = time.time()
+        files.sort()
         rows = {name: n for name, n, _ in files}
         chunk_key = batch_chunk_key(rows)
         fired = self._commit(batch_id, pairs, list(rows), sum(rows.values()), chunk_key)
@@ -364,7 +374,6 @@ class PeerSink:
                  "batch_started_at": utc_iso(started),
                  "batch_ms": round((committed - started) * 1000, 1),
                  "spark_ms": round((spark_done - started) * 1000, 1),
-                 "files_ms": round((files_done - started) * 1000, 1),
                  "db_ms": round((committed - spark_done) * 1000, 1)}
         chunks = [{"chunk_key": name, "file_mtime": utc_iso(mtime_ms / 1000), "rows": n,
                    **batch} for name, n, mtime_ms in files]
