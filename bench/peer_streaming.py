@@ -58,9 +58,12 @@ Output contract (``--out``):
   first micro-batch's trigger to the last commit), ``latency_s`` p50/p90/p99/max of
   committed_at - file_mtime, ``batch_stages_ms_p50`` (median over micro-batches of batch_ms,
   spark_ms, db_ms), ``startup_s`` (process start -> query started), detections per
-  pattern, ``timed_out``. Progress and Spark's own messages go to stderr.
-Exit code 0 when ``--expect-chunks`` were processed (or, without it, at ``--timeout``), 1 on a
-timeout before them, 2 when the query failed.
+  pattern, ``timed_out`` (ended before ``--expect-chunks`` were processed: ``--timeout`` or
+  SIGTERM), ``stopped`` (by SIGTERM), the settings. Progress and Spark's own messages go to
+  stderr.
+Exit code 0 when ``--expect-chunks`` were processed (or, without it, at ``--timeout`` or on
+SIGTERM), 1 when the run ended before them, 2 when the query failed (the summary is not
+printed).
 
 PostgreSQL: the tables live in their own schema (``--schema``, default ``peer_streaming``),
 dropped and created again at start; nothing else in the database is touched.
@@ -500,19 +503,16 @@ def run_peer(chunks_dir: Path | str, importance: Path | str, database_url: str,
             feeder.start()
 
         deadline = time.monotonic() + timeout_s
-        timed_out = failed = False
-        while True:
-            if not query.isActive:
-                failed = True
-                break
-            if expect_chunks is not None and len(sink.chunks) >= expect_chunks:
-                break
+        stop = stop or threading.Event()
+
+        def complete() -> bool:
+            return expect_chunks is not None and len(sink.chunks) >= expect_chunks
+
+        while query.isActive and not complete() and not stop.is_set():
             if time.monotonic() >= deadline:
-                timed_out = expect_chunks is not None
-                break
-            if stop is not None and stop.is_set():
                 break
             time.sleep(0.05)
+        failed = not query.isActive
         error = query.exception()
         first_batch = min((c["batch_id"] for c in sink.chunks), default=None)
         first_trigger = first_trigger_time(query, first_batch)
@@ -520,9 +520,10 @@ def run_peer(chunks_dir: Path | str, importance: Path | str, database_url: str,
         if error is not None or failed:
             raise RuntimeError(f"the streaming query failed: {error}")
         return summarize(sink.chunks, sink.detections, startup_s=startup_s,
-                         first_trigger_at=first_trigger, timed_out=timed_out,
-                         max_files_per_trigger=max_files_per_trigger, trigger_ms=trigger_ms,
-                         expect_chunks=expect_chunks)
+                         first_trigger_at=first_trigger,
+                         timed_out=expect_chunks is not None and not complete(),
+                         stopped=stop.is_set(), max_files_per_trigger=max_files_per_trigger,
+                         trigger_ms=trigger_ms, expect_chunks=expect_chunks)
     finally:
         stop_feeding.set()
         if feeder is not None:
