@@ -15,9 +15,10 @@ isolation):
   a checkpoint in a temporary folder (removed at the end);
 - ``foreachBatch``: fields cleaned as docs/detection-semantics.md says (blanks, then one pair of
   single quotes), amounts checked and rounded to cents, the averaged CustomerImportance weights
-  joined per (customer, merchant, category) (``spark_detector.spark_job.load_weights``, the
-  worker's own weights), ONE Spark job aggregating per (merchant, customer): count, exact amount
-  sum, weight sum and weighted count, gender of the pair's first row in the micro-batch (files
+  joined per (customer, merchant, category) (the worker's own key weights,
+  ``spark_detector.reference_weights.compute_weights``, as a cached Spark table); ONE Spark
+  job aggregating per (merchant, customer): count, exact amount sum, weight sum and weighted
+  count, gender of the pair's first row in the micro-batch (files
   in name order, then row order); and, in the same job (grouping sets), per file: its name,
   valid rows and modification time, which ``foreachBatch`` is not told otherwise; the result
   goes to the driver;
@@ -305,6 +306,25 @@ def chunk_stream(spark, chunks_dir: Path, max_files_per_trigger: int):
     )
 
 
+def weights_frame(spark, importance: Path):
+    """The key weights of the CustomerImportance file, computed as the worker does (mean per
+    (customer, merchant, category), docs/detection-semantics.md), as a cached one-partition
+    table to broadcast into every micro-batch's join."""
+    from pyspark.sql.types import DecimalType, StringType, StructField, StructType
+
+    from spark_detector.reference_weights import compute_weights
+
+    weights, _ = compute_weights(importance.read_bytes(), str(importance))
+    schema = StructType([StructField("customer", StringType(), False),
+                         StructField("merchant", StringType(), False),
+                         StructField("category", StringType(), False),
+                         StructField("weight", DecimalType(22, 10), False)])
+    rows = [(c, m, k, w) for (c, m, k), w in sorted(weights.items())]
+    frame = spark.createDataFrame(rows, schema).coalesce(1).cache()
+    frame.count()
+    return frame
+
+
 def batch_aggregates(batch_df, weights_df):
     """The micro-batch's valid rows, weights joined, aggregated in ONE Spark job at two levels
     (grouping sets): per (merchant, customer) - ``file_name`` null - and per file - ``merchant``
@@ -460,7 +480,6 @@ def run_peer(chunks_dir: Path | str, importance: Path | str, database_url: str,
     (set, by a signal handler say) ends the run as the timeout would, without a failure.
     """
     from spark_detector.detection_state import thresholds_from_env
-    from spark_detector.spark_job import load_weights
     from spark_detector.spark_session import build_spark
 
     chunks_dir, out_dir = Path(chunks_dir), Path(out_dir)
@@ -483,7 +502,7 @@ def run_peer(chunks_dir: Path | str, importance: Path | str, database_url: str,
     stop_feeding = threading.Event()
     feeder = None
     try:
-        weights_df = load_weights(spark, Path(importance).read_bytes())
+        weights_df = weights_frame(spark, Path(importance))
         sink = PeerSink(conn, weights_df, thresholds, out_dir)
         query = (chunk_stream(spark, chunks_dir, max_files_per_trigger).writeStream
                  .foreachBatch(sink)
