@@ -254,20 +254,33 @@ RETURNING {", ".join("d." + c.strip() for c in DETECTION_COLUMNS.split(","))}
 """
 
 
-def _validate(chunk: ChunkRef, aggregates: ChunkAggregates) -> None:
-    if aggregates.chunk_key != chunk.key:
-        raise InvalidAggregates(
-            f"{chunk.key}: aggregates are for another chunk ({aggregates.chunk_key})"
-        )
+def _validate(aggregates: ChunkAggregates) -> None:
+    key = aggregates.chunk_key
     keys = {(p.merchant, p.customer) for p in aggregates.pairs}
     if len(keys) != len(aggregates.pairs):
-        raise InvalidAggregates(f"{chunk.key}: a (merchant, customer) pair appears twice")
+        raise InvalidAggregates(f"{key}: a (merchant, customer) pair appears twice")
     for p in aggregates.pairs:
         if p.txn_count < 1 or p.weighted_count < 0 or p.weighted_count > p.txn_count:
             raise InvalidAggregates(
-                f"{chunk.key}: pair ({p.merchant}, {p.customer}) has txn_count {p.txn_count}"
+                f"{key}: pair ({p.merchant}, {p.customer}) has txn_count {p.txn_count}"
                 f" and weighted_count {p.weighted_count}"
             )
+
+
+@dataclass(frozen=True)
+class PreparedPairs:
+    """A chunk's pairs checked and written out in COPY's text format: the Python half of
+    applying it (~25 ms for ~6,300 pairs), which the worker does on its Spark thread ahead
+    of the chunk's transaction, so that its main thread only waits on PostgreSQL."""
+
+    aggregates: ChunkAggregates
+    copy_text: str
+
+
+def prepare_pairs(aggregates: ChunkAggregates) -> PreparedPairs:
+    """Check the aggregates (``InvalidAggregates``) and write their COPY text."""
+    _validate(aggregates)
+    return PreparedPairs(aggregates, _pairs_copy_data(aggregates))
 
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -278,14 +291,13 @@ def _copy_text(value: str) -> str:
     return value.translate(_COPY_ESCAPES)
 
 
-def _pairs_copy_data(aggregates: ChunkAggregates) -> io.StringIO:
+def _pairs_copy_data(aggregates: ChunkAggregates) -> str:
     # COPY text format, built by hand: about twice as fast as the csv module for ~6k pairs.
-    lines = [
+    return "".join([
         f"{_copy_text(p.merchant)}\t{_copy_text(p.customer)}\t{p.txn_count}\t{p.amount_sum}"
         f"\t{p.weight_sum}\t{p.weighted_count}\t{_copy_text(p.first_gender)}\n"
         for p in aggregates.pairs
-    ]
-    return io.StringIO("".join(lines))
+    ])
 
 
 def apply_chunk(
@@ -320,6 +332,7 @@ def try_apply_chunk(
     thresholds: Thresholds = Thresholds(),  # frozen: a shared default is safe
     spark_ms: int | None = None,
     detections_prefix: str = DETECTIONS_PREFIX,
+    prepared: PreparedPairs | None = None,
 ) -> list[Detection] | None:
     """Apply one chunk and return the detections it fired, in seq order; commits.
 
@@ -328,12 +341,17 @@ def try_apply_chunk(
     whose predecessor is not settled yet raises ``OutOfTurn`` and changes nothing. A
     sequenced chunk whose number was settled without it (skipped or dead-lettered, then
     redriven) is applied late, where it arrives. ``detections_prefix`` names the S3 keys
-    of the detection files this commit closes.
+    of the detection files this commit closes. ``prepared``: ``prepare_pairs(aggregates)``
+    done ahead (else it is done here).
     """
     started = time.perf_counter()
     if y_start_time.tzinfo is None:
         raise ValueError("y_start_time must be timezone-aware")
-    _validate(chunk, aggregates)
+    if aggregates.chunk_key != chunk.key:
+        raise InvalidAggregates(
+            f"{chunk.key}: aggregates are for another chunk ({aggregates.chunk_key})")
+    if prepared is None or prepared.aggregates is not aggregates:
+        prepared = prepare_pairs(aggregates)
     with transaction(conn), conn.cursor() as cur:
         _lock(cur)
         if _is_done(cur, chunk.key):
@@ -360,7 +378,7 @@ def try_apply_chunk(
         if turn is not Turn.UNSEQUENCED:
             _settle(cur, chunk.seq, "applied", chunk.key)
         failpoint("apply_chunk", chunk.key)
-        cur.copy_expert(_COPY_SQL, _pairs_copy_data(aggregates))
+        cur.copy_expert(_COPY_SQL, io.StringIO(prepared.copy_text))
         cur.execute(_UPSERT_STATE_SQL, {"apply_order": apply_order})
         cur.execute(
             _EVALUATE_SQL,

@@ -250,6 +250,7 @@ class Worker:
         # Spark results of chunks in hand, aggregated ahead of their turn (one batch's result
         # is shared by its chunks); dropped with the chunk.
         self._aggregated: dict[str, BatchResult] = {}
+        self._prepared: dict[str, detection_state.PreparedPairs] = {}  # their COPY text
         self._overlapped: Overlapped | None = None
         self._spark_thread = ThreadPoolExecutor(1, thread_name_prefix="spark-overlap")
         self._redriven: set[str] = set()
@@ -404,6 +405,7 @@ class Worker:
         self._drop_overlapped()
         self.chunks.clear()
         self._aggregated.clear()
+        self._prepared.clear()
         self._redriven.clear()
         try:
             released = self.inflight.release_all()
@@ -543,6 +545,7 @@ class Worker:
             self._applied_unacked.append(key)
         self.chunks.pop(key, None)
         self._aggregated.pop(key, None)
+        self._prepared.pop(key, None)
         self._redriven.discard(key)
 
     def _ready(self, summary: BatchSummary,
@@ -657,8 +660,9 @@ class Worker:
             outcome = chunk_outcome(key, result)
             ok = self._run_for_chunk(key, summary, lambda o=outcome, r=result: self._settle(
                 o, r, summary))
-            if not ok:
-                self._aggregated.pop(key, None)  # a retry aggregates it afresh
+            if not ok:  # a retry aggregates it afresh
+                self._aggregated.pop(key, None)
+                self._prepared.pop(key, None)
             stalled = stalled or (not ok and chunk_seq(key) is not None)
         return not stalled
 
@@ -672,21 +676,31 @@ class Worker:
         missing = [key for key in keys if key not in self._aggregated]
         summary.overlapped += len(keys) - len(missing)
         if missing:
-            self._keep(missing, self._spark_job(missing), summary)
+            self._keep(missing, *self._spark_job(missing), summary)
         return {key: self._aggregated[key] for key in keys}
 
-    def _spark_job(self, keys: list[str]) -> BatchResult:
+    def _spark_job(self, keys: list[str]
+                   ) -> tuple[BatchResult, dict[str, detection_state.PreparedPairs]]:
+        """The Spark job of ``keys``, and each aggregated chunk's pairs prepared for its apply
+        (checked, COPY text): on the Spark thread, this is Python work the main thread, which
+        sets the pace of a backlog, does not have to do."""
         failpoint("before_spark")
         result = self._aggregate(keys)
         failpoint("after_spark")
-        return result
+        prepared = {key: detection_state.prepare_pairs(aggregates)
+                    for key, aggregates in result.aggregates.items()}
+        return result, prepared
 
-    def _keep(self, keys: list[str], result: BatchResult, summary: BatchSummary | None) -> None:
+    def _keep(self, keys: list[str], result: BatchResult,
+              prepared: dict[str, detection_state.PreparedPairs],
+              summary: BatchSummary | None) -> None:
         if summary is not None and result.fetch_ms is not None:
             summary.fetch_ms = (summary.fetch_ms or 0) + round(result.fetch_ms)
         for key in keys:
             if key in self.chunks:  # not forgotten meanwhile
                 self._aggregated[key] = result
+                if key in prepared:
+                    self._prepared[key] = prepared[key]
 
     def _overlap_next(self, applying: list[str], summary: BatchSummary) -> None:
         """Start the Spark job of the chunks that come after ``applying``, on the Spark
@@ -725,14 +739,14 @@ class Worker:
         if overlapped is None:
             return
         try:
-            result = overlapped.future.result()
+            outcome = overlapped.future.result()
         except Exception as exc:
             self._raise_if_runtime_lost(exc)
             logger.info("overlapped Spark job failed: its chunks are aggregated in their turn",
                         extra={"chunk_keys": overlapped.keys, "error": failure_text(exc)})
             return
         if overlapped.keys:  # the start-up warm-up has none
-            self._keep(overlapped.keys, result, summary)
+            self._keep(overlapped.keys, *outcome, summary)
 
     def _drop_overlapped(self) -> None:
         """Wait for a running overlapped job and drop what it produced (stopping, outage)."""
@@ -795,7 +809,7 @@ class Worker:
             detections = self.db(lambda conn: detection_state.try_apply_chunk(
                 conn, chunk, aggregates, y_start_time=self.y_start_time,
                 thresholds=s.thresholds, spark_ms=summary.spark_ms,
-                detections_prefix=s.detections_prefix))
+                detections_prefix=s.detections_prefix, prepared=self._prepared.get(key)))
         failpoint("after_commit")
         self._forget(key, delete_now=False)  # with the batch's others: _delete_applied
         if detections is None:  # another worker applied it meanwhile: nothing done here

@@ -19,7 +19,9 @@ from spark_detector.detection_state import (
     apply_chunk,
     chunk_status,
     done_chunk_keys,
+    prepare_pairs,
     record_rejected_chunk,
+    try_apply_chunk,
 )
 from tests.reference_model import ReferenceEngine, chunk_from_rows
 
@@ -199,7 +201,25 @@ def test_invalid_aggregates_are_refused_before_touching_the_database(conn):
     doubled = ChunkAggregates("c1", 2, 0, chunk.pairs * 2)
     with pytest.raises(InvalidAggregates):
         apply_chunk(conn, ChunkRef("c1"), doubled, y_start_time=Y_START)
+    with pytest.raises(InvalidAggregates):  # prepared ahead (the worker's Spark thread)
+        prepare_pairs(doubled)
     assert chunk_status(conn, "c1") is None
+
+
+def test_pairs_prepared_ahead_apply_as_the_same_pairs_prepared_in_the_transaction(conn):
+    rows = [("C1", "M1", "1", "F"), ("C\t2", "M1", "1", "M"), ("C1", "M2", "1", "F")]
+    first, second = chunk_from_rows("c1", rows), chunk_from_rows("c2", rows)
+    stale = prepare_pairs(first)  # prepared for other aggregates: not used for c2
+
+    assert try_apply_chunk(conn, ChunkRef("c1"), first, y_start_time=Y_START,
+                           prepared=prepare_pairs(first)) == []
+    assert try_apply_chunk(conn, ChunkRef("c2"), second, y_start_time=Y_START,
+                           prepared=stale) == []
+    with conn.cursor() as cur:
+        cur.execute("SELECT merchant, customer, txn_count FROM pair_state ORDER BY 1, 2")
+        # bytewise order: a tab sorts before "1"
+        assert cur.fetchall() == [("M1", "C\t2", 2), ("M1", "C1", 2), ("M2", "C1", 2)]
+    conn.rollback()
 
 
 def sequence_of_chunks(n: int) -> list[ChunkAggregates]:
