@@ -89,12 +89,6 @@ def _reference_head(s3, settings: WorkerSettings, stop: threading.Event) -> dict
             raise ReferenceUnavailable(where)
 
 
-def read_reference(s3, settings: WorkerSettings, stop: threading.Event) -> bytes:
-    """The CustomerImportance bytes (size checked first, see ``_reference_head``)."""
-    head = _reference_head(s3, settings, stop)
-    return _get(s3, settings, head)
-
-
 def _get(s3, settings: WorkerSettings, head: dict) -> bytes:
     where = f"s3://{settings.bucket}/{settings.reference_key}"
     try:

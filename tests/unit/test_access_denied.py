@@ -9,7 +9,7 @@ from botocore.stub import Stubber
 
 from spark_detector.chunk_fetch import MISSING, REJECTED, fetch_chunk
 from spark_detector.config import WorkerSettings
-from spark_detector.reference_weights import ReferenceRejected, read_reference
+from spark_detector.reference_weights import ReferenceRejected, load_key_weights
 
 
 def stubbed_s3():
@@ -51,11 +51,18 @@ def test_a_chunk_with_more_rows_than_the_limit_is_rejected_whole_as_too_large():
 SETTINGS = WorkerSettings(bucket="b", queue_url="q", database_url="x", max_reference_bytes=100)
 
 
+def load(s3):
+    def no_database():  # the object is refused before the weight cache is looked at
+        raise AssertionError("the database was consulted")
+
+    return load_key_weights(s3, no_database, SETTINGS, threading.Event())
+
+
 def test_access_denied_on_the_reference_names_the_likely_iam_cause():
     s3, stub = stubbed_s3()
     stub.add_client_error("head_object", service_error_code="403", http_status_code=403)
     with stub, pytest.raises(ReferenceRejected, match=r"s3:GetObject.*s3:ListBucket"):
-        read_reference(s3, SETTINGS, threading.Event())
+        load(s3)
 
 
 def test_an_oversized_reference_is_a_start_up_error_before_it_is_read():
@@ -63,4 +70,4 @@ def test_an_oversized_reference_is_a_start_up_error_before_it_is_read():
     stub.add_response("head_object", {"ContentLength": 101})  # no get_object is expected
     with stub, pytest.raises(ReferenceRejected, match=r"too large: 101 bytes.*"
                                                      r"WORKER_MAX_REFERENCE_BYTES"):
-        read_reference(s3, SETTINGS, threading.Event())
+        load(s3)
