@@ -200,7 +200,15 @@ class Overlapped:
 
     keys: list[str]
     future: Future
-    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True)
+class Aggregated:
+    """A chunk's Spark result (shared with its batch) and its pairs prepared for the apply
+    (None when the chunk was rejected whole or is missing)."""
+
+    result: BatchResult
+    prepared: detection_state.PreparedPairs | None
 
 
 def _ping(conn) -> None:
@@ -249,8 +257,7 @@ class Worker:
         self.chunks: dict[str, ChunkMessage] = {}
         # Spark results of chunks in hand, aggregated ahead of their turn (one batch's result
         # is shared by its chunks); dropped with the chunk.
-        self._aggregated: dict[str, BatchResult] = {}
-        self._prepared: dict[str, detection_state.PreparedPairs] = {}  # their COPY text
+        self._aggregated: dict[str, Aggregated] = {}
         self._overlapped: Overlapped | None = None
         self._spark_thread = ThreadPoolExecutor(1, thread_name_prefix="spark-overlap")
         self._redriven: set[str] = set()
@@ -405,7 +412,6 @@ class Worker:
         self._drop_overlapped()
         self.chunks.clear()
         self._aggregated.clear()
-        self._prepared.clear()
         self._redriven.clear()
         try:
             released = self.inflight.release_all()
@@ -545,7 +551,6 @@ class Worker:
             self._applied_unacked.append(key)
         self.chunks.pop(key, None)
         self._aggregated.pop(key, None)
-        self._prepared.pop(key, None)
         self._redriven.discard(key)
 
     def _ready(self, summary: BatchSummary,
@@ -662,7 +667,6 @@ class Worker:
                 o, r, summary))
             if not ok:  # a retry aggregates it afresh
                 self._aggregated.pop(key, None)
-                self._prepared.pop(key, None)
             stalled = stalled or (not ok and chunk_seq(key) is not None)
         return not stalled
 
@@ -677,7 +681,7 @@ class Worker:
         summary.overlapped += len(keys) - len(missing)
         if missing:
             self._keep(missing, *self._spark_job(missing), summary)
-        return {key: self._aggregated[key] for key in keys}
+        return {key: self._aggregated[key].result for key in keys}
 
     def _spark_job(self, keys: list[str]
                    ) -> tuple[BatchResult, dict[str, detection_state.PreparedPairs]]:
@@ -698,9 +702,7 @@ class Worker:
             summary.fetch_ms = (summary.fetch_ms or 0) + round(result.fetch_ms)
         for key in keys:
             if key in self.chunks:  # not forgotten meanwhile
-                self._aggregated[key] = result
-                if key in prepared:
-                    self._prepared[key] = prepared[key]
+                self._aggregated[key] = Aggregated(result, prepared.get(key))
 
     def _overlap_next(self, applying: list[str], summary: BatchSummary) -> None:
         """Start the Spark job of the chunks that come after ``applying``, on the Spark
@@ -809,7 +811,7 @@ class Worker:
             detections = self.db(lambda conn: detection_state.try_apply_chunk(
                 conn, chunk, aggregates, y_start_time=self.y_start_time,
                 thresholds=s.thresholds, spark_ms=summary.spark_ms,
-                detections_prefix=s.detections_prefix, prepared=self._prepared.get(key)))
+                detections_prefix=s.detections_prefix, prepared=self._prepared(key)))
         failpoint("after_commit")
         self._forget(key, delete_now=False)  # with the batch's others: _delete_applied
         if detections is None:  # another worker applied it meanwhile: nothing done here
@@ -830,6 +832,10 @@ class Worker:
                 "customer_name": detection.customer_name, "seq": detection.seq})
 
     # --- failures ---------------------------------------------------------------------------
+
+    def _prepared(self, key: str) -> detection_state.PreparedPairs | None:
+        ahead = self._aggregated.get(key)
+        return ahead.prepared if ahead is not None else None
 
     def _raise_if_runtime_lost(self, exc: BaseException) -> None:
         if not self._runtime_alive():
