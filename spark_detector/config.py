@@ -45,6 +45,13 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name}={raw!r} is not a valid flag: use true or false")
 
 
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = _get(env, name, default).lower()
+    if raw not in allowed:
+        raise ConfigError(f"{name}={raw!r} is not one of {', '.join(allowed)}")
+    return raw
+
+
 def _optional_seconds(env: Mapping[str, str], name: str) -> float | None:
     raw = env.get(name, "").strip()
     if not raw:
@@ -96,6 +103,16 @@ def database_url_from_env(env: Mapping[str, str]) -> str:
             f"&sslrootcert={quote(rootcert, safe='/')}")
 
 
+FETCH_ON_CHOICES = ("auto", "driver", "executors")
+
+
+def fetches_on_driver(fetch_on: str, master: str) -> bool:
+    """``WORKER_FETCH_ON`` resolved against the session's master ("local[2]", "spark://...")."""
+    if fetch_on == "auto":
+        return master == "local" or master.startswith("local[")
+    return fetch_on == "driver"
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
     bucket: str
@@ -114,6 +131,9 @@ class WorkerSettings:
     wait_time_seconds: int = 20
     # The next micro-batch's Spark job runs while this one is applied to PostgreSQL.
     overlap_batches: bool = True
+    # Who fetches the chunks from S3: "driver" or "executors"; "auto" is the driver when Spark
+    # runs in local mode (the same machine: no Python workers needed), else the executors.
+    fetch_on: str = "auto"
     # Held messages are extended to this many seconds every heartbeat; the queue's own
     # visibility timeout should be the same, so a killed worker's chunks return in a minute.
     visibility_timeout_seconds: int = 60
@@ -152,6 +172,7 @@ class WorkerSettings:
             batch_window_seconds=_number(env, "WORKER_BATCH_WINDOW_SECONDS", "0.5"),
             wait_time_seconds=_number(env, "WORKER_WAIT_TIME_SECONDS", "20", int),
             overlap_batches=_flag(env, "WORKER_OVERLAP_BATCHES", True),
+            fetch_on=_choice(env, "WORKER_FETCH_ON", "auto", FETCH_ON_CHOICES),
             visibility_timeout_seconds=_number(env, "WORKER_VISIBILITY_TIMEOUT_SECONDS", "60",
                                                int),
             heartbeat_after_seconds=_number(env, "WORKER_HEARTBEAT_AFTER_SECONDS", "20"),

@@ -3,7 +3,8 @@
 ``aggregate_batch`` runs ONE Spark query (one action) for the whole micro-batch, in three
 parts, each in its own module:
 
-1. ``chunk_fetch``: the executors fetch the chunks from S3 and check each one whole;
+1. ``chunk_fetch``: the chunks are fetched from S3 and checked whole, by the executors on a
+   cluster, by the driver in local mode;
 2. ``batch_query``: the SQL that parses and validates every line, joins the weights and
    aggregates per (chunk, merchant, customer), rejected row and chunk;
 3. ``batch_result``: the result, on the driver, assembled into ``ChunkAggregates``.
@@ -30,6 +31,8 @@ from spark_detector.chunk_fetch import (
     OK,
     FetchSpec,
     fetch_chunks,
+    fetch_on_driver,
+    fetched_frame,
     s3_client,
 )
 
@@ -44,36 +47,45 @@ def warm_up_body(lines: int) -> str:
     )
 
 
-def _warm_up_partition(spec: FetchSpec, lines: int, keys: Iterable[str]) -> Iterator[tuple]:
-    s3_client(spec)  # what the first real batch would pay: boto3's import, the client
+def _warm_up_rows(keys: Iterable[str], lines: int) -> Iterator[tuple]:
     body = warm_up_body(lines)
     for key in keys:
         yield (key, OK, None, lines, 10, 1, 5, 7, 3, 8, body)
+
+
+def _warm_up_partition(spec: FetchSpec, lines: int, keys: Iterable[str]) -> Iterator[tuple]:
+    s3_client(spec)  # what the first real batch would pay: boto3's import, the client
+    yield from _warm_up_rows(keys, lines)
 
 
 def warm_up(spark: SparkSession, fetch_spec: FetchSpec, rounds: int = 1,
             lines: int = 10_000) -> BatchResult:
     """Run the batch query on made-up chunks (one per core), without touching S3.
 
-    A fresh session's first batches cost seconds more than the later ones: Spark's Python
-    workers start and import boto3, the JVM loads the query's classes and compiles its hot
-    loops only after many rows. Measured by ``make bench``: the first chunk at the nominal
-    rate took 3.4 s instead of ~0.6 s and the queue backed up behind it (p99 3.8 s); the
-    first backlog batch of 10 took 11.4 s instead of ~3.5 s. The worker pays it once, on
-    its Spark thread while its first receive waits (``Worker.run``), so it delays neither
-    start-up nor, unless a chunk is already waiting, any chunk. Chunk-sized made-up chunks
-    (not a single line) warm the JIT up as real ones do. One round pays the Python workers'
-    start, class loading and code generation; more rounds only heat the JIT further, which
-    the first real chunks finish. Returns the last round's result (every made-up line a
-    good row, none weighted), for tests.
+    A fresh session's first batches cost seconds more than the later ones: the JVM loads the
+    query's classes and compiles its hot loops only after many rows, and where the executors
+    fetch, Spark's Python workers start and import boto3. Measured by ``make bench``: the
+    first chunk at the nominal rate took 3.4 s instead of ~0.6 s and the queue backed up
+    behind it (p99 3.8 s); the first backlog batch of 10 took 11.4 s instead of ~3.5 s. The
+    worker pays it once, on its Spark thread while its first receive waits (``Worker.run``),
+    so it delays neither start-up nor, unless a chunk is already waiting, any chunk.
+    Chunk-sized made-up chunks (not a single line) warm the JIT up as real ones do. One round
+    pays class loading, code generation and any Python workers' start; more rounds only heat
+    the JIT further, which the first real chunks finish. The made-up chunks take the same
+    path as real ones (``FetchSpec.on_driver``). Returns the last round's result (every
+    made-up line a good row, none weighted), for tests.
     """
     slices = max(1, spark.sparkContext.defaultParallelism)
     keys = [f"warm-up-{i}" for i in range(slices)]
     table = None
     for _ in range(max(1, rounds)):
-        rdd = spark.sparkContext.parallelize(keys, slices).mapPartitions(
-            functools.partial(_warm_up_partition, fetch_spec, lines))
-        fetched = spark.createDataFrame(rdd, FETCHED_SCHEMA, verifySchema=False)
+        if fetch_spec.on_driver:
+            s3_client(fetch_spec)
+            fetched = fetched_frame(spark, list(_warm_up_rows(keys, lines)))
+        else:
+            rdd = spark.sparkContext.parallelize(keys, slices).mapPartitions(
+                functools.partial(_warm_up_partition, fetch_spec, lines))
+            fetched = spark.createDataFrame(rdd, FETCHED_SCHEMA, verifySchema=False)
         table = aggregate_chunks(spark, fetched).toArrow()
     return assemble_batch(keys, table, {})
 
@@ -90,10 +102,13 @@ def aggregate_batch(
     keys = sorted(set(chunk_keys))
     if not keys:
         return BatchResult({}, {}, {}, {})
-    fetch_ms = spark.sparkContext.accumulator(0.0)
-    query = aggregate_chunks(spark, fetch_chunks(spark, fetch_spec, keys, fetch_ms))
+    if fetch_spec.on_driver:
+        fetched, fetch_ms = fetch_on_driver(spark, fetch_spec, keys)
+    else:
+        accumulator = spark.sparkContext.accumulator(0.0)
+        fetched = fetch_chunks(spark, fetch_spec, keys, accumulator)
     # Arrow, not collect(): a batch of 10 chunks returns ~40,000 pair rows, which collect()
     # unpickles into Row objects at ~25 us each; Arrow columns convert in a few ms.
-    table = query.toArrow()
+    table = aggregate_chunks(spark, fetched).toArrow()
     result = assemble_batch(keys, table, weights)
-    return replace(result, fetch_ms=fetch_ms.value)
+    return replace(result, fetch_ms=fetch_ms if fetch_spec.on_driver else accumulator.value)

@@ -11,7 +11,7 @@ from dataclasses import replace
 from decimal import Decimal
 
 from spark_detector.chunk_aggregates import WeightKey
-from spark_detector.config import WorkerSettings
+from spark_detector.config import WorkerSettings, fetches_on_driver
 from spark_detector.reference_weights import load_key_weights
 from spark_detector.spark_job import BatchResult, FetchSpec, aggregate_batch, warm_up
 from spark_detector.spark_session import (
@@ -54,8 +54,9 @@ class SparkAggregator:
             try:
                 spark = build_spark(settings.spark_master)
                 spark_ms = round((time.perf_counter() - started) * 1000)
-                fetch_spec = replace(FetchSpec.from_env(settings.bucket),
-                                     max_rows=settings.max_chunk_rows)
+                fetch_spec = replace(
+                    FetchSpec.from_env(settings.bucket), max_rows=settings.max_chunk_rows,
+                    on_driver=fetches_on_driver(settings.fetch_on, spark.sparkContext.master))
             except BaseException:
                 stop.set()  # a weights loader waiting for the object gives up
                 raise
@@ -64,6 +65,7 @@ class SparkAggregator:
         logger.info("spark ready", extra={
             "master": context.master, "default_parallelism": context.defaultParallelism,
             "shuffle_partitions": spark.conf.get("spark.sql.shuffle.partitions"),
+            "fetch_on": "driver" if fetch_spec.on_driver else "executors",
             "reference": weights.source, "reference_etag": weights.etag,
             "key_weights": len(weights.weights), "weights_cached": weights.cached,
             "spark_start_ms": spark_ms,

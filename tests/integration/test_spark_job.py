@@ -1,7 +1,9 @@
 """The Spark job against the pure-Python reference, with S3 served by a moto server.
 
-PySpark runs Python code in separate worker processes, where moto's in-process ``mock_aws``
-does not exist: the executors fetch chunks over HTTP from a ``ThreadedMotoServer`` instead.
+Every test runs twice: with the chunks fetched by the driver (local mode's default) and by
+the executors (a cluster's). PySpark runs the executors' Python code in separate worker
+processes, where moto's in-process ``mock_aws`` does not exist: both fetch chunks over HTTP
+from a ``ThreadedMotoServer`` instead.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pytest
 
 from spark_detector.batch_result import BatchResult
 from spark_detector.chunk_aggregates import build_aggregates, key_weights
-from spark_detector.chunk_fetch import FetchSpec, fetch_chunk
+from spark_detector.chunk_fetch import FetchSpec, fetch_chunk, fetch_chunks, fetched_frame
 from spark_detector.parsing import (
     ChunkRejected,
     parse_chunk,
@@ -41,11 +43,12 @@ def bucket(s3) -> str:
     return name
 
 
-@pytest.fixture
-def fetch_spec(bucket: str, moto_endpoint: str) -> FetchSpec:
+@pytest.fixture(params=["driver", "executors"])
+def fetch_spec(request, bucket: str, moto_endpoint: str) -> FetchSpec:
     # Explicit credentials: the Spark workers were started before this test set any env.
     return FetchSpec(bucket, region="us-east-1", endpoint_url=moto_endpoint,
-                     access_key_id="testing", secret_access_key="testing")
+                     access_key_id="testing", secret_access_key="testing",
+                     on_driver=request.param == "driver")
 
 
 def chunk_text(rows: list[str], header: str = HEADER, newline: str = "\n") -> bytes:
@@ -241,3 +244,20 @@ def test_fetch_spec_takes_region_and_endpoint_from_the_environment_but_no_secret
     assert FetchSpec.from_env("bkt", {}) == FetchSpec("bkt", region="us-east-1")
     assert "testing" not in repr(FetchSpec("b", access_key_id="testing",
                                            secret_access_key="testing"))
+
+
+def test_chunks_fetched_by_the_driver_reach_spark_without_a_python_worker(spark):
+    # Given the rows of three fetched chunks, held by the driver
+    rows = [(f"stream_chunks/{n}.csv", "ok", None, 1, 10, 1, 5, 7, 3, 8, "0,'C1'")
+            for n in range(3)]
+
+    fetched = fetched_frame(spark, rows)
+
+    # Then the JVM reads them itself (Arrow), spread over the cores, whereas the executors'
+    # fetch runs in Python workers (a PythonRDD in its lineage)
+    lineage = fetched._jdf.queryExecution().toRdd().toDebugString()
+    assert "PythonRDD" not in lineage
+    assert fetched.rdd.getNumPartitions() == min(3, spark.sparkContext.defaultParallelism)
+    assert [tuple(row) for row in fetched.collect()] == rows
+    executors = fetch_chunks(spark, FetchSpec("bucket"), [row[0] for row in rows])
+    assert "PythonRDD" in executors._jdf.queryExecution().toRdd().toDebugString()

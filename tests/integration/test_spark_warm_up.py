@@ -13,9 +13,12 @@ pytestmark = pytest.mark.spark
 HEADER = "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud"
 
 
-def test_warm_up_aggregates_its_made_up_chunks_like_the_reference_without_calling_s3(spark):
+@pytest.mark.parametrize("on_driver", [True, False], ids=["driver", "executors"])
+def test_warm_up_aggregates_its_made_up_chunks_like_the_reference_without_calling_s3(
+        spark, on_driver):
     # Given an endpoint nothing listens on: any S3 call would fail the Spark job
-    spec = FetchSpec("no-such-bucket", endpoint_url="http://127.0.0.1:9", max_attempts=1)
+    spec = FetchSpec("no-such-bucket", endpoint_url="http://127.0.0.1:9", max_attempts=1,
+                     on_driver=on_driver)
 
     result = warm_up(spark, spec, rounds=1, lines=300)
 

@@ -1,5 +1,9 @@
 """The worker runs when PATH's ``python3`` is a bare interpreter without the project's
-dependencies: Spark's Python workers must use the driver's interpreter in local mode."""
+dependencies: Spark's Python workers must use the driver's interpreter in local mode.
+
+In local mode the driver fetches the chunks and no Python worker starts; this test makes the
+executors fetch (``WORKER_FETCH_ON=executors``), so that Python workers run the fetch.
+"""
 
 from __future__ import annotations
 
@@ -39,7 +43,8 @@ def test_worker_runs_with_a_bare_python3_first_on_path(
     resources.s3.put_object(Bucket=resources.bucket, Key="reference/CustomerImportance.csv",
                             Body=importance)
     resources.enqueue(sorted(chunks))
-    env = worker_env(resources, migrated_database_url, PATH=f"{bare / 'bin'}:/usr/bin:/bin")
+    env = worker_env(resources, migrated_database_url, PATH=f"{bare / 'bin'}:/usr/bin:/bin",
+                     WORKER_FETCH_ON="executors")
     env.pop("PYSPARK_PYTHON", None)
     log = tmp_path / "worker.log"
     worker = start_worker(env, log)
@@ -50,6 +55,7 @@ def test_worker_runs_with_a_bare_python3_first_on_path(
         worker.send_signal(signal.SIGTERM)
         code = worker.wait(timeout=120)
     assert code == 0, log.read_text()[-3000:]
+    assert '"fetch_on": "executors"' in log.read_text()
     order = applied_order(migrated_database_url)
     assert committed_detections(migrated_database_url) == expected_detections(
         chunks, importance, order)

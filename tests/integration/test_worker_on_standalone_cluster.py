@@ -106,6 +106,7 @@ def test_worker_on_a_standalone_cluster_whose_executors_lack_the_project(
     ready = spark_ready_line(log.read_text())
     assert ready["master"] == cluster.master_url
     assert ready["default_parallelism"] == 2 and ready["shuffle_partitions"] == "2"
+    assert ready["fetch_on"] == "executors"  # WORKER_FETCH_ON=auto on a cluster
     # And the result is the reference model's, in the recorded apply order
     order = applied_order(migrated_database_url)
     assert sorted(order) == sorted(chunks)

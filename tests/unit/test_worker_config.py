@@ -3,7 +3,12 @@ from decimal import Decimal
 
 import pytest
 
-from spark_detector.config import ConfigError, WorkerSettings, database_url_from_env
+from spark_detector.config import (
+    ConfigError,
+    WorkerSettings,
+    database_url_from_env,
+    fetches_on_driver,
+)
 from spark_detector.retry import backoff_delays, retry
 
 BASE = {"BUCKET": "b", "QUEUE_URL": "http://q", "DATABASE_URL": "postgresql://x/y"}
@@ -23,6 +28,24 @@ def test_a_missing_required_variable_is_named(missing):
     env = {k: v for k, v in BASE.items() if k != missing}
     with pytest.raises(ConfigError, match=missing):
         WorkerSettings.from_env(env)
+
+
+@pytest.mark.parametrize(("fetch_on", "master", "on_driver"), [
+    ("auto", "local[*]", True), ("auto", "local", True), ("auto", "local[2,3]", True),
+    ("auto", "spark://10.0.0.1:7077", False), ("auto", "yarn", False),
+    ("auto", "k8s://https://api:6443", False), ("auto", "local-cluster[2,1,1024]", False),
+    ("driver", "yarn", True), ("executors", "local[2]", False),
+])
+def test_chunks_are_fetched_by_the_driver_only_in_local_mode_unless_told(
+        fetch_on, master, on_driver):
+    settings = WorkerSettings.from_env({**BASE, "WORKER_FETCH_ON": fetch_on.upper()})
+    assert fetches_on_driver(settings.fetch_on, master) is on_driver
+
+
+def test_an_unknown_fetch_place_is_named():
+    assert WorkerSettings.from_env(BASE).fetch_on == "auto"
+    with pytest.raises(ConfigError, match="WORKER_FETCH_ON='both' is not one of auto, driver"):
+        WorkerSettings.from_env({**BASE, "WORKER_FETCH_ON": "both"})
 
 
 def test_thresholds_and_numbers_are_overridable_and_validated():
