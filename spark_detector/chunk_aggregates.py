@@ -20,7 +20,7 @@ half-up to ``KEY_WEIGHT_PLACES`` places (the scale Spark's ``avg`` gives a decim
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_UP, Decimal
 from typing import NamedTuple
 
@@ -68,6 +68,11 @@ class ChunkAggregates:
 
     def merchants(self) -> set[str]:
         return {p.merchant for p in self.pairs}
+
+    def without_pairs(self) -> ChunkAggregates:
+        """The counts alone, for a chunk whose pairs were already written out as COPY text
+        (``detection_state.prepare_pairs``); the engine refuses to apply it on its own."""
+        return replace(self, pairs=())
 
 
 def quantize(value: Decimal, places: int) -> Decimal:

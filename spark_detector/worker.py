@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import psycopg2
@@ -693,7 +693,10 @@ class Worker:
         failpoint("after_spark")
         prepared = {key: detection_state.prepare_pairs(aggregates)
                     for key, aggregates in result.aggregates.items()}
-        return result, prepared
+        # held until applied (up to three batches with the overlap): the COPY text is all
+        # the apply needs, so the ~6,300 pair tuples per chunk are let go now
+        slim = {key: aggregates.without_pairs() for key, aggregates in result.aggregates.items()}
+        return replace(result, aggregates=slim), prepared
 
     def _keep(self, keys: list[str], result: BatchResult,
               prepared: dict[str, detection_state.PreparedPairs],
@@ -834,8 +837,7 @@ class Worker:
     # --- failures ---------------------------------------------------------------------------
 
     def _prepared(self, key: str) -> detection_state.PreparedPairs | None:
-        ahead = self._aggregated.get(key)
-        return ahead.prepared if ahead is not None else None
+        return self._aggregated[key].prepared
 
     def _raise_if_runtime_lost(self, exc: BaseException) -> None:
         if not self._runtime_alive():

@@ -209,17 +209,30 @@ def test_invalid_aggregates_are_refused_before_touching_the_database(conn):
 def test_pairs_prepared_ahead_apply_as_the_same_pairs_prepared_in_the_transaction(conn):
     rows = [("C1", "M1", "1", "F"), ("C\t2", "M1", "1", "M"), ("C1", "M2", "1", "F")]
     first, second = chunk_from_rows("c1", rows), chunk_from_rows("c2", rows)
-    stale = prepare_pairs(first)  # prepared for other aggregates: not used for c2
 
-    assert try_apply_chunk(conn, ChunkRef("c1"), first, y_start_time=Y_START,
+    # the worker holds a prepared chunk's counts and COPY text only, not its pairs
+    assert try_apply_chunk(conn, ChunkRef("c1"), first.without_pairs(), y_start_time=Y_START,
                            prepared=prepare_pairs(first)) == []
-    assert try_apply_chunk(conn, ChunkRef("c2"), second, y_start_time=Y_START,
-                           prepared=stale) == []
+    assert try_apply_chunk(conn, ChunkRef("c2"), second, y_start_time=Y_START) == []
     with conn.cursor() as cur:
         cur.execute("SELECT merchant, customer, txn_count FROM pair_state ORDER BY 1, 2")
         # bytewise order: a tab sorts before "1"
         assert cur.fetchall() == [("M1", "C\t2", 2), ("M1", "C1", 2), ("M2", "C1", 2)]
+        cur.execute("SELECT chunk_key, pairs FROM processed_chunks ORDER BY apply_order")
+        assert cur.fetchall() == [("c1", 3), ("c2", 3)]
     conn.rollback()
+
+
+def test_pairs_prepared_for_another_chunk_or_dropped_are_refused(conn):
+    rows = [("C1", "M1", "1", "F"), ("C1", "M2", "1", "F")]
+    first, second = chunk_from_rows("c1", rows), chunk_from_rows("c2", rows)
+    with pytest.raises(InvalidAggregates, match="prepared for another chunk"):
+        try_apply_chunk(conn, ChunkRef("c2"), second, y_start_time=Y_START,
+                        prepared=prepare_pairs(first))
+    # pairs dropped and nothing prepared: refused, never applied as an empty chunk
+    with pytest.raises(InvalidAggregates, match="its pairs hold 0 transactions, rows_good is 2"):
+        try_apply_chunk(conn, ChunkRef("c1"), first.without_pairs(), y_start_time=Y_START)
+    assert chunk_status(conn, "c1") is None and chunk_status(conn, "c2") is None
 
 
 def sequence_of_chunks(n: int) -> list[ChunkAggregates]:
