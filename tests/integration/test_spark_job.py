@@ -195,6 +195,22 @@ def test_every_row_rule_and_reason_agrees_with_the_reference(spark, s3, bucket, 
     assert result.aggregates["stream_chunks/nasty-lf.csv"].rows_good > 100
 
 
+def test_a_one_chunk_batch_single_stage_equals_the_reference(spark, s3, bucket, fetch_spec):
+    # A batch of one chunk is aggregated without a shuffle (one partition); rows of one pair
+    # far apart in the chunk must still meet in one group
+    rng = random.Random(8)
+    rows = banksim_rows(rng, 3000)
+    chunks = {"stream_chunks/only.csv": chunk_text([*rows, "", "1,2,3", *rows[:50]])}
+    put(s3, bucket, chunks)
+    importance = importance_of(rows, rng)
+
+    weights = key_weights(parse_customer_importance(importance).rows)
+    result = aggregate_batch(spark, fetch_spec, list(chunks), weights)
+
+    assert_matches_reference(result, chunks, weights)
+    assert result.aggregates["stream_chunks/only.csv"].rows_good == 3050
+
+
 def test_whole_chunk_rejects_and_missing_objects_do_not_stop_the_batch(
     spark, s3, bucket, fetch_spec
 ):
