@@ -124,9 +124,11 @@ class WorkerSettings:
     detections_prefix: str = layout.DETECTIONS_PREFIX
     quarantine_prefix: str = layout.QUARANTINE_PREFIX
     spark_master: str | None = None  # None: spark-submit's / spark-defaults' master
-    # A backlog drains ~12% faster in batches of 30 than of 10 (make bench: each Spark job
-    # has ~0.5 s of fixed cost); at the nominal rate a batch holds one chunk either way.
-    max_batch_chunks: int = 30
+    # With the overlap, a backlog drains at the apply's pace whatever the batch size (20 or
+    # 30: 86,000-91,000 rows/s on 2 cores); a batch of 20 holds a third less on the driver and
+    # in the JVM (peak 1,127 vs 1,248 MiB, docs/performance.md). At the nominal rate a batch
+    # holds one chunk either way. A cluster wants a few chunks per executor core.
+    max_batch_chunks: int = 20
     batch_window_seconds: float = 0.5
     wait_time_seconds: int = 20
     # The next micro-batch's Spark job runs while this one is applied to PostgreSQL.
@@ -168,7 +170,7 @@ class WorkerSettings:
             detections_prefix=_get(env, "DETECTIONS_PREFIX", layout.DETECTIONS_PREFIX),
             quarantine_prefix=_get(env, "QUARANTINE_PREFIX", layout.QUARANTINE_PREFIX),
             spark_master=env.get("SPARK_MASTER", "").strip() or None,
-            max_batch_chunks=_number(env, "WORKER_MAX_BATCH_CHUNKS", "30", int),
+            max_batch_chunks=_number(env, "WORKER_MAX_BATCH_CHUNKS", "20", int),
             batch_window_seconds=_number(env, "WORKER_BATCH_WINDOW_SECONDS", "0.5"),
             wait_time_seconds=_number(env, "WORKER_WAIT_TIME_SECONDS", "20", int),
             overlap_batches=_flag(env, "WORKER_OVERLAP_BATCHES", True),

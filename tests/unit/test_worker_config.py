@@ -16,7 +16,7 @@ BASE = {"BUCKET": "b", "QUEUE_URL": "http://q", "DATABASE_URL": "postgresql://x/
 
 def test_defaults_follow_the_spec():
     settings = WorkerSettings.from_env(BASE)
-    assert settings.max_batch_chunks == 30
+    assert settings.max_batch_chunks == 20
     assert settings.thresholds.upgrade_min_total == 50_000
     assert settings.thresholds.child_max_avg_amount == Decimal(23)
     assert settings.flush_partial_after_seconds is None
