@@ -150,8 +150,8 @@ def fetch_chunks(
     return spark.createDataFrame(rdd, FETCHED_SCHEMA, verifySchema=False)
 
 
-# Parallel GETs on the driver: S3 answers each in tens of milliseconds, so a batch of 30
-# chunks takes a few round trips, not 30.
+# Parallel GETs on the driver: S3 answers each in tens of milliseconds, so a batch of 20
+# chunks takes a few round trips, not 20.
 DRIVER_FETCH_THREADS = 8
 
 
