@@ -213,8 +213,7 @@ class InFlight:
 
     def delete(self, key: str) -> None:
         """The chunk is done: delete its messages (raises if SQS refuses; they stay held)."""
-        delete_messages(self._sqs, self._queue_url, self.messages(key))
-        self.pop(key)
+        self.delete_many([key])
 
     def delete_many(self, keys: Sequence[str]) -> None:
         """Delete the messages of several done chunks, ten per call (raises if SQS refuses:

@@ -814,7 +814,7 @@ class Worker:
             detections = self.db(lambda conn: detection_state.try_apply_chunk(
                 conn, chunk, aggregates, y_start_time=self.y_start_time,
                 thresholds=s.thresholds, spark_ms=summary.spark_ms,
-                detections_prefix=s.detections_prefix, prepared=self._prepared(key)))
+                detections_prefix=s.detections_prefix, prepared=self._aggregated[key].prepared))
         failpoint("after_commit")
         self._forget(key, delete_now=False)  # with the batch's others: _delete_applied
         if detections is None:  # another worker applied it meanwhile: nothing done here
@@ -835,9 +835,6 @@ class Worker:
                 "customer_name": detection.customer_name, "seq": detection.seq})
 
     # --- failures ---------------------------------------------------------------------------
-
-    def _prepared(self, key: str) -> detection_state.PreparedPairs | None:
-        return self._aggregated[key].prepared
 
     def _raise_if_runtime_lost(self, exc: BaseException) -> None:
         if not self._runtime_alive():
