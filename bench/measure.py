@@ -87,15 +87,15 @@ def startup_figures(records: Iterable[dict], started_at: datetime) -> dict:
             return None
         return round((_parse_time(record["timestamp"]) - started_at).total_seconds(), 3)
 
-    spark = spark or {}
-    return {"ready_s": since(ready), "spark_ready_s": since(spark or None),
+    info = spark or {}
+    return {"ready_s": since(ready), "spark_ready_s": since(spark),
             # the warm-up runs on the Spark thread while the worker already receives
             "warm_s": since(warm),
             # the key weights read from the PostgreSQL cache (every start but the first of
             # a CustomerImportance version) or computed from the file
-            "weights_cached": spark.get("weights_cached"),
-            "spark_start_ms": spark.get("spark_start_ms"),
-            "start_up_ms": spark.get("start_up_ms")}
+            "weights_cached": info.get("weights_cached"),
+            "spark_start_ms": info.get("spark_start_ms"),
+            "start_up_ms": info.get("start_up_ms")}
 
 
 def spread(values: Iterable[float | None], places: int = 3) -> dict:

@@ -218,10 +218,15 @@ class Phase:
     """One worker run against its own fresh database, with its log and memory samples."""
 
     def __init__(self, name: str, stack: LocalServices, server_url: str,
-                 worker_env: tuple[tuple[str, str], ...] = ()) -> None:
+                 worker_env: tuple[tuple[str, str], ...] = (),
+                 weights_from: str | None = None) -> None:
+        """``weights_from``: a database whose cached key weights the worker finds in its own
+        (``copy_weight_cache``)."""
         self.name = name
         self.stack = stack
         self.database_url = postgres.recreate_database(server_url, f"bench_{name}")
+        if weights_from:
+            copy_weight_cache(weights_from, self.database_url)
         # a short long-poll so that a stop request is seen quickly
         self.env = stack.env(DATABASE_URL=self.database_url, WORKER_WAIT_TIME_SECONDS="1",
                              **dict(worker_env))
@@ -353,9 +358,7 @@ def run_backlog(stack: LocalServices, server_url: str, config: BenchConfig,
     """One backlog drain on a fresh database; ``chunks_before`` chunks are already in the
     bucket (earlier phases): the stream starts after them. ``weights_from``: a database
     whose cached key weights the worker finds (``copy_weight_cache``)."""
-    phase = Phase(name.replace("-", "_"), stack, server_url, config.worker_env)
-    if weights_from:
-        copy_weight_cache(weights_from, phase.database_url)
+    phase = Phase(name.replace("-", "_"), stack, server_url, config.worker_env, weights_from)
     if chunks_before:
         start_mid_stream(phase.database_url, chunks_before)
     phase.queue_backlog(transactions, importance, config, from_start=chunks_before > 0)
@@ -376,9 +379,7 @@ def run_nominal(stack: LocalServices, server_url: str, config: BenchConfig,
                 ) -> tuple[list[measure.ChunkRow], RssSampler, Phase]:
     """The stream at the nominal rate to a ready worker. The worker is left running (the
     recovery phase goes on with it); the caller stops it."""
-    phase = Phase("nominal", stack, server_url, config.worker_env)
-    if weights_from:
-        copy_weight_cache(weights_from, phase.database_url)
+    phase = Phase("nominal", stack, server_url, config.worker_env, weights_from)
     start_mid_stream(phase.database_url, chunks_before)
     worker = phase.start_worker()
     producer = None
