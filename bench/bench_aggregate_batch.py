@@ -21,6 +21,7 @@ from pathlib import Path
 import boto3
 from moto.server import ThreadedMotoServer
 
+from spark_detector.batch_result import weight_table
 from spark_detector.reference_weights import compute_weights
 from spark_detector.spark_job import FetchSpec, aggregate_batch
 from spark_detector.spark_session import build_spark
@@ -75,17 +76,18 @@ def main() -> None:
         started = time.perf_counter()
         importance = args.importance.read_bytes() if args.importance else None
         weights, _ = compute_weights(importance or customer_importance(chunk), "importance")
+        table = weight_table(weights)
         elapsed = time.perf_counter() - started
         print(json.dumps({"case": "compute_weights", "keys": len(weights),
                           "ms": round(1000 * elapsed)}))
         for _ in range(5):  # warm-up, as in a running worker: JVM JIT, Python workers, S3 client
-            aggregate_batch(spark, spec, keys[:1], weights)
-            aggregate_batch(spark, spec, keys, weights)
+            aggregate_batch(spark, spec, keys[:1], table)
+            aggregate_batch(spark, spec, keys, table)
         for batch in (keys[:1], keys):
             times = []
             for _ in range(args.repeats):
                 started = time.perf_counter()
-                result = aggregate_batch(spark, spec, batch, weights)
+                result = aggregate_batch(spark, spec, batch, table)
                 times.append(1000 * (time.perf_counter() - started))
             rows = sum(a.rows_good + a.rows_rejected for a in result.aggregates.values())
             print(json.dumps({

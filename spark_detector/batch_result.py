@@ -7,24 +7,24 @@ every chunk is accounted for.
 
 from __future__ import annotations
 
-import contextlib
-import gc
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from decimal import Context, Decimal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from spark_detector.batch_query import PAIR, REJECTED_ROW
-from spark_detector.chunk_aggregates import ChunkAggregates, PairAggregate, WeightKey
+from spark_detector.chunk_aggregates import KEY_WEIGHT_PLACES, ChunkAggregates, WeightKey
 from spark_detector.chunk_fetch import MISSING, REJECTED
-from spark_detector.parsing import RejectedRow
+from spark_detector.pair_copy import COPY_COLUMNS, ESCAPES, PreparedPairs
+from spark_detector.parsing import WEIGHT_INTEGER_DIGITS, RejectedRow
 
 _ZERO = Decimal(0)
-# count x weight exactly: a weight has at most 22 digits and a count at most 7 (a chunk's
-# row limit), well inside this precision, so the product is never rounded
-_EXACT = Context(prec=60)
+# count x weight exactly: a key weight fits (12 + 10) digits, a group's count an int32, so
+# their product fits decimal(33, 10) and a pair's sum Arrow's decimal(38, 10): never rounded
+WEIGHT_TYPE = pa.decimal128(WEIGHT_INTEGER_DIGITS + KEY_WEIGHT_PLACES, KEY_WEIGHT_PLACES)
+COUNT_TYPE = pa.decimal128(10, 0)
 
 
 class BatchIntegrityError(RuntimeError):
@@ -35,7 +35,8 @@ class BatchIntegrityError(RuntimeError):
 class BatchResult:
     """What one micro-batch produced; every requested chunk is in exactly one of the fields.
 
-    - ``aggregates``: chunks that were read; their ``rows_rejected`` counts ``rejected_rows``;
+    - ``aggregates``: chunks that were read, their counts (``rows_rejected`` counts
+      ``rejected_rows``); their pairs are in ``prepared``;
     - ``rejected_rows``: per read chunk, its rejected rows with reasons (empty tuple if none);
     - ``rejected_chunks``: chunks rejected whole ("Bad input" in docs/detection-semantics.md),
       with the reason;
@@ -47,90 +48,46 @@ class BatchResult:
     rejected_rows: dict[str, tuple[RejectedRow, ...]]
     rejected_chunks: dict[str, str]
     missing_chunks: dict[str, str]
+    # per chunk of ``aggregates`` (whose ``pairs`` are left empty): its pairs, as COPY text
+    prepared: dict[str, PreparedPairs] = field(default_factory=dict)
     # S3 GET + whole-chunk checks on the executors, summed over tasks (part of the job's time)
     fetch_ms: float | None = None
 
 
-@contextlib.contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
-    """Pause Python's cycle collector around a burst of short-lived, acyclic allocations.
-
-    ``assemble_batch`` creates a few objects per result row (~190,000 rows for 30 chunks),
-    all freed by reference counting; meanwhile the collector runs hundreds of times and
-    scans the driver's whole heap in its full passes. Measured in the worker's process on
-    10 real chunks: ~0.5 s with it, ~0.23 s without. The previous state is restored.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
+def weight_table(weights: Mapping[WeightKey, Decimal]) -> pa.Table:
+    """The key weights as the Arrow table ``assemble_batch`` joins: built once per weights
+    version (~50,000 keys: ~60 ms, ~3 MiB, where the dict of tuples and Decimals takes ~15)."""
+    keys = list(weights)
+    return pa.table({
+        "customer": pa.array([k[0] for k in keys], pa.string()),
+        "merchant": pa.array([k[1] for k in keys], pa.string()),
+        "category": pa.array([k[2] for k in keys], pa.string()),
+        "weight": pa.array(list(weights.values()), WEIGHT_TYPE),
+    })
 
 
-def assemble_batch(keys: list[str], table: pa.Table,
-                   weights: Mapping[WeightKey, Decimal]) -> BatchResult:
+NO_WEIGHTS = weight_table({})
+
+
+def assemble_batch(keys: list[str], table: pa.Table, weights: pa.Table) -> BatchResult:
     """The ``aggregate_chunks`` result (its Arrow table) as a ``BatchResult``; every line counted.
 
-    A row's transactions share one weight key (customer, merchant, category): they add
-    ``txn_count x weight`` to the pair's weight sum, exactly what summing the weight row by
-    row gives (``chunk_aggregates.build_aggregates``); an unweighted key adds nothing.
-    Arrow filters and sorts (in C++, bytewise: the order of Python's ``sorted`` for UTF-8);
-    Python only walks the sorted pair rows once, merging the few pairs that span several
-    rows. Measured on 10 real chunks (63,005 rows): 0.40-0.57 s with a Python dict and sort,
-    about 4x less this way.
+    ``weights``: ``weight_table`` of the key weights. A row's transactions share one weight
+    key (customer, merchant, category): they add ``txn_count x weight`` to the pair's weight
+    sum, exactly what summing the weight row by row gives
+    (``chunk_aggregates.build_aggregates``); an unweighted key adds nothing. All of it is
+    Arrow compute (C++): the weights join, the merge of the (rare) pairs that span several
+    rows, and the pairs' COPY text; no pair becomes a Python object (docs/performance.md).
     """
-    with _cyclic_gc_paused():
-        return _assemble_batch(keys, table, weights)
-
-
-def _column(table: pa.Table, name: str) -> list:
-    return table.column(name).to_pylist()
-
-
-def _assemble_batch(keys: list[str], table: pa.Table,
-                    weights: Mapping[WeightKey, Decimal]) -> BatchResult:
     # a chunk's status, reason and line count are on each of its rows (the grouping keys)
-    status = dict(zip(_column(table, "chunk_key"), zip(
-        _column(table, "status"), _column(table, "chunk_reason"), _column(table, "n_lines"),
-        strict=True), strict=True))
-    kinds = table.column("kind")
-    pair_rows = table.filter(pc.equal(kinds, PAIR)).sort_by(
-        [("chunk_key", "ascending"), ("merchant", "ascending"), ("customer", "ascending"),
-         ("first_row", "ascending")])
-    pairs: dict[str, list[PairAggregate]] = {key: [] for key in keys}
-    multiply = _EXACT.multiply
-    # rows of one pair are adjacent, its first row first: its gender is the pair's
-    acc: list | None = None
-    for key, merchant, customer, category, gender, count, amount_sum in zip(*(
-            _column(pair_rows, name) for name in (
-                "chunk_key", "merchant", "customer", "category", "gender", "txn_count",
-                "amount_sum")), strict=True):
-        weight = weights.get((customer, merchant, category))
-        weight_sum = _ZERO if weight is None else multiply(weight, count)
-        weighted = 0 if weight is None else count
-        if acc is not None and acc[2] == customer and acc[1] == merchant and acc[0] == key:
-            acc[3] += count
-            acc[4] += amount_sum
-            acc[5] = _EXACT.add(acc[5], weight_sum)
-            acc[6] += weighted
-            continue
-        if acc is not None:
-            pairs[acc[0]].append(PairAggregate(*acc[1:]))
-        acc = [key, merchant, customer, count, amount_sum, weight_sum, weighted, gender]
-    if acc is not None:
-        pairs[acc[0]].append(PairAggregate(*acc[1:]))
-
-    rejects: dict[str, list[RejectedRow]] = {key: [] for key in keys}
-    reject_rows = table.filter(pc.equal(kinds, REJECTED_ROW)).sort_by(
-        [("chunk_key", "ascending"), ("reject_row", "ascending")])
-    for key, row, reason, line in zip(*(
-            _column(reject_rows, name) for name in ("chunk_key", "reject_row", "reason", "line")),
-            strict=True):
-        rejects[key].append(RejectedRow(row, reason, line))
+    status = {row["chunk_key"]: (row["status"], row["chunk_reason"], row["n_lines"])
+              for row in table.group_by(
+                  ["chunk_key", "status", "chunk_reason", "n_lines"]).aggregate([]).to_pylist()}
+    pairs = _prepared_pairs(_weighted_pairs(table, weights))
+    rejects = _rejected_rows(keys, table)
 
     aggregates: dict[str, ChunkAggregates] = {}
+    prepared: dict[str, PreparedPairs] = {}
     rejected_rows: dict[str, tuple[RejectedRow, ...]] = {}
     rejected_chunks: dict[str, str] = {}
     missing: dict[str, str] = {}
@@ -144,13 +101,130 @@ def _assemble_batch(keys: list[str], table: pa.Table,
         if state == REJECTED:
             rejected_chunks[key] = reason or ""
             continue
-        chunk_pairs = tuple(pairs[key])
-        chunk_rejects = tuple(rejects[key])
-        rows_good = sum(p.txn_count for p in chunk_pairs)
+        n_pairs, rows_good, copy_text = pairs.get(key, (0, 0, ""))
+        chunk_rejects = rejects[key]
         if rows_good + len(chunk_rejects) != n_lines:
             raise BatchIntegrityError(
                 f"{key}: {rows_good} good + {len(chunk_rejects)} rejected rows != {n_lines} lines"
             )
-        aggregates[key] = ChunkAggregates(key, rows_good, len(chunk_rejects), chunk_pairs)
+        aggregates[key] = ChunkAggregates(key, rows_good, len(chunk_rejects), ())
+        prepared[key] = PreparedPairs(key, n_pairs, copy_text)
         rejected_rows[key] = chunk_rejects
-    return BatchResult(aggregates, rejected_rows, rejected_chunks, missing)
+    return BatchResult(aggregates, rejected_rows, rejected_chunks, missing, prepared)
+
+
+def _column(table: pa.Table, name: str) -> list:
+    return table.column(name).to_pylist()
+
+
+_WEIGHT_KEY = ("customer", "merchant", "category")
+_PAIR_KEY = ("chunk_key", "merchant", "customer")
+
+
+def _as_strings(table: pa.Table, names: tuple[str, ...]) -> pa.Table:
+    """``table`` with ``names`` as Arrow strings, as ``weight_table`` has them (Spark hands
+    large strings when spark.sql.execution.arrow.useLargeVarTypes is on)."""
+    for name in names:
+        i = table.schema.get_field_index(name)
+        if not pa.types.is_string(table.schema.field(i).type):
+            table = table.set_column(i, name, pc.cast(table.column(i), pa.string()))
+    return table
+
+
+def _weighted_pairs(table: pa.Table, weights: pa.Table) -> pa.Table:
+    """One row per (chunk, merchant, customer), sorted so (bytewise, as
+    ``ChunkAggregates.pairs``), with ``COPY_COLUMNS``."""
+    rows = table.filter(pc.equal(table.column("kind"), PAIR)).select(
+        ["chunk_key", "merchant", "customer", "category", "gender", "txn_count", "amount_sum",
+         "first_row"])
+    rows = _as_strings(rows, _WEIGHT_KEY)
+    # Arrow hashes the right side: the smaller one (one chunk's ~6,300 rows against ~50,000
+    # weights: 2.4 against 6.9 ms)
+    if rows.num_rows < weights.num_rows:
+        rows = weights.join(rows, keys=list(_WEIGHT_KEY), join_type="right outer",
+                            use_threads=False)
+    else:
+        rows = rows.join(weights, keys=list(_WEIGHT_KEY), join_type="left outer",
+                         use_threads=False)
+    count = rows.column("txn_count")
+    weighted = pc.is_valid(rows.column("weight"))
+    weight_sum = pc.multiply(rows.column("weight"),
+                             pc.cast(pc.cast(count, pa.int32()), COUNT_TYPE))
+    rows = rows.append_column(
+        "weight_sum", pc.fill_null(weight_sum, pa.scalar(_ZERO, weight_sum.type))
+    ).append_column("weighted_count", pc.if_else(weighted, count, 0)).sort_by(
+        [(name, "ascending") for name in (*_PAIR_KEY, "first_row")])
+    if _pairs_repeat(rows):
+        # a pair over several rows (categories, genders): sums, and its first row's gender
+        # ("first" follows the input order, unthreaded only); the groups come in hash order
+        rows = rows.group_by(list(_PAIR_KEY), use_threads=False).aggregate([
+            ("txn_count", "sum"), ("amount_sum", "sum"), ("weight_sum", "sum"),
+            ("weighted_count", "sum"), ("gender", "first"),
+        ]).rename_columns([*_PAIR_KEY, "txn_count", "amount_sum", "weight_sum",
+                           "weighted_count", "gender"]).sort_by(
+            [(name, "ascending") for name in _PAIR_KEY])
+    return rows.rename_columns(
+        ["first_gender" if name == "gender" else name for name in rows.column_names])
+
+
+def _pairs_repeat(rows: pa.Table) -> bool:
+    """Whether two adjacent rows of ``rows`` (sorted by ``_PAIR_KEY``) are of one pair."""
+    if rows.num_rows < 2:
+        return False
+    later, earlier = rows.slice(1), rows.slice(0, rows.num_rows - 1)
+    same = [pc.equal(later.column(name), earlier.column(name)) for name in _PAIR_KEY]
+    return pc.any(pc.and_(pc.and_(same[0], same[1]), same[2])).as_py()
+
+
+def _prepared_pairs(pairs: pa.Table) -> dict[str, tuple[int, int, str]]:
+    """Per chunk of ``pairs``: its pair count, its good rows and its pairs' COPY text."""
+    # each chunk's rows are one run of the sorted table: the runs in that order are its slices
+    runs = pairs.group_by("chunk_key", use_threads=False).aggregate([
+        ([], "count_all"), ("txn_count", "sum")]).sort_by("chunk_key")
+    counts = _column(runs, "count_all")
+    offsets = [0]
+    for count in counts:
+        offsets.append(offsets[-1] + count)
+    texts = joined_text(arrow_copy_lines(pairs), offsets)
+    return {key: (count, rows, text) for key, count, rows, text in zip(
+        _column(runs, "chunk_key"), counts, _column(runs, "txn_count_sum"), texts,
+        strict=True)}
+
+
+def _rejected_rows(keys: list[str], table: pa.Table) -> dict[str, tuple[RejectedRow, ...]]:
+    """Each chunk's rejected rows, in row order (few: built in Python)."""
+    rejects: dict[str, list[RejectedRow]] = {key: [] for key in keys}
+    reject_rows = table.filter(pc.equal(table.column("kind"), REJECTED_ROW)).sort_by(
+        [("chunk_key", "ascending"), ("reject_row", "ascending")])
+    for key, row, reason, line in zip(*(
+            _column(reject_rows, name) for name in ("chunk_key", "reject_row", "reason", "line")),
+            strict=True):
+        rejects[key].append(RejectedRow(row, reason, line))
+    return {key: tuple(rows) for key, rows in rejects.items()}
+
+
+def _escaped_column(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    for plain, escaped in ESCAPES:
+        column = pc.replace_substring(column, plain, escaped)
+    return column
+
+
+def arrow_copy_lines(pairs: pa.Table) -> pa.ChunkedArray:
+    """One COPY line (with its newline) per row of ``pairs``, which has ``COPY_COLUMNS``
+    (strings, integers and decimals, no nulls)."""
+    text = []
+    for name in COPY_COLUMNS:
+        column = pairs.column(name)
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            text.append(_escaped_column(column))
+        else:
+            text.append(pc.cast(column, pa.string()))
+    # the empty last field puts a newline after every line, not only between them
+    return pc.binary_join_element_wise(
+        pc.binary_join_element_wise(*text, "\t"), pa.scalar(""), "\n")
+
+
+def joined_text(lines: pa.ChunkedArray, offsets: list[int]) -> list[str]:
+    """The concatenation of ``lines[offsets[i]:offsets[i + 1]]`` for each i, joined in C++."""
+    runs = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), lines.combine_chunks())
+    return pc.binary_join(runs, "").to_pylist()

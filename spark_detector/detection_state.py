@@ -39,6 +39,7 @@ from spark_detector.detection import DETECTION_COLUMNS, Detection, detection_fro
 from spark_detector.failpoints import failpoint
 from spark_detector.ordering import OutOfTurn, Turn, chunk_seq, turn_of
 from spark_detector.outbox import close_full_files
+from spark_detector.pair_copy import COPY_COLUMNS, PreparedPairs, pairs_copy_text
 
 __all__ = [
     "ChunkRef",
@@ -137,10 +138,7 @@ ON CONFLICT (chunk_key) DO NOTHING
 RETURNING apply_order
 """
 
-_COPY_SQL = (
-    "COPY chunk_pairs (merchant, customer, txn_count, amount_sum, weight_sum, weighted_count,"
-    " first_gender) FROM STDIN"
-)
+_COPY_SQL = f"COPY chunk_pairs ({', '.join(COPY_COLUMNS)}) FROM STDIN"
 
 # A pair is new when this chunk inserted it (first_apply_order is set on insert only); only new
 # pairs change a merchant's customer and female/male counts, because a pair's gender is the one
@@ -273,40 +271,11 @@ def _validate(aggregates: ChunkAggregates) -> None:
             f"{key}: its pairs hold {counted} transactions, rows_good is {aggregates.rows_good}")
 
 
-@dataclass(frozen=True)
-class PreparedPairs:
-    """A chunk's pairs checked and written out in COPY's text format: the Python half of
-    applying it (~25 ms for ~6,300 pairs), which the worker does on its Spark thread ahead
-    of the chunk's transaction, so that its main thread only waits on PostgreSQL. It holds
-    no pair objects: a held chunk costs its COPY text (~0.5 MB), not ~6,300 tuples (~3 MB)."""
-
-    chunk_key: str
-    pairs: int
-    copy_text: str
-
-
 def prepare_pairs(aggregates: ChunkAggregates) -> PreparedPairs:
     """Check the aggregates (``InvalidAggregates``) and write their COPY text."""
     _validate(aggregates)
     return PreparedPairs(aggregates.chunk_key, len(aggregates.pairs),
-                         _pairs_copy_data(aggregates))
-
-
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _copy_text(value: str) -> str:
-    """A text value in COPY's text format (only backslash and the separators need escaping)."""
-    return value.translate(_COPY_ESCAPES)
-
-
-def _pairs_copy_data(aggregates: ChunkAggregates) -> str:
-    # COPY text format, built by hand: about twice as fast as the csv module for ~6k pairs.
-    return "".join([
-        f"{_copy_text(p.merchant)}\t{_copy_text(p.customer)}\t{p.txn_count}\t{p.amount_sum}"
-        f"\t{p.weight_sum}\t{p.weighted_count}\t{_copy_text(p.first_gender)}\n"
-        for p in aggregates.pairs
-    ])
+                         pairs_copy_text(aggregates.pairs))
 
 
 def apply_chunk(
@@ -318,11 +287,12 @@ def apply_chunk(
     thresholds: Thresholds = Thresholds(),  # frozen: a shared default is safe
     spark_ms: int | None = None,
     detections_prefix: str = DETECTIONS_PREFIX,
+    prepared: PreparedPairs | None = None,
 ) -> list[Detection]:
     """``try_apply_chunk``, with [] for a chunk already applied or rejected."""
     return try_apply_chunk(conn, chunk, aggregates, y_start_time=y_start_time,
                            thresholds=thresholds, spark_ms=spark_ms,
-                           detections_prefix=detections_prefix) or []
+                           detections_prefix=detections_prefix, prepared=prepared) or []
 
 
 def _is_done(cur: psycopg2.extensions.cursor, key: str) -> bool:

@@ -50,6 +50,7 @@ from psycopg2 import sql
 
 from spark_detector import db, detection_state, outbox
 from spark_detector.backfill import list_chunks
+from spark_detector.batch_result import BatchResult, assemble_batch, weight_table
 from spark_detector.chunk_aggregates import WeightKey
 from spark_detector.config import WorkerSettings
 from spark_detector.ordering import chunk_seq
@@ -76,13 +77,7 @@ from spark_detector.replay_plan import (
     thresholds_with_rules,
     unsettled_gaps,
 )
-from spark_detector.spark_job import (
-    BatchResult,
-    FetchSpec,
-    aggregate_chunks,
-    assemble_batch,
-    fetch_chunks,
-)
+from spark_detector.spark_job import FetchSpec, aggregate_chunks, fetch_chunks
 from spark_detector.worker import size_rejection
 
 logger = logging.getLogger(__name__)
@@ -463,7 +458,7 @@ class ArchiveAggregates:
     """The Spark job's result for every chunk, as one Arrow table sorted by chunk key."""
 
     def __init__(self, table: pa.Table, weights: dict[WeightKey, Decimal]) -> None:
-        self.weights = weights
+        self.weights = weight_table(weights)
         self.table = table.sort_by("chunk_key")
         counts = pc.value_counts(self.table["chunk_key"]).to_pylist()
         # Arrow sorts strings bytewise; UTF-8 byte order is code point order, as sorted()'s
@@ -670,7 +665,8 @@ def _apply_all(conn, plan: ReplayPlan, archive: ArchiveAggregates, oversized: di
             with clock("apply_chunk"):
                 detection_state.apply_chunk(conn, ref, aggregates, y_start_time=started_at,
                                    thresholds=thresholds, spark_ms=share,
-                                   detections_prefix=files_prefix)
+                                   detections_prefix=files_prefix,
+                                   prepared=result.prepared[chunk.key])
             report.chunks_applied += 1
             report.rows_good += aggregates.rows_good
             report.rows_rejected += aggregates.rows_rejected

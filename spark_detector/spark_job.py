@@ -17,15 +17,14 @@ This module holds the start-up ``warm_up`` and ``aggregate_batch`` itself. The k
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
-from decimal import Decimal
 
+import pyarrow as pa
 from pyspark.sql import SparkSession
 
 from spark_detector.batch_query import aggregate_chunks
-from spark_detector.batch_result import BatchResult, assemble_batch
-from spark_detector.chunk_aggregates import WeightKey
+from spark_detector.batch_result import NO_WEIGHTS, BatchResult, assemble_batch
 from spark_detector.chunk_fetch import (
     FETCHED_SCHEMA,
     OK,
@@ -87,14 +86,14 @@ def warm_up(spark: SparkSession, fetch_spec: FetchSpec, rounds: int = 1,
                 functools.partial(_warm_up_partition, fetch_spec, lines))
             fetched = spark.createDataFrame(rdd, FETCHED_SCHEMA, verifySchema=False)
         table = aggregate_chunks(spark, fetched).toArrow()
-    return assemble_batch(keys, table, {})
+    return assemble_batch(keys, table, NO_WEIGHTS)
 
 
 def aggregate_batch(
-    spark: SparkSession, fetch_spec: FetchSpec, chunk_keys: Iterable[str],
-    weights: Mapping[WeightKey, Decimal],
+    spark: SparkSession, fetch_spec: FetchSpec, chunk_keys: Iterable[str], weights: pa.Table,
 ) -> BatchResult:
     """Fetch, parse, validate and aggregate a micro-batch of chunks in one Spark query.
+    ``weights``: the key weights as ``batch_result.weight_table`` gives them.
 
     A duplicated key is fetched once. Transient S3 errors are retried by botocore; when they
     persist, the Spark job fails and the whole batch may be retried by the caller.

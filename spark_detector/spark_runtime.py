@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from decimal import Decimal
 
-from spark_detector.chunk_aggregates import WeightKey
+import pyarrow as pa
+
+from spark_detector.batch_result import weight_table
 from spark_detector.config import WorkerSettings, fetches_on_driver
-from spark_detector.reference_weights import load_key_weights
+from spark_detector.reference_weights import KeyWeights, load_key_weights
 from spark_detector.spark_job import BatchResult, FetchSpec, aggregate_batch, warm_up
 from spark_detector.spark_session import (
     build_spark,
@@ -30,11 +31,17 @@ def jvm_alive(spark) -> bool:
     return process is None or process.poll() is None
 
 
+def _load_weights(s3, connect: Callable[[], object], settings: WorkerSettings,
+                  stop: threading.Event) -> tuple[KeyWeights, pa.Table]:
+    """The key weights, and as the Arrow table the batches join (the dict is not kept)."""
+    weights = load_key_weights(s3, connect, settings, stop)
+    return weights, weight_table(weights.weights)
+
+
 class SparkAggregator:
     """Holds the SparkSession and the key weights; `aggregate` runs one micro-batch."""
 
-    def __init__(self, spark, fetch_spec: FetchSpec,
-                 weights: Mapping[WeightKey, Decimal]) -> None:
+    def __init__(self, spark, fetch_spec: FetchSpec, weights: pa.Table) -> None:
         self.spark = spark
         self.fetch_spec = fetch_spec
         self.weights = weights
@@ -50,7 +57,7 @@ class SparkAggregator:
         it: the worker runs ``warm_up`` on its Spark thread while it starts receiving."""
         started = time.perf_counter()
         with ThreadPoolExecutor(1, thread_name_prefix="key-weights") as pool:
-            loading = pool.submit(load_key_weights, s3, connect, settings, stop)
+            loading = pool.submit(_load_weights, s3, connect, settings, stop)
             try:
                 spark = build_spark(settings.spark_master)
                 spark_ms = round((time.perf_counter() - started) * 1000)
@@ -60,7 +67,7 @@ class SparkAggregator:
             except BaseException:
                 stop.set()  # a weights loader waiting for the object gives up
                 raise
-            weights = loading.result()
+            weights, table = loading.result()
         context = spark.sparkContext
         logger.info("spark ready", extra={
             "master": context.master, "default_parallelism": context.defaultParallelism,
@@ -70,7 +77,7 @@ class SparkAggregator:
             "key_weights": len(weights.weights), "weights_cached": weights.cached,
             "spark_start_ms": spark_ms,
             "start_up_ms": round((time.perf_counter() - started) * 1000)})
-        return cls(spark, fetch_spec, weights.weights)
+        return cls(spark, fetch_spec, table)
 
     def warm_up(self) -> None:
         """One made-up batch through the whole query (``spark_job.warm_up``): the first real

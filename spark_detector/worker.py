@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import psycopg2
@@ -202,15 +202,6 @@ class Overlapped:
     future: Future
 
 
-@dataclass(frozen=True)
-class Aggregated:
-    """A chunk's Spark result (shared with its batch) and its pairs prepared for the apply
-    (None when the chunk was rejected whole or is missing)."""
-
-    result: BatchResult
-    prepared: detection_state.PreparedPairs | None
-
-
 def _ping(conn) -> None:
     with conn.cursor() as cur:
         cur.execute("SELECT 1")
@@ -257,7 +248,7 @@ class Worker:
         self.chunks: dict[str, ChunkMessage] = {}
         # Spark results of chunks in hand, aggregated ahead of their turn (one batch's result
         # is shared by its chunks); dropped with the chunk.
-        self._aggregated: dict[str, Aggregated] = {}
+        self._aggregated: dict[str, BatchResult] = {}
         self._overlapped: Overlapped | None = None
         self._spark_thread = ThreadPoolExecutor(1, thread_name_prefix="spark-overlap")
         self._redriven: set[str] = set()
@@ -680,32 +671,23 @@ class Worker:
         missing = [key for key in keys if key not in self._aggregated]
         summary.overlapped += len(keys) - len(missing)
         if missing:
-            self._keep(missing, *self._spark_job(missing), summary)
-        return {key: self._aggregated[key].result for key in keys}
+            self._keep(missing, self._spark_job(missing), summary)
+        return {key: self._aggregated[key] for key in keys}
 
-    def _spark_job(self, keys: list[str]
-                   ) -> tuple[BatchResult, dict[str, detection_state.PreparedPairs]]:
-        """The Spark job of ``keys``, and each aggregated chunk's pairs prepared for its apply
-        (checked, COPY text): on the Spark thread, this is Python work the main thread, which
-        sets the pace of a backlog, does not have to do."""
+    def _spark_job(self, keys: list[str]) -> BatchResult:
+        """The Spark job of ``keys``, with each aggregated chunk's pairs as COPY text
+        (``BatchResult.prepared``): built on the Spark thread, all the apply needs."""
         failpoint("before_spark")
         result = self._aggregate(keys)
         failpoint("after_spark")
-        prepared = {key: detection_state.prepare_pairs(aggregates)
-                    for key, aggregates in result.aggregates.items()}
-        # held until applied (up to three batches with the overlap): the COPY text is all
-        # the apply needs, so the ~6,300 pair tuples per chunk are let go now
-        slim = {key: aggregates.without_pairs() for key, aggregates in result.aggregates.items()}
-        return replace(result, aggregates=slim), prepared
+        return result
 
-    def _keep(self, keys: list[str], result: BatchResult,
-              prepared: dict[str, detection_state.PreparedPairs],
-              summary: BatchSummary | None) -> None:
+    def _keep(self, keys: list[str], result: BatchResult, summary: BatchSummary | None) -> None:
         if summary is not None and result.fetch_ms is not None:
             summary.fetch_ms = (summary.fetch_ms or 0) + round(result.fetch_ms)
         for key in keys:
             if key in self.chunks:  # not forgotten meanwhile
-                self._aggregated[key] = Aggregated(result, prepared.get(key))
+                self._aggregated[key] = result
 
     def _overlap_next(self, applying: list[str], summary: BatchSummary) -> None:
         """Start the Spark job of the chunks that come after ``applying``, on the Spark
@@ -751,7 +733,7 @@ class Worker:
                         extra={"chunk_keys": overlapped.keys, "error": failure_text(exc)})
             return
         if overlapped.keys:  # the start-up warm-up has none
-            self._keep(overlapped.keys, *outcome, summary)
+            self._keep(overlapped.keys, outcome, summary)
 
     def _drop_overlapped(self) -> None:
         """Wait for a running overlapped job and drop what it produced (stopping, outage)."""
@@ -814,7 +796,7 @@ class Worker:
             detections = self.db(lambda conn: detection_state.try_apply_chunk(
                 conn, chunk, aggregates, y_start_time=self.y_start_time,
                 thresholds=s.thresholds, spark_ms=summary.spark_ms,
-                detections_prefix=s.detections_prefix, prepared=self._aggregated[key].prepared))
+                detections_prefix=s.detections_prefix, prepared=result.prepared[key]))
         failpoint("after_commit")
         self._forget(key, delete_now=False)  # with the batch's others: _delete_applied
         if detections is None:  # another worker applied it meanwhile: nothing done here

@@ -31,7 +31,12 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from bench.measure import percentile_cont
-from spark_detector.chunk_aggregates import ChunkAggregates, Transaction, build_aggregates
+from spark_detector.chunk_aggregates import (
+    ChunkAggregates,
+    PairAggregate,
+    Transaction,
+    build_aggregates,
+)
 from spark_detector.detection_state import Thresholds
 
 ACTION_TYPES = {"PatId1": "UPGRADE", "PatId2": "CHILD", "PatId3": "DEI-NEEDED"}
@@ -286,3 +291,31 @@ def chunk_from_rows(
         for i, r in enumerate(rows)
     ]
     return build_aggregates(chunk_key, transactions, weights or {}, rows_rejected)
+
+
+_COPY_UNESCAPES = {"\\\\": "\\", "\\t": "\t", "\\n": "\n", "\\r": "\r"}
+
+
+def _copy_field(value: str) -> str:
+    out, i = [], 0
+    while i < len(value):
+        pair = value[i:i + 2]
+        if pair in _COPY_UNESCAPES:
+            out.append(_COPY_UNESCAPES[pair])
+            i += 2
+        else:
+            out.append(value[i])
+            i += 1
+    return "".join(out)
+
+
+def pairs_from_copy_text(text: str) -> tuple[PairAggregate, ...]:
+    """The pairs a COPY text (``spark_detector.pair_copy``) loads into ``chunk_pairs``, read
+    back as PostgreSQL's COPY text format defines it: one line per pair, tab-separated."""
+    pairs = []
+    for line in text.split("\n")[:-1] if text else []:
+        merchant, customer, count, amount, weight, weighted, gender = line.split("\t")
+        pairs.append(PairAggregate(_copy_field(merchant), _copy_field(customer), int(count),
+                                   Decimal(amount), Decimal(weight), int(weighted),
+                                   _copy_field(gender)))
+    return tuple(pairs)

@@ -23,6 +23,7 @@ import pytest
 from infra.local import postgres
 from producer.generate import generate
 from spark_detector import db
+from spark_detector.batch_result import weight_table
 from spark_detector.config import WorkerSettings
 from spark_detector.detection_state import Thresholds
 from spark_detector.reference_weights import compute_weights
@@ -77,7 +78,8 @@ def live(spark, moto_endpoint, postgres_server_url, migrated_template, dataset):
                                   batch_window_seconds=0.2, max_batch_chunks=10,
                                   thresholds=THRESHOLDS)
         spec = fetch_spec(resources)
-        aggregator = SparkAggregator(spark, spec, compute_weights(importance, "live")[0])
+        weights = weight_table(compute_weights(importance, "live")[0])
+        aggregator = SparkAggregator(spark, spec, weights)
         worker = Worker(settings, s3=resources.s3, sqs=resources.sqs,
                         connect=lambda: db.connect(url), aggregate=aggregator.aggregate)
         worker.start()

@@ -14,7 +14,7 @@ import uuid
 import boto3
 import pytest
 
-from spark_detector.batch_result import BatchResult
+from spark_detector.batch_result import NO_WEIGHTS, BatchResult, weight_table
 from spark_detector.chunk_aggregates import build_aggregates, key_weights
 from spark_detector.chunk_fetch import FetchSpec, fetch_chunk, fetch_chunks, fetched_frame
 from spark_detector.parsing import (
@@ -24,6 +24,7 @@ from spark_detector.parsing import (
 )
 from spark_detector.spark_job import aggregate_batch
 from tests.conftest import TEST_DATA
+from tests.reference_model import pairs_from_copy_text
 
 pytestmark = pytest.mark.spark
 
@@ -94,7 +95,10 @@ def assert_matches_reference(result: BatchResult, chunks: dict[str, bytes], weig
             assert key not in result.aggregates
             continue
         expected = build_aggregates(key, parsed.transactions, weights, len(parsed.rejected))
-        assert result.aggregates[key] == expected, key
+        assert result.aggregates[key] == expected.without_pairs(), key
+        # what the engine will COPY is the reference's pairs, value for value, in order
+        assert pairs_from_copy_text(result.prepared[key].copy_text) == expected.pairs, key
+        assert result.prepared[key].pairs == len(expected.pairs), key
         assert result.rejected_rows[key] == parsed.rejected, key
 
 
@@ -123,7 +127,7 @@ def test_spark_aggregation_equals_the_python_reference(spark, s3, bucket, fetch_
     put(s3, bucket, chunks)
 
     weights = key_weights(parse_customer_importance(importance).rows)
-    result = aggregate_batch(spark, fetch_spec, sorted(chunks), weights)
+    result = aggregate_batch(spark, fetch_spec, sorted(chunks), weight_table(weights))
 
     assert_matches_reference(result, chunks, weights)
     assert set(result.aggregates) == set(chunks) - {"stream_chunks/chunk-05.csv"}
@@ -134,7 +138,8 @@ def test_spark_aggregation_equals_the_python_reference(spark, s3, bucket, fetch_
     assert [r.reason for r in result.rejected_rows["stream_chunks/chunk-04.csv"]] == [
         "empty merchant", "empty line", "expected 10 fields, got 3", "amount -3 is negative",
     ]
-    assert any(p.weighted_count for p in result.aggregates["stream_chunks/chunk-01.csv"].pairs)
+    assert any(p.weighted_count for p in pairs_from_copy_text(
+        result.prepared["stream_chunks/chunk-01.csv"].copy_text))
 
 
 NASTY_FIELDS = {
@@ -185,7 +190,7 @@ def test_every_row_rule_and_reason_agrees_with_the_reference(spark, s3, bucket, 
     )
 
     weights = key_weights(parse_customer_importance(importance).rows)
-    result = aggregate_batch(spark, fetch_spec, sorted(chunks), weights)
+    result = aggregate_batch(spark, fetch_spec, sorted(chunks), weight_table(weights))
 
     assert_matches_reference(result, chunks, weights)
     reasons = {r.reason for r in result.rejected_rows["stream_chunks/nasty-lf.csv"]}
@@ -205,7 +210,7 @@ def test_a_one_chunk_batch_single_stage_equals_the_reference(spark, s3, bucket, 
     importance = importance_of(rows, rng)
 
     weights = key_weights(parse_customer_importance(importance).rows)
-    result = aggregate_batch(spark, fetch_spec, list(chunks), weights)
+    result = aggregate_batch(spark, fetch_spec, list(chunks), weight_table(weights))
 
     assert_matches_reference(result, chunks, weights)
     assert result.aggregates["stream_chunks/only.csv"].rows_good == 3050
@@ -228,7 +233,7 @@ def test_whole_chunk_rejects_and_missing_objects_do_not_stop_the_batch(
     keys = [*chunks, "stream_chunks/f-never-uploaded.csv", "stream_chunks/a-good.csv"]
     latin1_at = len(HEADER + "\n0,'C1','4','F','1','M")  # where the é is
 
-    result = aggregate_batch(spark, fetch_spec, keys, {})
+    result = aggregate_batch(spark, fetch_spec, keys, NO_WEIGHTS)
 
     assert result.rejected_chunks == {
         "stream_chunks/b-empty.csv": "empty: no header line",

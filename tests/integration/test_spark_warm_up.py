@@ -7,6 +7,7 @@ import pytest
 from spark_detector.chunk_aggregates import build_aggregates
 from spark_detector.parsing import parse_chunk
 from spark_detector.spark_job import FetchSpec, warm_up, warm_up_body
+from tests.reference_model import pairs_from_copy_text
 
 pytestmark = pytest.mark.spark
 
@@ -29,4 +30,6 @@ def test_warm_up_aggregates_its_made_up_chunks_like_the_reference_without_callin
     for key, aggregates in result.aggregates.items():
         parsed = parse_chunk(key, chunk)
         assert not parsed.rejected and len(parsed.transactions) == 300
-        assert aggregates == build_aggregates(key, parsed.transactions, {})
+        expected = build_aggregates(key, parsed.transactions, {})
+        assert aggregates == expected.without_pairs()
+        assert pairs_from_copy_text(result.prepared[key].copy_text) == expected.pairs

@@ -167,6 +167,7 @@ def make_worker(resources: AwsResources, database_url: str, spark, weights,
                 **overrides) -> Worker:
     """The real Worker in this process, on the session's SparkSession, started."""
     from spark_detector import db
+    from spark_detector.batch_result import weight_table
     from spark_detector.config import WorkerSettings
     from spark_detector.spark_job import FetchSpec
     from spark_detector.spark_runtime import SparkAggregator
@@ -178,7 +179,7 @@ def make_worker(resources: AwsResources, database_url: str, spark, weights,
                               database_url=database_url, **options)
     spec = FetchSpec(resources.bucket, endpoint_url=resources.endpoint,
                      access_key_id="testing", secret_access_key="testing")
-    aggregator = SparkAggregator(spark, spec, weights)
+    aggregator = SparkAggregator(spark, spec, weight_table(weights))
     worker = Worker(settings, s3=resources.s3, sqs=resources.sqs,
                     connect=lambda: db.connect(database_url), aggregate=aggregator.aggregate)
     worker.start()
