@@ -32,14 +32,17 @@ def aws_clients() -> tuple[object, object]:
 
 
 def cmd_run(settings: WorkerSettings, args: argparse.Namespace) -> int:
+    from spark_detector.native_memory import tune_arrow_pool, tune_malloc
+
+    # before any thread or child process exists (the JVM inherits the environment set here)
+    # and before pyarrow's import (the modules below import it)
+    tuned = {**tune_malloc(), **tune_arrow_pool()}
     from spark_detector import db
-    from spark_detector.native_memory import tune_malloc
     from spark_detector.reference_weights import ReferenceRejected, ReferenceUnavailable
     from spark_detector.spark_runtime import SparkAggregator
     from spark_detector.worker import Worker, logger
 
-    # before any thread or child process exists: the JVM inherits the environment it sets
-    logger.info("malloc tuned", extra={"set": tune_malloc()})
+    logger.info("malloc tuned", extra={"set": tuned})
     if args.flush_partial_after is not None:
         settings = _replace(settings, flush_partial_after_seconds=args.flush_partial_after)
     if args.backfill_every is not None:

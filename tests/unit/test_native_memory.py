@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from spark_detector.native_memory import MALLOC_ENV, tune_malloc
+import os
+import subprocess
+import sys
+
+from spark_detector.native_memory import MALLOC_ENV, tune_arrow_pool, tune_malloc
 
 
 def test_malloc_settings_reach_the_environment_of_later_processes():
@@ -23,3 +27,18 @@ def test_a_users_own_malloc_setting_is_left_alone():
     assert "MALLOC_ARENA_MAX" not in applied
     assert environ["MALLOC_ARENA_MAX"] == "4"
     assert environ["MALLOC_MMAP_THRESHOLD_"] == "131072"
+
+
+def test_arrow_buffers_come_from_jemalloc_unless_the_user_names_a_pool():
+    environ: dict[str, str] = {}
+    assert tune_arrow_pool(environ) == {"ARROW_DEFAULT_MEMORY_POOL": "jemalloc"}
+    assert environ == {"ARROW_DEFAULT_MEMORY_POOL": "jemalloc"}
+    # Arrow reads it at its first use: a fresh interpreter shows the pool in force
+    pool = subprocess.run(
+        [sys.executable, "-c", "import pyarrow; print(pyarrow.default_memory_pool().backend_name)"],
+        env={**os.environ, **environ}, capture_output=True, text=True, check=True).stdout.strip()
+    assert pool == "jemalloc"
+
+    users = {"ARROW_DEFAULT_MEMORY_POOL": "system"}
+    assert tune_arrow_pool(users) == {}
+    assert users == {"ARROW_DEFAULT_MEMORY_POOL": "system"}
