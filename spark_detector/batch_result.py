@@ -1,8 +1,10 @@
-"""The batch query's result, back on the driver, as one ``ChunkAggregates`` per chunk.
+"""The batch query's result, back on the driver: per chunk its counts (``ChunkAggregates``)
+and its pairs as COPY text (``pair_copy.PreparedPairs``), ready for its apply.
 
 ``assemble_batch`` weighs the query's rows with the key weights, merges them per (chunk,
-merchant, customer), sorts each chunk's rejected rows, and checks that every data line of
-every chunk is accounted for.
+merchant, customer), writes each chunk's pairs out as COPY text, sorts each chunk's rejected
+rows, and checks that every data line of every chunk is accounted for. The pairs stay in
+Arrow (C++) throughout.
 """
 
 from __future__ import annotations
@@ -185,7 +187,7 @@ def _prepared_pairs(pairs: pa.Table) -> dict[str, tuple[int, int, str]]:
     offsets = [0]
     for count in counts:
         offsets.append(offsets[-1] + count)
-    texts = joined_text(arrow_copy_lines(pairs), offsets)
+    texts = _joined_text(arrow_copy_lines(pairs), offsets)
     return {key: (count, rows, text) for key, count, rows, text in zip(
         _column(runs, "chunk_key"), counts, _column(runs, "txn_count_sum"), texts,
         strict=True)}
@@ -224,7 +226,7 @@ def arrow_copy_lines(pairs: pa.Table) -> pa.ChunkedArray:
         pc.binary_join_element_wise(*text, "\t"), pa.scalar(""), "\n")
 
 
-def joined_text(lines: pa.ChunkedArray, offsets: list[int]) -> list[str]:
+def _joined_text(lines: pa.ChunkedArray, offsets: list[int]) -> list[str]:
     """The concatenation of ``lines[offsets[i]:offsets[i + 1]]`` for each i, joined in C++."""
     runs = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), lines.combine_chunks())
     return pc.binary_join(runs, "").to_pylist()
