@@ -9,6 +9,7 @@ Arrow (C++) throughout.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -184,10 +185,7 @@ def _prepared_pairs(pairs: pa.Table) -> dict[str, tuple[int, int, str]]:
     runs = pairs.group_by("chunk_key", use_threads=False).aggregate([
         ([], "count_all"), ("txn_count", "sum")]).sort_by("chunk_key")
     counts = _column(runs, "count_all")
-    offsets = [0]
-    for count in counts:
-        offsets.append(offsets[-1] + count)
-    texts = _joined_text(arrow_copy_lines(pairs), offsets)
+    texts = _joined_text(arrow_copy_lines(pairs), [0, *itertools.accumulate(counts)])
     return {key: (count, rows, text) for key, count, rows, text in zip(
         _column(runs, "chunk_key"), counts, _column(runs, "txn_count_sum"), texts,
         strict=True)}

@@ -1,17 +1,20 @@
-"""The worker's Spark side: a micro-batch of chunk keys in, one ``ChunkAggregates`` per chunk out.
+"""The worker's Spark side: a micro-batch of chunk keys in; per chunk out, its counts
+(``ChunkAggregates``) and its pairs as COPY text (``BatchResult.prepared``).
 
 ``aggregate_batch`` runs ONE Spark query (one action) for the whole micro-batch, in three
 parts, each in its own module:
 
 1. ``chunk_fetch``: the chunks are fetched from S3 and checked whole, by the executors on a
    cluster, by the driver in local mode;
-2. ``batch_query``: the SQL that parses and validates every line, joins the weights and
-   aggregates per (chunk, merchant, customer), rejected row and chunk;
-3. ``batch_result``: the result, on the driver, assembled into ``ChunkAggregates``.
+2. ``batch_query``: the SQL that parses and validates every line and aggregates per
+   (chunk, merchant, customer, category), rejected row and chunk;
+3. ``batch_result``: the result, on the driver, weighed, merged per pair and written out as
+   each chunk's counts and COPY text (Arrow compute).
 
 This module holds the start-up ``warm_up`` and ``aggregate_batch`` itself. The key weights
 (``reference_weights``) are applied on the driver, in step 3. The result equals
-``build_aggregates(parse_chunk(...))`` chunk by chunk; the integration tests compare them.
+``build_aggregates(parse_chunk(...))`` chunk by chunk; the integration tests compare them
+(the COPY text read back against the reference's pairs).
 """
 
 from __future__ import annotations

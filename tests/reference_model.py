@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -297,16 +298,7 @@ _COPY_UNESCAPES = {"\\\\": "\\", "\\t": "\t", "\\n": "\n", "\\r": "\r"}
 
 
 def _copy_field(value: str) -> str:
-    out, i = [], 0
-    while i < len(value):
-        pair = value[i:i + 2]
-        if pair in _COPY_UNESCAPES:
-            out.append(_COPY_UNESCAPES[pair])
-            i += 2
-        else:
-            out.append(value[i])
-            i += 1
-    return "".join(out)
+    return re.sub(r"\\[\\tnr]", lambda m: _COPY_UNESCAPES[m.group()], value)
 
 
 def pairs_from_copy_text(text: str) -> tuple[PairAggregate, ...]:
