@@ -22,6 +22,7 @@ from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 import spark_detector
+from spark_detector.class_archive import usable_archive
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +39,10 @@ WORKER_SPARK_DEFAULTS: Mapping[str, str] = {
 # executors live in it too; these keep its heap and footprint to what micro-batches of
 # 10,000-row chunks need (measured RSS 1,058 -> 749 MiB with the same work): Spark's 1 GiB
 # default heap and G1's regions grow the process to ~1.1-1.3 GiB.
+JAVA_OPTIONS = "spark.driver.extraJavaOptions"
 WORKER_JVM_DEFAULTS: Mapping[str, str] = {
     "spark.driver.memory": "512m",
-    "spark.driver.extraJavaOptions": "-XX:+UseSerialGC",
+    JAVA_OPTIONS: "-XX:+UseSerialGC",
 }
 SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
 PYFILES = "spark.submit.pyFiles"
@@ -67,10 +69,15 @@ def spark_defaults_keys(environ: Mapping[str, str]) -> set[str]:
 def jvm_defaults(environ: Mapping[str, str], defaults_keys: set[str]) -> dict[str, str]:
     """The ``WORKER_JVM_DEFAULTS`` to pass to the JVM's launch: none when the JVM is not the
     worker's to launch (under spark-submit) or the user says how (PYSPARK_SUBMIT_ARGS), and
-    none that spark-defaults.conf sets (a launch --conf would win over it)."""
+    none that spark-defaults.conf sets (a launch --conf would win over it). The JVM options
+    map the class archive when there is one (``class_archive``: ~2 s off Spark's start)."""
     if "PYSPARK_GATEWAY_PORT" in environ or environ.get("PYSPARK_SUBMIT_ARGS"):
         return {}
-    return {k: v for k, v in WORKER_JVM_DEFAULTS.items() if k not in defaults_keys}
+    defaults = dict(WORKER_JVM_DEFAULTS)
+    archive = usable_archive(environ)
+    if archive is not None:
+        defaults[JAVA_OPTIONS] += f" -XX:SharedArchiveFile={archive}"
+    return {k: v for k, v in defaults.items() if k not in defaults_keys}
 
 
 def spark_conf() -> SparkConf:

@@ -1,14 +1,38 @@
 """The worker's JVM defaults are passed to the JVM's launch only where nobody else decides."""
 
-from spark_detector.spark_session import WORKER_JVM_DEFAULTS, jvm_defaults, spark_defaults_keys
+from spark_detector.class_archive import ARCHIVE_ENV, DEFAULT_ARCHIVE, archive_path
+from spark_detector.spark_session import (
+    JAVA_OPTIONS,
+    WORKER_JVM_DEFAULTS,
+    jvm_defaults,
+    spark_defaults_keys,
+)
+
+NO_ARCHIVE = {ARCHIVE_ENV: ""}
 
 
 def test_a_plain_start_gets_every_jvm_default():
-    assert jvm_defaults({}, set()) == dict(WORKER_JVM_DEFAULTS)
+    assert jvm_defaults(NO_ARCHIVE, set()) == dict(WORKER_JVM_DEFAULTS)
+
+
+def test_the_class_archive_is_mapped_when_it_exists(tmp_path):
+    archive = tmp_path / "spark-classes.jsa"
+    assert jvm_defaults({ARCHIVE_ENV: str(archive)}, set()) == dict(WORKER_JVM_DEFAULTS)
+    archive.write_bytes(b"archive")
+    options = jvm_defaults({ARCHIVE_ENV: str(archive)}, set())[JAVA_OPTIONS]
+    assert options == f"{WORKER_JVM_DEFAULTS[JAVA_OPTIONS]} -XX:SharedArchiveFile={archive}"
+
+
+def test_no_class_archive_when_its_path_has_whitespace_or_the_variable_is_empty(tmp_path):
+    spaced = tmp_path / "a b.jsa"  # Spark splits the JVM options on whitespace
+    spaced.write_bytes(b"archive")
+    assert jvm_defaults({ARCHIVE_ENV: str(spaced)}, set()) == dict(WORKER_JVM_DEFAULTS)
+    assert archive_path({ARCHIVE_ENV: " "}) is None
+    assert archive_path({}) == DEFAULT_ARCHIVE
 
 
 def test_spark_defaults_conf_keys_are_left_to_it():
-    assert jvm_defaults({}, {"spark.driver.memory"}) == {
+    assert jvm_defaults(NO_ARCHIVE, {"spark.driver.memory"}) == {
         k: v for k, v in WORKER_JVM_DEFAULTS.items() if k != "spark.driver.memory"}
 
 
