@@ -4,8 +4,8 @@ loading them from Spark's jars: ``python -m spark_detector.class_archive [PATH]`
 The JVM's class-data sharing (CDS, a "dynamic archive", Java 13+): a JVM started with
 ``-XX:ArchiveClassesAtExit=FILE`` writes the classes it loaded, parsed and verified, when it
 exits; a JVM started with ``-XX:SharedArchiveFile=FILE`` maps them. Measured here, Spark's
-session took 5.2-6.1 s to start without the archive and 3.2-3.9 s with it (3 starts each),
-and its first query 2.5 s against 1.4 s.
+session took 5.2-6.4 s to start without the archive and 3.2-3.9 s with it (starts of each
+interleaved), and its first query 2.3-2.6 s against 1.1-1.5 s.
 
 This command starts Spark in local mode with the first flag, runs the worker's warm-up (made-up
 chunks through the real batch query: no S3, no database), stops it, waits for the JVM to write
