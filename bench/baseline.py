@@ -10,6 +10,7 @@ detections are counted so the run can show it computes the same thing as the wor
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,14 +86,20 @@ def detections(spark: SparkSession, chunk_paths: Sequence[str], weights: DataFra
 
 
 def run_baseline(spark: SparkSession, chunk_paths: Sequence[Path], importance: Path,
-                 thresholds: Thresholds) -> dict:
-    """Recompute after each chunk; the wall time of each recompute (ms) and the detections."""
+                 thresholds: Thresholds, last_repeats: int = 3) -> dict:
+    """Recompute after each chunk; the wall time of each recompute (ms) and the detections.
+
+    The recompute after the last chunk runs ``last_repeats`` times in all (the same work
+    each time, emitting nothing new): one recompute's time swings by +-15% from chunk to
+    chunk, and the figure compares that one chunk (``last_chunk_ms``: their median).
+    """
     weights = load_weights(spark, importance)
     weights.count()
     emitted: set[tuple[str, str, str]] = set()
     per_chunk_ms: list[float] = []
     per_pattern: dict[str, int] = {}
-    for n in range(1, len(chunk_paths) + 1):
+
+    def recompute(n: int) -> float:
         started = time.perf_counter()
         found, pairs = detections(spark, [str(p) for p in chunk_paths[:n]], weights,
                                   thresholds)
@@ -102,7 +109,13 @@ def run_baseline(spark: SparkSession, chunk_paths: Sequence[Path], importance: P
                 emitted.add(key)
                 per_pattern[row.pattern_id] = per_pattern.get(row.pattern_id, 0) + 1
         pairs.unpersist()
-        per_chunk_ms.append(round((time.perf_counter() - started) * 1000, 1))
+        return round((time.perf_counter() - started) * 1000, 1)
+
+    for n in range(1, len(chunk_paths) + 1):
+        per_chunk_ms.append(recompute(n))
+    last = [per_chunk_ms[-1], *(recompute(len(chunk_paths))
+                                for _ in range(max(1, last_repeats) - 1))]
     weights.unpersist()
-    return {"per_chunk_ms": per_chunk_ms, "detections_per_pattern": dict(sorted(
-        per_pattern.items()))}
+    return {"per_chunk_ms": per_chunk_ms, "last_chunk_runs_ms": last,
+            "last_chunk_ms": statistics.median(last),
+            "detections_per_pattern": dict(sorted(per_pattern.items()))}
