@@ -47,23 +47,31 @@ def usable_archive(environ: Mapping[str, str] = os.environ) -> Path | None:
     return path
 
 
-def build_archive(path: Path) -> Path:
-    """Write the archive to ``path`` (replacing any), from a fresh JVM in this process."""
-    from pyspark import SparkConf, SparkContext
+def build_archive(path: Path) -> Path | None:
+    """Write the archive to ``path`` (replacing any), from a fresh JVM in this process; None,
+    writing nothing, where the worker's JVM options are not its own to pass (spark-submit,
+    PYSPARK_SUBMIT_ARGS, or spark-defaults.conf setting them): it would not map the archive."""
+    from pyspark import SparkContext
 
     from spark_detector.chunk_fetch import FetchSpec
     from spark_detector.spark_job import warm_up
-    from spark_detector.spark_session import JAVA_OPTIONS, WORKER_JVM_DEFAULTS, build_spark
+    from spark_detector.spark_session import (
+        JAVA_OPTIONS,
+        build_spark,
+        jvm_defaults,
+        spark_conf,
+        spark_defaults_keys,
+    )
 
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    # -Xlog: the JVM warns of every class it cannot archive (hundreds), which says nothing here
+    writing = f"-XX:ArchiveClassesAtExit={partial} -Xlog:cds*=error"
+    if JAVA_OPTIONS not in jvm_defaults(os.environ, spark_defaults_keys(os.environ), writing):
+        return None
     if SparkContext._gateway is not None:
         raise RuntimeError("the JVM is already running: the archive needs a fresh one")
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    # -Xlog: the JVM warns of every class it cannot archive (hundreds), which says nothing here
-    options = (f"{WORKER_JVM_DEFAULTS[JAVA_OPTIONS]} -XX:ArchiveClassesAtExit={partial}"
-               " -Xlog:cds*=error")
-    SparkContext._ensure_initialized(conf=SparkConf(loadDefaults=False).setAll(
-        {**WORKER_JVM_DEFAULTS, JAVA_OPTIONS: options}.items()))
+    spark_conf(archive_options=writing)
     spark = build_spark(master="local[2]", app_name="class_archive")
     warm_up(spark, FetchSpec("class-archive", on_driver=True), lines=1_000)
     spark.stop()
@@ -84,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{ARCHIVE_ENV} is set empty: no archive", file=sys.stderr)
         return 0
     started = time.perf_counter()
-    build_archive(path)
+    if build_archive(path) is None:
+        print("no class archive: the worker's JVM options are left to spark-submit, "
+              "PYSPARK_SUBMIT_ARGS or spark-defaults.conf here, so it would not be used",
+              file=sys.stderr)
+        return 0
     print(f"class archive: {path} ({path.stat().st_size / 2**20:.0f} MiB, "
           f"{time.perf_counter() - started:.0f} s)", file=sys.stderr)
     return 0

@@ -66,29 +66,34 @@ def spark_defaults_keys(environ: Mapping[str, str]) -> set[str]:
     return keys
 
 
-def jvm_defaults(environ: Mapping[str, str], defaults_keys: set[str]) -> dict[str, str]:
+def jvm_defaults(environ: Mapping[str, str], defaults_keys: set[str],
+                 archive_options: str | None = None) -> dict[str, str]:
     """The ``WORKER_JVM_DEFAULTS`` to pass to the JVM's launch: none when the JVM is not the
     worker's to launch (under spark-submit) or the user says how (PYSPARK_SUBMIT_ARGS), and
     none that spark-defaults.conf sets (a launch --conf would win over it). The JVM options
-    map the class archive when there is one (``class_archive``: ~2 s off Spark's start)."""
+    map the class archive when there is one (``class_archive``: ~2 s off Spark's start);
+    ``archive_options`` replaces that flag (the archive's own build writes one instead)."""
     if "PYSPARK_GATEWAY_PORT" in environ or environ.get("PYSPARK_SUBMIT_ARGS"):
         return {}
     defaults = dict(WORKER_JVM_DEFAULTS)
-    archive = usable_archive(environ)
-    if archive is not None:
-        defaults[JAVA_OPTIONS] += f" -XX:SharedArchiveFile={archive}"
+    if archive_options is None:
+        archive = usable_archive(environ)
+        archive_options = "" if archive is None else f"-XX:SharedArchiveFile={archive}"
+    if archive_options:
+        defaults[JAVA_OPTIONS] += f" {archive_options}"
     return {k: v for k, v in defaults.items() if k not in defaults_keys}
 
 
-def spark_conf() -> SparkConf:
+def spark_conf(archive_options: str | None = None) -> SparkConf:
     """Spark's configuration as spark-submit resolved it: spark-defaults, --conf, --master.
 
     Those reach the driver as JVM system properties, which ``SparkConf()`` reads only once
     the JVM gateway is up; starting it here is what ``SparkContext`` would do anyway, with
-    the worker's JVM defaults where nobody set them.
+    the worker's JVM defaults where nobody set them (``archive_options``: see
+    ``jvm_defaults``; only where this call starts the JVM).
     """
     if SparkContext._gateway is None:
-        launch = jvm_defaults(os.environ, spark_defaults_keys(os.environ))
+        launch = jvm_defaults(os.environ, spark_defaults_keys(os.environ), archive_options)
         SparkContext._ensure_initialized(
             conf=SparkConf(loadDefaults=False).setAll(launch.items()) if launch else None)
     return SparkConf()

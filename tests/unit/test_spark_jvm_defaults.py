@@ -1,6 +1,6 @@
 """The worker's JVM defaults are passed to the JVM's launch only where nobody else decides."""
 
-from spark_detector.class_archive import ARCHIVE_ENV, DEFAULT_ARCHIVE, archive_path
+from spark_detector.class_archive import ARCHIVE_ENV, DEFAULT_ARCHIVE, archive_path, build_archive
 from spark_detector.spark_session import (
     JAVA_OPTIONS,
     WORKER_JVM_DEFAULTS,
@@ -21,6 +21,26 @@ def test_the_class_archive_is_mapped_when_it_exists(tmp_path):
     archive.write_bytes(b"archive")
     options = jvm_defaults({ARCHIVE_ENV: str(archive)}, set())[JAVA_OPTIONS]
     assert options == f"{WORKER_JVM_DEFAULTS[JAVA_OPTIONS]} -XX:SharedArchiveFile={archive}"
+
+
+def test_the_archive_build_writes_one_instead_of_mapping_it(tmp_path):
+    archive = tmp_path / "spark-classes.jsa"
+    archive.write_bytes(b"archive")
+    options = jvm_defaults({ARCHIVE_ENV: str(archive)}, set(), "-XX:ArchiveClassesAtExit=x")
+    assert options[JAVA_OPTIONS] == (
+        f"{WORKER_JVM_DEFAULTS[JAVA_OPTIONS]} -XX:ArchiveClassesAtExit=x")
+
+
+def test_no_archive_is_built_where_the_worker_would_not_map_it(tmp_path, monkeypatch):
+    """Its JVM options left to spark-defaults.conf or PYSPARK_SUBMIT_ARGS: nothing to build
+    (and no JVM started: this returns before any)."""
+    (tmp_path / "spark-defaults.conf").write_text(f"{JAVA_OPTIONS} -XX:+UseG1GC\n")
+    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
+    assert build_archive(tmp_path / "a.jsa") is None
+    monkeypatch.delenv("SPARK_CONF_DIR")
+    monkeypatch.setenv("PYSPARK_SUBMIT_ARGS", "--driver-memory 1g pyspark-shell")
+    assert build_archive(tmp_path / "a.jsa") is None
+    assert not list(tmp_path.glob("*.jsa"))
 
 
 def test_no_class_archive_when_its_path_has_whitespace_or_the_variable_is_empty(tmp_path):
