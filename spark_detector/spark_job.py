@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
 import pyarrow as pa
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from spark_detector.batch_query import aggregate_chunks
 from spark_detector.batch_result import NO_WEIGHTS, BatchResult, assemble_batch
@@ -74,22 +74,38 @@ def warm_up(spark: SparkSession, fetch_spec: FetchSpec, rounds: int = 1,
     Chunk-sized made-up chunks (not a single line) warm the JIT up as real ones do. One round
     pays class loading, code generation and any Python workers' start; more rounds only heat
     the JIT further, which the first real chunks finish. The made-up chunks take the same
-    path as real ones (``FetchSpec.on_driver``). Returns the last round's result (every
-    made-up line a good row, none weighted), for tests.
+    path as real ones (``FetchSpec.on_driver``). Each round runs a batch of them and then one
+    alone. Returns the last round's batch result (every made-up line a good row, none
+    weighted), for tests.
     """
     slices = max(1, spark.sparkContext.defaultParallelism)
     keys = [f"warm-up-{i}" for i in range(slices)]
-    table = None
+    # a backlog's batch (a chunk per core), then one chunk alone, as at the nominal rate: its
+    # plan is another (no shuffle), whose code the first real chunk would otherwise generate
+    batches = [keys, keys[:1]] if len(keys) > 1 else [keys]
+    tables = []
     for _ in range(max(1, rounds)):
-        if fetch_spec.on_driver:
-            s3_client(fetch_spec)
-            fetched = fetched_frame(spark, list(_warm_up_rows(keys, lines)))
-        else:
-            rdd = spark.sparkContext.parallelize(keys, slices).mapPartitions(
-                functools.partial(_warm_up_partition, fetch_spec, lines))
-            fetched = spark.createDataFrame(rdd, FETCHED_SCHEMA, verifySchema=False)
-        table = aggregate_chunks(spark, fetched).toArrow()
-    return assemble_batch(keys, table, NO_WEIGHTS)
+        for batch in batches:
+            if fetch_spec.on_driver:
+                s3_client(fetch_spec)
+                fetched = fetched_frame(spark, list(_warm_up_rows(batch, lines)))
+            else:
+                rdd = spark.sparkContext.parallelize(batch, len(batch)).mapPartitions(
+                    functools.partial(_warm_up_partition, fetch_spec, lines))
+                fetched = spark.createDataFrame(rdd, FETCHED_SCHEMA, verifySchema=False)
+            tables.append(_query_table(spark, fetched, len(batch)))
+    return assemble_batch(keys, tables[-len(batches)], NO_WEIGHTS)
+
+
+def _query_table(spark: SparkSession, fetched: DataFrame, n_chunks: int) -> pa.Table:
+    """The batch query's result for ``n_chunks`` fetched chunks, as an Arrow table."""
+    if n_chunks == 1:
+        # one partition holds every row of the batch: the GROUP BY needs no shuffle, and the
+        # job is one stage instead of two (~30 ms of a ~160 ms one-chunk job, measured)
+        fetched = fetched.coalesce(1)
+    # Arrow, not collect(): a batch of 10 chunks returns ~40,000 pair rows, which collect()
+    # unpickles into Row objects at ~25 us each; Arrow columns convert in a few ms.
+    return aggregate_chunks(spark, fetched).toArrow()
 
 
 def aggregate_batch(
@@ -109,12 +125,5 @@ def aggregate_batch(
     else:
         accumulator = spark.sparkContext.accumulator(0.0)
         fetched = fetch_chunks(spark, fetch_spec, keys, accumulator)
-    if len(keys) == 1:
-        # one partition holds every row of the batch: the GROUP BY needs no shuffle, and the
-        # job is one stage instead of two (~30 ms of a ~160 ms one-chunk job, measured)
-        fetched = fetched.coalesce(1)
-    # Arrow, not collect(): a batch of 10 chunks returns ~40,000 pair rows, which collect()
-    # unpickles into Row objects at ~25 us each; Arrow columns convert in a few ms.
-    table = aggregate_chunks(spark, fetched).toArrow()
-    result = assemble_batch(keys, table, weights)
+    result = assemble_batch(keys, _query_table(spark, fetched, len(keys)), weights)
     return replace(result, fetch_ms=fetch_ms if fetch_spec.on_driver else accumulator.value)
