@@ -83,7 +83,6 @@ def warm_up(spark: SparkSession, fetch_spec: FetchSpec, rounds: int = 1,
     # a backlog's batch (a chunk per core), then one chunk alone, as at the nominal rate: its
     # plan is another (no shuffle), whose code the first real chunk would otherwise generate
     batches = [keys, keys[:1]] if len(keys) > 1 else [keys]
-    tables = []
     for _ in range(max(1, rounds)):
         for batch in batches:
             if fetch_spec.on_driver:
@@ -93,8 +92,10 @@ def warm_up(spark: SparkSession, fetch_spec: FetchSpec, rounds: int = 1,
                 rdd = spark.sparkContext.parallelize(batch, len(batch)).mapPartitions(
                     functools.partial(_warm_up_partition, fetch_spec, lines))
                 fetched = spark.createDataFrame(rdd, FETCHED_SCHEMA, verifySchema=False)
-            tables.append(_query_table(spark, fetched, len(batch)))
-    return assemble_batch(keys, tables[-len(batches)], NO_WEIGHTS)
+            table = _query_table(spark, fetched, len(batch))
+            if batch is keys:
+                batch_table = table
+    return assemble_batch(keys, batch_table, NO_WEIGHTS)
 
 
 def _query_table(spark: SparkSession, fetched: DataFrame, n_chunks: int) -> pa.Table:
