@@ -78,24 +78,26 @@ def warm_up(spark: SparkSession, fetch_spec: FetchSpec, rounds: int = 1,
     alone. Returns the last round's batch result (every made-up line a good row, none
     weighted), for tests.
     """
-    slices = max(1, spark.sparkContext.defaultParallelism)
-    keys = [f"warm-up-{i}" for i in range(slices)]
-    # a backlog's batch (a chunk per core), then one chunk alone, as at the nominal rate: its
-    # plan is another (no shuffle), whose code the first real chunk would otherwise generate
-    batches = [keys, keys[:1]] if len(keys) > 1 else [keys]
+    keys = [f"warm-up-{i}" for i in range(max(1, spark.sparkContext.defaultParallelism))]
+    table = None
     for _ in range(max(1, rounds)):
-        for batch in batches:
-            if fetch_spec.on_driver:
-                s3_client(fetch_spec)
-                fetched = fetched_frame(spark, list(_warm_up_rows(batch, lines)))
-            else:
-                rdd = spark.sparkContext.parallelize(batch, len(batch)).mapPartitions(
-                    functools.partial(_warm_up_partition, fetch_spec, lines))
-                fetched = spark.createDataFrame(rdd, FETCHED_SCHEMA, verifySchema=False)
-            table = _query_table(spark, fetched, len(batch))
-            if batch is keys:
-                batch_table = table
-    return assemble_batch(keys, batch_table, NO_WEIGHTS)
+        table = _query_table(spark, _warm_up_frame(spark, fetch_spec, keys, lines), len(keys))
+        if len(keys) > 1:
+            # one chunk alone, as at the nominal rate: its plan is another (no shuffle), whose
+            # code the first real chunk would otherwise generate
+            _query_table(spark, _warm_up_frame(spark, fetch_spec, keys[:1], lines), 1)
+    return assemble_batch(keys, table, NO_WEIGHTS)
+
+
+def _warm_up_frame(spark: SparkSession, fetch_spec: FetchSpec, keys: list[str],
+                   lines: int) -> DataFrame:
+    """Made-up chunks as fetched ones, the way ``fetch_spec`` says real ones come."""
+    if fetch_spec.on_driver:
+        s3_client(fetch_spec)
+        return fetched_frame(spark, list(_warm_up_rows(keys, lines)))
+    rdd = spark.sparkContext.parallelize(keys, len(keys)).mapPartitions(
+        functools.partial(_warm_up_partition, fetch_spec, lines))
+    return spark.createDataFrame(rdd, FETCHED_SCHEMA, verifySchema=False)
 
 
 def _query_table(spark: SparkSession, fetched: DataFrame, n_chunks: int) -> pa.Table:
