@@ -38,19 +38,24 @@ def archive_path(environ: Mapping[str, str] = os.environ) -> Path | None:
     return Path(value) if value.strip() else None
 
 
+def _splits(path: Path) -> bool:
+    """Whether ``path`` would break up as a JVM option: Spark splits them on whitespace."""
+    return any(c.isspace() for c in str(path))
+
+
 def usable_archive(environ: Mapping[str, str] = os.environ) -> Path | None:
-    """The archive to start the JVM with: it exists, and its path has no whitespace (Spark
-    splits its JVM options on whitespace)."""
+    """The archive to start the JVM with: it exists, and its path has no whitespace."""
     path = archive_path(environ)
-    if path is None or not path.is_file() or any(c.isspace() for c in str(path)):
+    if path is None or not path.is_file() or _splits(path):
         return None
     return path
 
 
 def build_archive(path: Path) -> Path | None:
     """Write the archive to ``path`` (replacing any), from a fresh JVM in this process; None,
-    writing nothing, where the worker's JVM options are not its own to pass (spark-submit,
-    PYSPARK_SUBMIT_ARGS, or spark-defaults.conf setting them): it would not map the archive."""
+    writing nothing, where the worker would not map it: its JVM options are not its own to
+    pass (spark-submit, PYSPARK_SUBMIT_ARGS, or spark-defaults.conf setting them), or the
+    path has whitespace."""
     from pyspark import SparkContext
 
     from spark_detector.chunk_fetch import FetchSpec
@@ -63,6 +68,8 @@ def build_archive(path: Path) -> Path | None:
         spark_defaults_keys,
     )
 
+    if _splits(path):
+        return None
     partial = path.with_name(f".{path.name}.{os.getpid()}")
     # -Xlog: the JVM warns of every class it cannot archive (hundreds), which says nothing here
     writing = f"-XX:ArchiveClassesAtExit={partial} -Xlog:cds*=error"
@@ -93,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.perf_counter()
     if build_archive(path) is None:
-        print("no class archive: the worker's JVM options are left to spark-submit, "
-              "PYSPARK_SUBMIT_ARGS or spark-defaults.conf here, so it would not be used",
-              file=sys.stderr)
+        print(f"no class archive: the worker would not use {path} (its path has whitespace, "
+              "or its JVM options are left to spark-submit, PYSPARK_SUBMIT_ARGS or "
+              "spark-defaults.conf here)", file=sys.stderr)
         return 0
     print(f"class archive: {path} ({path.stat().st_size / 2**20:.0f} MiB, "
           f"{time.perf_counter() - started:.0f} s)", file=sys.stderr)

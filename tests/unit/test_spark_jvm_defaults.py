@@ -32,14 +32,16 @@ def test_the_archive_build_writes_one_instead_of_mapping_it(tmp_path):
 
 
 def test_no_archive_is_built_where_the_worker_would_not_map_it(tmp_path, monkeypatch):
-    """Its JVM options left to spark-defaults.conf or PYSPARK_SUBMIT_ARGS: nothing to build
-    (and no JVM started: this returns before any)."""
+    """Its JVM options left to spark-defaults.conf or PYSPARK_SUBMIT_ARGS, or a path with
+    whitespace: nothing to build (and no JVM started: this returns before any)."""
     (tmp_path / "spark-defaults.conf").write_text(f"{JAVA_OPTIONS} -XX:+UseG1GC\n")
     monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
     assert build_archive(tmp_path / "a.jsa") is None
     monkeypatch.delenv("SPARK_CONF_DIR")
     monkeypatch.setenv("PYSPARK_SUBMIT_ARGS", "--driver-memory 1g pyspark-shell")
     assert build_archive(tmp_path / "a.jsa") is None
+    monkeypatch.delenv("PYSPARK_SUBMIT_ARGS")
+    assert build_archive(tmp_path / "a b.jsa") is None  # whitespace: never mapped
     assert not list(tmp_path.glob("*.jsa"))
 
 
