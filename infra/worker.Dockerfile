@@ -33,10 +33,13 @@ COPY json_logs /app/json_logs
 COPY spark_detector /app/spark_detector
 # spark-submit runs a file: `spark-submit [--master ...] /app/spark_submit_main.py run`
 COPY infra/spark_submit_main.py /app/spark_submit_main.py
-# Spark's classes pre-parsed for the JVM (class-data sharing, spark_detector/class_archive.py):
-# each start of the worker maps them, ~2 s faster. Built with the image's own Java and Spark,
-# which the JVM checks at each start (a mismatched archive is ignored, never fatal).
-RUN python -m spark_detector.class_archive
+# The JVM class the driver hands each batch's chunks to in local mode
+# (spark_detector/driver_chunks.py), compiled against the image's Spark; then Spark's classes
+# pre-parsed for the JVM (class-data sharing, spark_detector/class_archive.py): each start of
+# the worker maps them, ~2 s faster. The archive records the class path, so the jar comes
+# first. Built with the image's own Java and Spark, which the JVM checks at each start (a
+# mismatched archive is ignored, never fatal).
+RUN python -m spark_detector.driver_chunks && python -m spark_detector.class_archive
 
 RUN useradd --system --uid 10001 --home-dir /home/worker --create-home worker
 USER 10001

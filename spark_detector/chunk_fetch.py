@@ -9,9 +9,10 @@ very same reasons as the pure-Python reference. What it yields per chunk is one
   builds (once per Python worker) a boto3 S3 client from the ``FetchSpec`` and fetches its
   chunks itself, so nothing relies on a path only the driver has;
 - in local mode, the driver (``fetch_on_driver``): the executors ARE the driver's JVM, on the
-  same machine, so the driver fetches with a few threads and hands the rows to the JVM as
-  Arrow. No Python worker process is started at all: ~300 MiB less in a backlog, and a
-  one-chunk job no longer pickles its chunk through one (docs/performance.md).
+  same machine, so the driver fetches with a few threads and hands the rows to the JVM
+  itself (``driver_chunks``, else as Arrow: ``fetched_frame``). No Python worker process
+  is started at all: ~300 MiB less in a backlog, and a one-chunk job no longer pickles its
+  chunk through one (docs/performance.md).
 
 This module, ``parsing`` and ``aggregates`` are what the executors import: they need boto3
 and nothing else of the worker's dependencies (``infra/executor-requirements.txt``).
@@ -177,11 +178,10 @@ def fetched_frame(spark: SparkSession, rows: Sequence[tuple]) -> DataFrame:
     return spark.createDataFrame(pa.Table.from_batches(batches, schema=schema), FETCHED_SCHEMA)
 
 
-def fetch_on_driver(
-    spark: SparkSession, spec: FetchSpec, chunk_keys: Sequence[str]
-) -> tuple[DataFrame, float]:
-    """A ``FETCHED_SCHEMA`` row per chunk, fetched by the driver; and the S3 GET +
-    ``prepare_chunk`` time summed over the chunks (ms), as ``fetch_chunks`` reports it.
+def fetch_on_driver(spec: FetchSpec, chunk_keys: Sequence[str]) -> tuple[list[tuple], float]:
+    """A ``FETCHED_SCHEMA`` row per chunk, fetched by the driver, in ``chunk_keys``' order;
+    and the S3 GET + ``prepare_chunk`` time summed over the chunks (ms), as ``fetch_chunks``
+    reports it.
 
     A failing GET (after botocore's retries) or failpoint raises here, on the driver, and
     fails the batch exactly as a failed Spark task would.
@@ -198,4 +198,4 @@ def fetch_on_driver(
     with ThreadPoolExecutor(min(len(chunk_keys), DRIVER_FETCH_THREADS) or 1,
                             thread_name_prefix="chunk-fetch") as pool:
         rows = list(pool.map(fetch, chunk_keys))
-    return fetched_frame(spark, rows), sum(spent)
+    return rows, sum(spent)

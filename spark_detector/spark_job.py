@@ -5,7 +5,8 @@
 parts, each in its own module:
 
 1. ``chunk_fetch``: the chunks are fetched from S3 and checked whole, by the executors on a
-   cluster, by the driver in local mode;
+   cluster, by the driver in local mode, which hands them to a query planned once
+   (``driver_chunks``);
 2. ``batch_query``: the SQL that parses and validates every line and aggregates per
    (chunk, merchant, customer, category), rejected row and chunk;
 3. ``batch_result``: the result, on the driver, weighed, merged per pair and written out as
@@ -37,6 +38,7 @@ from spark_detector.chunk_fetch import (
     fetched_frame,
     s3_client,
 )
+from spark_detector.driver_chunks import DriverChunks
 
 
 def warm_up_body(lines: int) -> str:
@@ -81,34 +83,55 @@ def warm_up(spark: SparkSession, fetch_spec: FetchSpec, rounds: int = 1,
     keys = [f"warm-up-{i}" for i in range(max(1, spark.sparkContext.defaultParallelism))]
     table = None
     for _ in range(max(1, rounds)):
-        table = _query_table(spark, _warm_up_frame(spark, fetch_spec, keys, lines), len(keys))
+        table = _warm_up_table(spark, fetch_spec, keys, lines)
         if len(keys) > 1:
             # one chunk alone, as at the nominal rate: its plan is another (no shuffle), whose
             # code the first real chunk would otherwise generate
-            _query_table(spark, _warm_up_frame(spark, fetch_spec, keys[:1], lines), 1)
+            _warm_up_table(spark, fetch_spec, keys[:1], lines)
     return assemble_batch(keys, table, NO_WEIGHTS)
 
 
-def _warm_up_frame(spark: SparkSession, fetch_spec: FetchSpec, keys: list[str],
-                   lines: int) -> DataFrame:
-    """Made-up chunks as fetched ones, the way ``fetch_spec`` says real ones come."""
+def _warm_up_table(spark: SparkSession, fetch_spec: FetchSpec, keys: list[str],
+                   lines: int) -> pa.Table:
+    """The batch query's result for made-up chunks that come the way real ones do."""
     if fetch_spec.on_driver:
         s3_client(fetch_spec)
-        return fetched_frame(spark, list(_warm_up_rows(keys, lines)))
+        return _driver_table(spark, list(_warm_up_rows(keys, lines)))
     rdd = spark.sparkContext.parallelize(keys, len(keys)).mapPartitions(
         functools.partial(_warm_up_partition, fetch_spec, lines))
-    return spark.createDataFrame(rdd, FETCHED_SCHEMA, verifySchema=False)
+    fetched = spark.createDataFrame(rdd, FETCHED_SCHEMA, verifySchema=False)
+    return _batch_query(fetched, coalesce=len(keys) == 1).toArrow()
 
 
-def _query_table(spark: SparkSession, fetched: DataFrame, n_chunks: int) -> pa.Table:
-    """The batch query's result for ``n_chunks`` fetched chunks, as an Arrow table."""
-    if n_chunks == 1:
+def _batch_query(fetched: DataFrame, coalesce: bool) -> DataFrame:
+    """The batch query over ``fetched``; ``coalesce``: in one partition, for one chunk.
+
+    Its result is read with ``toArrow()``, not ``collect()``: a batch of 10 chunks returns
+    ~40,000 pair rows, which ``collect()`` unpickles into Row objects at ~25 us each; Arrow
+    columns convert in a few ms.
+    """
+    if coalesce:
         # one partition holds every row of the batch: the GROUP BY needs no shuffle, and the
         # job is one stage instead of two (~30 ms of a ~160 ms one-chunk job, measured)
         fetched = fetched.coalesce(1)
-    # Arrow, not collect(): a batch of 10 chunks returns ~40,000 pair rows, which collect()
-    # unpickles into Row objects at ~25 us each; Arrow columns convert in a few ms.
-    return aggregate_chunks(spark, fetched).toArrow()
+    return aggregate_chunks(fetched.sparkSession, fetched)
+
+
+@functools.lru_cache(maxsize=1)
+def driver_chunks(spark: SparkSession) -> DriverChunks | None:
+    """The session's query planned once over chunks the driver hands in, where it can run:
+    local mode, with the jar on the class path (``driver_chunks``); else None."""
+    if not DriverChunks.available(spark):
+        return None
+    return DriverChunks(spark, lambda source, partitions: _batch_query(source, partitions == 1))
+
+
+def _driver_table(spark: SparkSession, rows: list[tuple]) -> pa.Table:
+    """The batch query's result for ``FETCHED_SCHEMA`` rows the driver holds."""
+    fed = driver_chunks(spark)
+    if fed is not None:
+        return fed.aggregate(rows)
+    return _batch_query(fetched_frame(spark, rows), coalesce=len(rows) == 1).toArrow()
 
 
 def aggregate_batch(
@@ -124,9 +147,11 @@ def aggregate_batch(
     if not keys:
         return BatchResult({}, {}, {}, {})
     if fetch_spec.on_driver:
-        fetched, fetch_ms = fetch_on_driver(spark, fetch_spec, keys)
+        rows, fetch_ms = fetch_on_driver(fetch_spec, keys)
+        table = _driver_table(spark, rows)
     else:
         accumulator = spark.sparkContext.accumulator(0.0)
         fetched = fetch_chunks(spark, fetch_spec, keys, accumulator)
-    result = assemble_batch(keys, _query_table(spark, fetched, len(keys)), weights)
-    return replace(result, fetch_ms=fetch_ms if fetch_spec.on_driver else accumulator.value)
+        table = _batch_query(fetched, coalesce=len(keys) == 1).toArrow()
+        fetch_ms = accumulator.value
+    return replace(assemble_batch(keys, table, weights), fetch_ms=fetch_ms)

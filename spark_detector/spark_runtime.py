@@ -14,7 +14,13 @@ import pyarrow as pa
 from spark_detector.batch_result import weight_table
 from spark_detector.config import WorkerSettings, fetches_on_driver
 from spark_detector.reference_weights import KeyWeights, load_key_weights
-from spark_detector.spark_job import BatchResult, FetchSpec, aggregate_batch, warm_up
+from spark_detector.spark_job import (
+    BatchResult,
+    FetchSpec,
+    aggregate_batch,
+    driver_chunks,
+    warm_up,
+)
 from spark_detector.spark_session import (
     build_spark,
     follow_parallelism,
@@ -73,6 +79,8 @@ class SparkAggregator:
             "master": context.master, "default_parallelism": context.defaultParallelism,
             "shuffle_partitions": spark.conf.get("spark.sql.shuffle.partitions"),
             "fetch_on": "driver" if fetch_spec.on_driver else "executors",
+            # the driver hands chunks to a query planned once (local mode, with the jar)
+            "driver_chunks": fetch_spec.on_driver and driver_chunks(spark) is not None,
             "reference": weights.source, "reference_etag": weights.etag,
             "key_weights": len(weights.weights), "weights_cached": weights.cached,
             "spark_start_ms": spark_ms,

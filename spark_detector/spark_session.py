@@ -23,6 +23,7 @@ from pyspark.sql import SparkSession
 
 import spark_detector
 from spark_detector.class_archive import usable_archive
+from spark_detector.driver_chunks import usable_jar
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ WORKER_JVM_DEFAULTS: Mapping[str, str] = {
     "spark.driver.memory": "512m",
     JAVA_OPTIONS: "-XX:+UseSerialGC",
 }
+CLASS_PATH = "spark.driver.extraClassPath"
 SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
 PYFILES = "spark.submit.pyFiles"
 
@@ -72,10 +74,14 @@ def jvm_defaults(environ: Mapping[str, str], defaults_keys: set[str],
     worker's to launch (under spark-submit) or the user says how (PYSPARK_SUBMIT_ARGS), and
     none that spark-defaults.conf sets (a launch --conf would win over it). The JVM options
     map the class archive when there is one (``class_archive``: ~2 s off Spark's start);
-    ``archive_options`` replaces that flag (the archive's own build writes one instead)."""
+    ``archive_options`` replaces that flag (the archive's own build writes one instead). The
+    class path gets the driver chunks' jar when there is one (``driver_chunks``)."""
     if "PYSPARK_GATEWAY_PORT" in environ or environ.get("PYSPARK_SUBMIT_ARGS"):
         return {}
     defaults = dict(WORKER_JVM_DEFAULTS)
+    jar = usable_jar(environ)
+    if jar is not None:
+        defaults[CLASS_PATH] = str(jar)
     if archive_options is None:
         archive = usable_archive(environ)
         archive_options = "" if archive is None else f"-XX:SharedArchiveFile={archive}"

@@ -1,14 +1,17 @@
 """The worker's JVM defaults are passed to the JVM's launch only where nobody else decides."""
 
 from spark_detector.class_archive import ARCHIVE_ENV, DEFAULT_ARCHIVE, archive_path, build_archive
+from spark_detector.driver_chunks import DEFAULT_JAR, JAR_ENV, jar_path
 from spark_detector.spark_session import (
+    CLASS_PATH,
     JAVA_OPTIONS,
     WORKER_JVM_DEFAULTS,
     jvm_defaults,
     spark_defaults_keys,
 )
 
-NO_ARCHIVE = {ARCHIVE_ENV: ""}
+NO_JAR = {JAR_ENV: ""}
+NO_ARCHIVE = {ARCHIVE_ENV: "", **NO_JAR}
 
 
 def test_a_plain_start_gets_every_jvm_default():
@@ -17,16 +20,28 @@ def test_a_plain_start_gets_every_jvm_default():
 
 def test_the_class_archive_is_mapped_when_it_exists(tmp_path):
     archive = tmp_path / "spark-classes.jsa"
-    assert jvm_defaults({ARCHIVE_ENV: str(archive)}, set()) == dict(WORKER_JVM_DEFAULTS)
+    assert jvm_defaults({ARCHIVE_ENV: str(archive), **NO_JAR}, set()) == dict(WORKER_JVM_DEFAULTS)
     archive.write_bytes(b"archive")
-    options = jvm_defaults({ARCHIVE_ENV: str(archive)}, set())[JAVA_OPTIONS]
+    options = jvm_defaults({ARCHIVE_ENV: str(archive), **NO_JAR}, set())[JAVA_OPTIONS]
     assert options == f"{WORKER_JVM_DEFAULTS[JAVA_OPTIONS]} -XX:SharedArchiveFile={archive}"
+
+
+def test_the_driver_chunks_jar_goes_on_the_class_path_when_it_exists(tmp_path):
+    jar = tmp_path / "driver-chunks.jar"
+    environ = {ARCHIVE_ENV: "", JAR_ENV: str(jar)}
+    assert jvm_defaults(environ, set()) == dict(WORKER_JVM_DEFAULTS)
+    jar.write_bytes(b"jar")
+    assert jvm_defaults(environ, set()) == {**WORKER_JVM_DEFAULTS, CLASS_PATH: str(jar)}
+    assert CLASS_PATH not in jvm_defaults(environ, {CLASS_PATH})  # spark-defaults.conf sets it
+    assert jar_path({JAR_ENV: " "}) is None
+    assert jar_path({}) == DEFAULT_JAR
 
 
 def test_the_archive_build_writes_one_instead_of_mapping_it(tmp_path):
     archive = tmp_path / "spark-classes.jsa"
     archive.write_bytes(b"archive")
-    options = jvm_defaults({ARCHIVE_ENV: str(archive)}, set(), "-XX:ArchiveClassesAtExit=x")
+    options = jvm_defaults({ARCHIVE_ENV: str(archive), **NO_JAR}, set(),
+                           "-XX:ArchiveClassesAtExit=x")
     assert options[JAVA_OPTIONS] == (
         f"{WORKER_JVM_DEFAULTS[JAVA_OPTIONS]} -XX:ArchiveClassesAtExit=x")
 
@@ -48,7 +63,7 @@ def test_no_archive_is_built_where_the_worker_would_not_map_it(tmp_path, monkeyp
 def test_no_class_archive_when_its_path_has_whitespace_or_the_variable_is_empty(tmp_path):
     spaced = tmp_path / "a b.jsa"  # Spark splits the JVM options on whitespace
     spaced.write_bytes(b"archive")
-    assert jvm_defaults({ARCHIVE_ENV: str(spaced)}, set()) == dict(WORKER_JVM_DEFAULTS)
+    assert jvm_defaults({ARCHIVE_ENV: str(spaced), **NO_JAR}, set()) == dict(WORKER_JVM_DEFAULTS)
     assert archive_path({ARCHIVE_ENV: " "}) is None
     assert archive_path({}) == DEFAULT_ARCHIVE
 

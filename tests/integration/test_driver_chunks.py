@@ -1,0 +1,64 @@
+"""The chunks the driver hands to the JVM (``driver_chunks``): each batch sees its own chunks
+and nothing else, the one-chunk query is planned once, and the results equal those of a
+DataFrame made from the same rows (the path without the jar)."""
+
+from __future__ import annotations
+
+import zipfile
+
+import pytest
+
+from spark_detector.chunk_fetch import MISSING, OK, REJECTED, fetched_frame
+from spark_detector.driver_chunks import CLASS_NAME, compile_jar
+from spark_detector.spark_job import _batch_query, driver_chunks, warm_up_body
+
+pytestmark = pytest.mark.spark
+
+SORT = [(name, "ascending") for name in (
+    "chunk_key", "kind", "merchant", "customer", "category", "gender", "reject_row")]
+
+
+def rows_of(keys: list[str], lines: int = 200) -> list[tuple]:
+    """Fetched rows: a good chunk per key (its own size, so that each key's counts differ),
+    then a chunk rejected whole and a missing one."""
+    rows = [(key, OK, None, lines + i, 10, 1, 5, 7, 3, 8,
+             warm_up_body(lines + i) + "\n0,'C1','1','F','28007','','28007','es_food',1.00,0")
+            for i, key in enumerate(keys)]
+    return [*rows, (f"{keys[0]}-rejected", REJECTED, "no header", 0, *([None] * 7)),
+            (f"{keys[0]}-missing", MISSING, "object does not exist", 0, *([None] * 7))]
+
+
+@pytest.fixture(scope="module")
+def fed(spark):
+    fed = driver_chunks(spark)
+    assert fed is not None, "the jar is not on the class path: build it with `make`"
+    return fed
+
+
+def test_each_batch_sees_only_its_own_chunks_and_equals_a_dataframe_of_them(spark, fed):
+    # batches of several chunks (a shuffle), then of one (the query planned once), in turn
+    for keys in (["a", "b", "c", "d", "e"], ["x", "y"], ["one"], ["two"], ["f", "g", "h"]):
+        rows = rows_of(keys) if len(keys) > 1 else rows_of(keys)[:1]
+
+        table = fed.aggregate(rows)
+
+        assert set(table.column("chunk_key").to_pylist()) == {row[0] for row in rows}
+        expected = _batch_query(fetched_frame(spark, rows), coalesce=len(rows) == 1).toArrow()
+        assert table.sort_by(SORT).equals(expected.sort_by(SORT))
+
+
+def test_the_one_chunk_query_is_planned_once(fed):
+    fed.aggregate(rows_of(["p"])[:1])
+    planned = fed._query(1)
+    fed.aggregate(rows_of(["q"])[:1])
+    assert fed._query(1) is planned
+    assert fed.partitions(1) == 1
+    assert fed._query(2) is not fed._query(2)  # a shuffle's plan is never run twice
+
+
+def test_the_java_source_compiles_with_the_compiler_in_sparks_jars(spark, tmp_path):
+    jar = compile_jar(spark.sparkContext._gateway, tmp_path / "driver-chunks.jar")
+
+    names = zipfile.ZipFile(jar).namelist()
+    assert f"{CLASS_NAME.replace('.', '/')}.class" in names
+    assert not list(tmp_path.glob(".*"))  # written in one rename
