@@ -100,10 +100,10 @@ def _warm_up_table(spark: SparkSession, fetch_spec: FetchSpec, keys: list[str],
     rdd = spark.sparkContext.parallelize(keys, len(keys)).mapPartitions(
         functools.partial(_warm_up_partition, fetch_spec, lines))
     fetched = spark.createDataFrame(rdd, FETCHED_SCHEMA, verifySchema=False)
-    return _batch_query(fetched, coalesce=len(keys) == 1).toArrow()
+    return batch_query_over(fetched, coalesce=len(keys) == 1).toArrow()
 
 
-def _batch_query(fetched: DataFrame, coalesce: bool) -> DataFrame:
+def batch_query_over(fetched: DataFrame, coalesce: bool) -> DataFrame:
     """The batch query over ``fetched``; ``coalesce``: in one partition, for one chunk.
 
     Its result is read with ``toArrow()``, not ``collect()``: a batch of 10 chunks returns
@@ -123,7 +123,7 @@ def driver_chunks(spark: SparkSession) -> DriverChunks | None:
     local mode, with the jar on the class path (``driver_chunks``); else None."""
     if not DriverChunks.available(spark):
         return None
-    return DriverChunks(spark, lambda source, partitions: _batch_query(source, partitions == 1))
+    return DriverChunks(spark, lambda source, partitions: batch_query_over(source, partitions == 1))
 
 
 def _driver_table(spark: SparkSession, rows: list[tuple]) -> pa.Table:
@@ -131,7 +131,7 @@ def _driver_table(spark: SparkSession, rows: list[tuple]) -> pa.Table:
     fed = driver_chunks(spark)
     if fed is not None:
         return fed.aggregate(rows)
-    return _batch_query(fetched_frame(spark, rows), coalesce=len(rows) == 1).toArrow()
+    return batch_query_over(fetched_frame(spark, rows), coalesce=len(rows) == 1).toArrow()
 
 
 def aggregate_batch(
@@ -152,6 +152,6 @@ def aggregate_batch(
     else:
         accumulator = spark.sparkContext.accumulator(0.0)
         fetched = fetch_chunks(spark, fetch_spec, keys, accumulator)
-        table = _batch_query(fetched, coalesce=len(keys) == 1).toArrow()
+        table = batch_query_over(fetched, coalesce=len(keys) == 1).toArrow()
         fetch_ms = accumulator.value
     return replace(assemble_batch(keys, table, weights), fetch_ms=fetch_ms)

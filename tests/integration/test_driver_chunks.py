@@ -4,13 +4,18 @@ DataFrame made from the same rows (the path without the jar)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 
 from spark_detector.chunk_fetch import MISSING, OK, REJECTED, fetched_frame
 from spark_detector.driver_chunks import CLASS_NAME, compile_jar
-from spark_detector.spark_job import _batch_query, driver_chunks, warm_up_body
+from spark_detector.spark_job import batch_query_over, driver_chunks, warm_up_body
 
 pytestmark = pytest.mark.spark
 
@@ -43,7 +48,7 @@ def test_each_batch_sees_only_its_own_chunks_and_equals_a_dataframe_of_them(spar
         table = fed.aggregate(rows)
 
         assert set(table.column("chunk_key").to_pylist()) == {row[0] for row in rows}
-        expected = _batch_query(fetched_frame(spark, rows), coalesce=len(rows) == 1).toArrow()
+        expected = batch_query_over(fetched_frame(spark, rows), coalesce=len(rows) == 1).toArrow()
         assert table.sort_by(SORT).equals(expected.sort_by(SORT))
 
 
@@ -62,3 +67,31 @@ def test_the_java_source_compiles_with_the_compiler_in_sparks_jars(spark, tmp_pa
     names = zipfile.ZipFile(jar).namelist()
     assert f"{CLASS_NAME.replace('.', '/')}.class" in names
     assert not list(tmp_path.glob(".*"))  # written in one rename
+
+
+# The JDK's compiler and the tools that require it (jlink would bring it back for them)
+WITH_COMPILER = {"jdk.compiler", "jdk.javadoc", "jdk.jshell", "jdk.jdeps", "jdk.jlink",
+                 "jdk.jpackage", "jdk.jartool", "jdk.jconsole", "jdk.internal.opt",
+                 "jdk.editpad", "jdk.internal.ed", "jdk.internal.le", "jdk.hotspot.agent"}
+
+
+def test_the_jar_builds_with_a_java_runtime_that_has_no_compiler(tmp_path):
+    """The set-up promise is a Java runtime, not a JDK: build one without the compiler
+    module (jlink, where this machine's Java has it) and build the jar with it."""
+    java_home = Path(os.environ.get("JAVA_HOME") or Path(shutil.which("java")).resolve().parents[1])
+    jlink = java_home / "bin" / "jlink"
+    if not jlink.exists():
+        pytest.skip("this Java has no jlink to make a runtime without a compiler")
+    modules = subprocess.run([java_home / "bin" / "java", "--list-modules"], check=True,
+                             capture_output=True, text=True).stdout.split()
+    kept = [m.split("@")[0] for m in modules if m.split("@")[0] not in WITH_COMPILER]
+    runtime = tmp_path / "jre"
+    subprocess.run([jlink, "--add-modules", ",".join(kept), "--output", runtime,
+                    "--no-header-files", "--no-man-pages"], check=True, capture_output=True)
+    assert not (runtime / "bin" / "javac").exists()
+
+    jar = tmp_path / "driver-chunks.jar"
+    subprocess.run([sys.executable, "-m", "spark_detector.driver_chunks", jar], check=True,
+                   env={**os.environ, "JAVA_HOME": str(runtime)}, capture_output=True)
+
+    assert f"{CLASS_NAME.replace('.', '/')}.class" in zipfile.ZipFile(jar).namelist()
