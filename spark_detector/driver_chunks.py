@@ -4,8 +4,9 @@
 Spark runs a DataFrame's plan again on new data only when a source reads that data at
 execution time. A DataFrame made from each batch's rows (``chunk_fetch.fetched_frame``)
 is a new query every time: Spark analyses, optimises and plans it and generates its code
-again, which was most of a one-chunk job (measured, one-chunk jobs interleaved in one warm
-process: 146.8 ms with a DataFrame per chunk, 80.6 ms with the plan reused; the same result).
+again, which was most of a one-chunk job (measured, one-chunk jobs with their fetch and
+``assemble_batch``, 100 of each interleaved in one warm process: 163.1 ms with a DataFrame per
+chunk, 92.5 ms with the plan reused; the same results; docs/performance.md, fifth round).
 
 So in local mode, where the executors live in the driver's JVM, the driver puts each batch's
 ``FETCHED_SCHEMA`` rows in a static map of a small JVM class (``jvm/DriverChunks.java``, a

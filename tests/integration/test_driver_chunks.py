@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from py4j.protocol import Py4JError
 
 from spark_detector.chunk_fetch import MISSING, OK, REJECTED, fetched_frame
 from spark_detector.driver_chunks import CLASS_NAME, compile_jar
@@ -50,6 +51,16 @@ def test_each_batch_sees_only_its_own_chunks_and_equals_a_dataframe_of_them(spar
         assert set(table.column("chunk_key").to_pylist()) == {row[0] for row in rows}
         expected = batch_query_over(fetched_frame(spark, rows), coalesce=len(rows) == 1).toArrow()
         assert table.sort_by(SORT).equals(expected.sort_by(SORT))
+
+
+def test_a_batch_that_fails_on_its_way_in_leaves_no_chunk_behind(fed):
+    good = rows_of(["kept-out"])[0]
+    with pytest.raises(Py4JError):  # the JVM refuses the second row: no such signature
+        fed.aggregate([good, ("broken", OK)])
+
+    table = fed.aggregate(rows_of(["next"])[:1])
+
+    assert set(table.column("chunk_key").to_pylist()) == {"next"}
 
 
 def test_the_one_chunk_query_is_planned_once(fed):
