@@ -24,6 +24,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from spark_detector.config import build_target, optional_path
+
 ARCHIVE_ENV = "SPARK_CLASS_ARCHIVE"
 # Beside the installed pyspark it was built from: a virtual environment or the image's Python.
 DEFAULT_ARCHIVE = Path(sys.prefix) / "share" / "spark_detector" / "spark-classes.jsa"
@@ -32,10 +34,7 @@ DEFAULT_ARCHIVE = Path(sys.prefix) / "share" / "spark_detector" / "spark-classes
 def archive_path(environ: Mapping[str, str] = os.environ) -> Path | None:
     """Where the archive is: ``SPARK_CLASS_ARCHIVE``, else ``DEFAULT_ARCHIVE``; None when the
     variable is set empty (no archive)."""
-    value = environ.get(ARCHIVE_ENV)
-    if value is None:
-        return DEFAULT_ARCHIVE
-    return Path(value) if value.strip() else None
+    return optional_path(environ, ARCHIVE_ENV, DEFAULT_ARCHIVE)
 
 
 def _splits(path: Path) -> bool:
@@ -93,10 +92,8 @@ def build_archive(path: Path) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    path = Path(args[0]) if args else archive_path()
+    path = build_target(sys.argv[1:] if argv is None else argv, ARCHIVE_ENV, archive_path())
     if path is None:
-        print(f"{ARCHIVE_ENV} is set empty: no archive", file=sys.stderr)
         return 0
     started = time.perf_counter()
     if build_archive(path) is None:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import quote
 
 from chunk_contract import layout
@@ -60,6 +62,25 @@ def _optional_seconds(env: Mapping[str, str], name: str) -> float | None:
         return float(raw)
     except ValueError as exc:
         raise ConfigError(f"{name}={raw!r} is not a number of seconds") from exc
+
+
+def optional_path(env: Mapping[str, str], name: str, default: Path) -> Path | None:
+    """The file the variable ``name`` names: ``default`` when it is unset, None (no file)
+    when it is set empty."""
+    value = env.get(name)
+    if value is None:
+        return default
+    return Path(value) if value.strip() else None
+
+
+def build_target(argv: list[str], name: str, default: Path | None) -> Path | None:
+    """Where a build command writes: its argument, else ``default`` (the file the variable
+    ``name`` names); None, said on stderr, when the variable is set empty."""
+    if argv:
+        return Path(argv[0])
+    if default is None:
+        print(f"{name} is set empty: nothing to build", file=sys.stderr)
+    return default
 
 
 def _thresholds(env: Mapping[str, str]) -> Thresholds:

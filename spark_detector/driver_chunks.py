@@ -37,6 +37,8 @@ from pathlib import Path
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
+from spark_detector.config import build_target, optional_path
+
 JAR_ENV = "SPARK_DRIVER_CHUNKS_JAR"
 # Beside the installed pyspark it was compiled against: a virtual environment or the image's.
 DEFAULT_JAR = Path(sys.prefix) / "share" / "spark_detector" / "driver-chunks.jar"
@@ -50,10 +52,7 @@ _FEEDING = threading.Lock()
 def jar_path(environ: Mapping[str, str] = os.environ) -> Path | None:
     """Where the jar is: ``SPARK_DRIVER_CHUNKS_JAR``, else ``DEFAULT_JAR``; None when the
     variable is set empty (no jar)."""
-    value = environ.get(JAR_ENV)
-    if value is None:
-        return DEFAULT_JAR
-    return Path(value) if value.strip() else None
+    return optional_path(environ, JAR_ENV, DEFAULT_JAR)
 
 
 def usable_jar(environ: Mapping[str, str] = os.environ) -> Path | None:
@@ -146,10 +145,8 @@ class DriverChunks:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    path = Path(args[0]) if args else jar_path()
+    path = build_target(sys.argv[1:] if argv is None else argv, JAR_ENV, jar_path())
     if path is None:
-        print(f"{JAR_ENV} is set empty: no jar", file=sys.stderr)
         return 0
     started = time.perf_counter()
     build_jar(path)
