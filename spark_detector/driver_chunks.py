@@ -100,8 +100,9 @@ class DriverChunks:
     Only the one-chunk query (one partition, no shuffle) is planned once and run again: a
     plan with a shuffle cannot be, because Spark keeps a shuffle's map output for the plan and
     a second run reads the first run's rows (seen in the tests). Batches of several chunks
-    come when the queue has a backlog, where one query's fixed cost is shared by up to 10
-    chunks; one chunk at a time is the nominal rate, where it is all of a job's overhead.
+    come when the queue has a backlog, where one query's fixed cost is shared by up to
+    ``WORKER_MAX_BATCH_CHUNKS`` chunks; one chunk at a time is the nominal rate, where that
+    cost is most of a job.
     """
 
     def __init__(self, spark: SparkSession,
