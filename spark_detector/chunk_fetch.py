@@ -199,3 +199,31 @@ def fetch_on_driver(spec: FetchSpec, chunk_keys: Sequence[str]) -> tuple[list[tu
                             thread_name_prefix="chunk-fetch") as pool:
         rows = list(pool.map(fetch, chunk_keys))
     return rows, sum(spent)
+
+
+# The warm-up's made-up chunks (``spark_job.warm_up``) live here, not in spark_job: on a
+# cluster the executors make them, and they import this module but lack spark_job's
+# dependencies (pyarrow). tests/integration/test_worker_on_standalone_cluster.py checks that
+# the warm-up runs there.
+
+
+def warm_up_body(lines: int) -> str:
+    """Data lines of a made-up chunk in the real files' layout: 97 customers x 13 merchants,
+    both genders, weighted or not — enough variety for every operator of the query to run."""
+    return "\n".join(
+        f"0,'C{i % 97}','1','{'FM'[i % 2]}','28007','M{i % 13}','28007','es_food',"
+        f"{i % 50 + 1}.{i % 100:02d},0"
+        for i in range(lines)
+    )
+
+
+def warm_up_rows(keys: Iterable[str], lines: int) -> Iterator[tuple]:
+    """A ``FETCHED_SCHEMA`` row per key: a good made-up chunk of ``lines`` lines."""
+    body = warm_up_body(lines)
+    for key in keys:
+        yield (key, OK, None, lines, 10, 1, 5, 7, 3, 8, body)
+
+
+def warm_up_partition(spec: FetchSpec, lines: int, keys: Iterable[str]) -> Iterator[tuple]:
+    s3_client(spec)  # what the first real batch would pay: boto3's import, the client
+    yield from warm_up_rows(keys, lines)

@@ -21,7 +21,7 @@ This module holds the start-up ``warm_up`` and ``aggregate_batch`` itself. The k
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import replace
 
 import pyarrow as pa
@@ -31,35 +31,15 @@ from spark_detector.batch_query import aggregate_chunks
 from spark_detector.batch_result import NO_WEIGHTS, BatchResult, assemble_batch
 from spark_detector.chunk_fetch import (
     FETCHED_SCHEMA,
-    OK,
     FetchSpec,
     fetch_chunks,
     fetch_on_driver,
     fetched_frame,
     s3_client,
+    warm_up_partition,
+    warm_up_rows,
 )
 from spark_detector.driver_chunks import DriverChunks
-
-
-def warm_up_body(lines: int) -> str:
-    """Data lines of a made-up chunk in the real files' layout: 97 customers x 13 merchants,
-    both genders, weighted or not — enough variety for every operator of the query to run."""
-    return "\n".join(
-        f"0,'C{i % 97}','1','{'FM'[i % 2]}','28007','M{i % 13}','28007','es_food',"
-        f"{i % 50 + 1}.{i % 100:02d},0"
-        for i in range(lines)
-    )
-
-
-def _warm_up_rows(keys: Iterable[str], lines: int) -> Iterator[tuple]:
-    body = warm_up_body(lines)
-    for key in keys:
-        yield (key, OK, None, lines, 10, 1, 5, 7, 3, 8, body)
-
-
-def _warm_up_partition(spec: FetchSpec, lines: int, keys: Iterable[str]) -> Iterator[tuple]:
-    s3_client(spec)  # what the first real batch would pay: boto3's import, the client
-    yield from _warm_up_rows(keys, lines)
 
 
 def warm_up(spark: SparkSession, fetch_spec: FetchSpec, rounds: int = 1,
@@ -96,9 +76,9 @@ def _warm_up_table(spark: SparkSession, fetch_spec: FetchSpec, keys: list[str],
     """The batch query's result for made-up chunks that come the way real ones do."""
     if fetch_spec.on_driver:
         s3_client(fetch_spec)
-        return _driver_table(spark, list(_warm_up_rows(keys, lines)))
+        return _driver_table(spark, list(warm_up_rows(keys, lines)))
     rdd = spark.sparkContext.parallelize(keys, len(keys)).mapPartitions(
-        functools.partial(_warm_up_partition, fetch_spec, lines))
+        functools.partial(warm_up_partition, fetch_spec, lines))
     fetched = spark.createDataFrame(rdd, FETCHED_SCHEMA, verifySchema=False)
     return batch_query_over(fetched, coalesce=len(keys) == 1).toArrow()
 

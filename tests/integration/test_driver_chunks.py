@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from py4j.protocol import Py4JError
 
-from spark_detector.chunk_fetch import MISSING, OK, REJECTED, fetched_frame
+from spark_detector.chunk_fetch import MISSING, OK, REJECTED, fetched_frame, warm_up_body
 from spark_detector.driver_chunks import CLASS_NAME, compile_jar
-from spark_detector.spark_job import batch_query_over, driver_chunks, warm_up_body
+from spark_detector.spark_job import batch_query_over, driver_chunks
 
 pytestmark = pytest.mark.spark
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from spark_detector.chunk_aggregates import build_aggregates
+from spark_detector.chunk_fetch import warm_up_body
 from spark_detector.parsing import parse_chunk
-from spark_detector.spark_job import FetchSpec, warm_up, warm_up_body
+from spark_detector.spark_job import FetchSpec, warm_up
 from tests.reference_model import pairs_from_copy_text
 
 pytestmark = pytest.mark.spark

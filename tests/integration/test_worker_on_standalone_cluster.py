@@ -107,6 +107,10 @@ def test_worker_on_a_standalone_cluster_whose_executors_lack_the_project(
     assert ready["master"] == cluster.master_url
     assert ready["default_parallelism"] == 2 and ready["shuffle_partitions"] == "2"
     assert ready["fetch_on"] == "executors"  # WORKER_FETCH_ON=auto on a cluster
+    assert ready["driver_chunks"] is False  # the executors are other JVMs
+    # the warm-up ran on the executors, which lack the driver's dependencies (pyarrow)
+    assert '"spark warm"' in log.read_text()
+    assert "overlapped Spark job failed" not in log.read_text()
     # And the result is the reference model's, in the recorded apply order
     order = applied_order(migrated_database_url)
     assert sorted(order) == sorted(chunks)
