@@ -72,12 +72,13 @@ def build_archive(path: Path) -> Path | None:
     partial = path.with_name(f".{path.name}.{os.getpid()}")
     # -Xlog: the JVM warns of every class it cannot archive (hundreds), which says nothing here
     writing = f"-XX:ArchiveClassesAtExit={partial} -Xlog:cds*=error"
-    if JAVA_OPTIONS not in jvm_defaults(os.environ, spark_defaults_keys(os.environ), writing):
+    launch = jvm_defaults(os.environ, spark_defaults_keys(os.environ), writing)
+    if JAVA_OPTIONS not in launch:
         return None
     if SparkContext._gateway is not None:
         raise RuntimeError("the JVM is already running: the archive needs a fresh one")
     path.parent.mkdir(parents=True, exist_ok=True)
-    spark_conf(archive_options=writing)
+    spark_conf(launch)
     spark = build_spark(master="local[2]", app_name="class_archive")
     warm_up(spark, FetchSpec("class-archive", on_driver=True), lines=1_000)
     spark.stop()

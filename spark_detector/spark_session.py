@@ -90,16 +90,17 @@ def jvm_defaults(environ: Mapping[str, str], defaults_keys: set[str],
     return {k: v for k, v in defaults.items() if k not in defaults_keys}
 
 
-def spark_conf(archive_options: str | None = None) -> SparkConf:
+def spark_conf(launch: Mapping[str, str] | None = None) -> SparkConf:
     """Spark's configuration as spark-submit resolved it: spark-defaults, --conf, --master.
 
     Those reach the driver as JVM system properties, which ``SparkConf()`` reads only once
     the JVM gateway is up; starting it here is what ``SparkContext`` would do anyway, with
-    the worker's JVM defaults where nobody set them (``archive_options``: see
-    ``jvm_defaults``; only where this call starts the JVM).
+    the worker's JVM defaults where nobody set them (``launch``, only where this call starts
+    the JVM: ``jvm_defaults`` unless the caller computed them).
     """
     if SparkContext._gateway is None:
-        launch = jvm_defaults(os.environ, spark_defaults_keys(os.environ), archive_options)
+        if launch is None:
+            launch = jvm_defaults(os.environ, spark_defaults_keys(os.environ))
         SparkContext._ensure_initialized(
             conf=SparkConf(loadDefaults=False).setAll(launch.items()) if launch else None)
     return SparkConf()
