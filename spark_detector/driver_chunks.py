@@ -37,6 +37,7 @@ from pathlib import Path
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
+from spark_detector.chunk_fetch import FETCHED_SCHEMA
 from spark_detector.config import build_target, optional_path
 
 JAR_ENV = "SPARK_DRIVER_CHUNKS_JAR"
@@ -125,7 +126,8 @@ class DriverChunks:
     def _query(self, partitions: int) -> DataFrame:
         if partitions == 1 and self._one_chunk is not None:
             return self._one_chunk
-        source = self._spark.read.format(CLASS_NAME).option("slots", str(partitions)).load()
+        source = (self._spark.read.format(CLASS_NAME).schema(FETCHED_SCHEMA)
+                  .option("slots", str(partitions)).load())
         query = self._plan(source, partitions)
         if partitions == 1:
             self._one_chunk = query

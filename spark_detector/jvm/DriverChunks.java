@@ -22,7 +22,6 @@ import org.apache.spark.sql.connector.read.PartitionReader;
 import org.apache.spark.sql.connector.read.PartitionReaderFactory;
 import org.apache.spark.sql.connector.read.Scan;
 import org.apache.spark.sql.connector.read.ScanBuilder;
-import org.apache.spark.sql.types.DataTypes;
 import org.apache.spark.sql.types.StructType;
 import org.apache.spark.sql.util.CaseInsensitiveStringMap;
 import org.apache.spark.unsafe.types.UTF8String;
@@ -35,7 +34,7 @@ import org.apache.spark.unsafe.types.UTF8String;
  * what the driver put in at that moment. A DataFrame made from each batch's data instead
  * costs Spark a new analysis, optimisation, plan and generated code per job, most of a
  * one-chunk job's time. Partition i returns the rows put in slot i. Rows follow the worker's
- * FETCHED_SCHEMA (spark_detector/chunk_fetch.py).
+ * FETCHED_SCHEMA (spark_detector/chunk_fetch.py), which the driver passes as the schema.
  *
  * Compiled with Janino, which Spark ships, so that a Java runtime is enough: it reads Java
  * without lambdas and ignores type arguments, hence the raw types and Object returns (their
@@ -43,18 +42,6 @@ import org.apache.spark.unsafe.types.UTF8String;
  */
 public class DriverChunks implements TableProvider {
   private static final Map SLOTS = new ConcurrentHashMap();
-  private static final StructType SCHEMA = new StructType()
-      .add("chunk_key", DataTypes.StringType, false)
-      .add("status", DataTypes.StringType, false)
-      .add("chunk_reason", DataTypes.StringType, true)
-      .add("n_lines", DataTypes.IntegerType, false)
-      .add("n_columns", DataTypes.IntegerType, true)
-      .add("i_customer", DataTypes.IntegerType, true)
-      .add("i_merchant", DataTypes.IntegerType, true)
-      .add("i_category", DataTypes.IntegerType, true)
-      .add("i_gender", DataTypes.IntegerType, true)
-      .add("i_amount", DataTypes.IntegerType, true)
-      .add("body", DataTypes.StringType, true);
 
   /** Adds a chunk's row to slot {@code slot}. */
   public static void put(int slot, String key, String status, String reason, int nLines,
@@ -79,20 +66,27 @@ public class DriverChunks implements TableProvider {
     return value == null ? null : UTF8String.fromString(value);
   }
 
+  /** The driver gives the schema: FETCHED_SCHEMA, in the order of put's arguments. */
+  public boolean supportsExternalMetadata() {
+    return true;
+  }
+
   public StructType inferSchema(CaseInsensitiveStringMap options) {
-    return SCHEMA;
+    throw new UnsupportedOperationException("read with .schema(FETCHED_SCHEMA)");
   }
 
   public Table getTable(StructType schema, Transform[] partitioning, Map properties) {
     String slots = (String) properties.get("slots");
-    return new Chunks(slots == null ? 1 : Integer.parseInt(slots));
+    return new Chunks(schema, slots == null ? 1 : Integer.parseInt(slots));
   }
 
   /** The table: its scan has one partition per slot. */
   static final class Chunks implements Table, SupportsRead, ScanBuilder, Scan, Batch {
+    private final StructType schema;
     private final int slots;
 
-    Chunks(int slots) {
+    Chunks(StructType schema, int slots) {
+      this.schema = schema;
       this.slots = slots;
     }
 
@@ -101,7 +95,7 @@ public class DriverChunks implements TableProvider {
     }
 
     public StructType schema() {
-      return SCHEMA;
+      return schema;
     }
 
     public Set capabilities() {
@@ -117,7 +111,7 @@ public class DriverChunks implements TableProvider {
     }
 
     public StructType readSchema() {
-      return SCHEMA;
+      return schema;
     }
 
     public Batch toBatch() {
