@@ -1,0 +1,583 @@
+"""The state update and the three rules of one chunk, at a cost that follows the chunk, not the
+state (docs/detection-semantics.md, "How the rules are computed").
+
+The semantics are those of a full evaluation: after each chunk, every rule holds as if it were
+evaluated for all customers of the merchants the chunk touched, and a key fires the first time
+its condition holds. A full evaluation of a merchant costs its customers; the work here costs
+the chunk's pairs, because with the thresholds of the merchant's previous evaluation (after the
+last chunk that touched it, recorded in ``merchant_rule_state``) only these can newly hold:
+
+- PatId2 and PatId3: the pairs (merchants) the chunk touched; nothing else changed.
+- PatId1: the touched pairs, plus the untouched ones its percentiles moved over. An untouched
+  pair did not hold last time, so either its count was under the old p90 (it holds now if p90
+  came down to it: the *waiting* pairs, ``waiting_count``, are exactly those with avg_weight
+  <= p10, txn_count < p90 and not fired) or its weight was over the old p10 (it holds now if p10
+  rose past it: the band (old p10, new p10] of the weight order, as wide as the chunk moved it).
+- p90_count from ``pair_count_histogram`` (customers per count), in time proportional to the
+  number of distinct counts; p10_weight as an order statistic tracked from its last position: a
+  pivot key (avg_weight, customer) with the number of pairs below it, moved by the chunk's pairs,
+  then a walk along the index (merchant, rank_weight, customer) to the new rank. Both are
+  interpolated as PostgreSQL's ``percentile_cont`` does, in double precision, bit for bit.
+- Only the lowest weights of a merchant (its tier, ``tier_limit``) are in that index: every
+  other pair's update changes no indexed column and stays a HOT update, as before.
+
+A merchant is evaluated in full, and its structures rebuilt, when it has no record (new, or a
+database older than this engine), when the thresholds differ from its record's, when its total
+first exceeds PatId1's minimum (its size is then bounded by that minimum), or when its tier no
+longer covers the percentile's rank (or has grown far past it). That is the only work whose cost
+follows a merchant's size; each such evaluation is logged.
+
+Every step is one set-based statement over all the chunk's merchants, in the chunk's
+transaction, with the chunk's rows in temp tables (``chunk_changes``, ``chunk_merchants``,
+``chunk_candidates``). Nothing is kept in the worker's memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+from typing import Any
+
+import psycopg2.extensions
+
+from spark_detector.detection import DETECTION_COLUMNS
+
+log = logging.getLogger(__name__)
+
+# The tier of a tracked merchant holds at least TIER_FACTOR x (the p10 rank + 1) + TIER_MARGIN of
+# its lowest weights (all of them when it has fewer): room for the percentile to move up before
+# the tier must be rebuilt, at the price of non-HOT updates for the pairs inside it.
+TIER_FACTOR = 2
+TIER_MARGIN = 1000
+# Rebuilt, too, when it holds more than TIER_OVERSIZE x that and has doubled since it was built
+# (the second condition keeps ties at the limit from rebuilding it at every chunk).
+TIER_OVERSIZE = 3
+
+TEMP_TABLES_SQL = """
+CREATE TEMP TABLE IF NOT EXISTS chunk_changes (
+    merchant           text COLLATE "C" NOT NULL,
+    customer           text COLLATE "C" NOT NULL,
+    is_new             boolean NOT NULL,
+    old_count          bigint NOT NULL,            -- 0 for a new pair
+    txn_count          bigint NOT NULL,
+    amount_sum         numeric NOT NULL,
+    avg_weight         double precision,
+    newly_weighted     boolean NOT NULL,           -- its first weighted transaction
+    rank_weight        double precision,
+    old_rank_weight    double precision,           -- as before this chunk
+    old_waiting_count  bigint,
+    gender             text NOT NULL
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS chunk_merchants (
+    merchant        text COLLATE "C" NOT NULL,
+    mode            text NOT NULL,                 -- full / incremental / plain (PatId1 off)
+    reason          text,                          -- why full
+    tracked         boolean NOT NULL,              -- total > PatId1's minimum
+    total           bigint NOT NULL,
+    customers       bigint NOT NULL,
+    weighted        bigint NOT NULL,
+    female          integer NOT NULL,
+    male            integer NOT NULL,
+    p90_new         double precision,
+    p10_old         double precision,
+    p10_new         double precision,
+    pivot_weight    double precision,
+    pivot_customer  text COLLATE "C",
+    below           bigint,                        -- tier pairs ordered below the pivot
+    w_pos           double precision,              -- p10's position, floor and ceiling
+    w_r1            bigint,
+    w_r2            bigint,
+    tier_target     bigint,
+    tier_limit      double precision,
+    tier_count      bigint,
+    tier_built      bigint
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS chunk_candidates (
+    pattern_id      text COLLATE "C" NOT NULL,
+    action_type     text NOT NULL,
+    customer        text COLLATE "C" NOT NULL,
+    merchant        text COLLATE "C" NOT NULL,
+    txn_count       bigint,
+    amount_sum      numeric,
+    avg_weight      double precision,
+    p90_count       double precision,
+    p10_weight      double precision,
+    female          integer,
+    male            integer,
+    merchant_total  bigint
+) ON COMMIT DELETE ROWS;
+"""
+
+# The chunk's pairs (in chunk_pairs) added to the state. A pair is new when this chunk inserted
+# it (first_apply_order is set on insert only); only new pairs change a merchant's customer and
+# female/male counts, because a pair's gender is the one on its first applied transaction and
+# never changes. A pair of a tracked merchant takes its place in the weight order here
+# (rank_weight, against the tier limit of the merchant's record); any other pair keeps it NULL,
+# so its update changes no indexed value and stays HOT. (Where the record is about to be
+# rebuilt, the rebuild sets rank_weight again.) The weight and rank before the chunk are derived
+# from the new sums less the chunk's: weight_sum is exact, so the double is the one the
+# generated avg_weight had.
+UPSERT_STATE_SQL = """
+WITH upserted AS (
+    INSERT INTO pair_state AS s
+        (merchant, customer, txn_count, amount_sum, weight_sum, weighted_count, gender,
+         first_apply_order, last_apply_order, rank_weight)
+    SELECT c.merchant, c.customer, c.txn_count, c.amount_sum, c.weight_sum, c.weighted_count,
+           c.first_gender, %(apply_order)s, %(apply_order)s,
+           CASE WHEN r.tracked AND c.weighted_count > 0
+                     AND c.weight_sum::float8 / c.weighted_count <= r.tier_limit
+                THEN c.weight_sum::float8 / c.weighted_count END
+    FROM chunk_pairs c
+    LEFT JOIN merchant_rule_state r USING (merchant)
+    ON CONFLICT (merchant, customer) DO UPDATE SET
+        txn_count = s.txn_count + excluded.txn_count,
+        amount_sum = s.amount_sum + excluded.amount_sum,
+        weight_sum = s.weight_sum + excluded.weight_sum,
+        weighted_count = s.weighted_count + excluded.weighted_count,
+        last_apply_order = excluded.last_apply_order,
+        rank_weight = CASE WHEN s.weighted_count + excluded.weighted_count > 0 THEN (
+            SELECT (s.weight_sum + excluded.weight_sum)::float8
+                   / (s.weighted_count + excluded.weighted_count)
+            FROM merchant_rule_state r
+            WHERE r.merchant = s.merchant AND r.tracked
+              AND (s.weight_sum + excluded.weight_sum)::float8
+                  / (s.weighted_count + excluded.weighted_count) <= r.tier_limit) END
+    RETURNING s.merchant, s.customer, s.gender, s.txn_count, s.amount_sum, s.weight_sum,
+              s.weighted_count, s.avg_weight, s.rank_weight, s.waiting_count,
+              s.first_apply_order = %(apply_order)s AS is_new
+), changes AS (
+    INSERT INTO chunk_changes
+    SELECT u.merchant, u.customer, u.is_new, u.txn_count - c.txn_count, u.txn_count,
+           u.amount_sum, u.avg_weight, u.weighted_count > 0 AND u.weighted_count = c.weighted_count,
+           u.rank_weight, o.rank_weight, u.waiting_count, u.gender
+    FROM upserted u
+    JOIN chunk_pairs c USING (merchant, customer)
+    LEFT JOIN merchant_rule_state r USING (merchant)
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN r.tracked AND u.weighted_count > c.weighted_count
+                         AND (u.weight_sum - c.weight_sum)::float8
+                             / (u.weighted_count - c.weighted_count) <= r.tier_limit
+                    THEN (u.weight_sum - c.weight_sum)::float8
+                         / (u.weighted_count - c.weighted_count) END AS rank_weight
+    ) o
+    RETURNING merchant, is_new, old_count, txn_count, newly_weighted, gender
+), histogram AS (
+    INSERT INTO pair_count_histogram AS h (merchant, txn_count, customers)
+    SELECT merchant, txn_count, sum(moved)
+    FROM (SELECT merchant, txn_count, 1 AS moved FROM changes
+          UNION ALL
+          SELECT merchant, old_count, -1 FROM changes WHERE old_count > 0) moves
+    GROUP BY merchant, txn_count
+    HAVING sum(moved) <> 0
+    ON CONFLICT (merchant, txn_count) DO UPDATE SET customers = h.customers + excluded.customers
+)
+INSERT INTO merchant_state AS ms (merchant, total, customers, female, male, weighted)
+SELECT merchant,
+       sum(txn_count - old_count),
+       count(*) FILTER (WHERE is_new),
+       count(*) FILTER (WHERE is_new AND gender = 'F'),
+       count(*) FILTER (WHERE is_new AND gender = 'M'),
+       count(*) FILTER (WHERE newly_weighted)
+FROM changes
+GROUP BY merchant
+ON CONFLICT (merchant) DO UPDATE SET
+    total = ms.total + excluded.total,
+    customers = ms.customers + excluded.customers,
+    female = ms.female + excluded.female,
+    male = ms.male + excluded.male,
+    weighted = ms.weighted + excluded.weighted
+"""
+
+# One row per merchant the chunk touched: how it is evaluated, its p90 (from the histogram) and
+# where p10 must be looked for. The tier and the pivot move with the chunk's pairs: a pair
+# leaves the tier with its old key and joins it with its new one.
+# Percentiles as percentile_cont computes them: position = q * (n - 1); the value at the
+# position's floor, interpolated towards the one at its ceiling.
+_CLASSIFY_SQL = """
+WITH moves AS (
+    SELECT c.merchant,
+           count(*) FILTER (WHERE c.old_rank_weight IS NOT NULL) AS left_tier,
+           count(*) FILTER (WHERE c.rank_weight IS NOT NULL) AS joined_tier,
+           count(*) FILTER (WHERE (c.old_rank_weight, c.customer)
+                                  < (r.pivot_weight, r.pivot_customer)) AS left_below,
+           count(*) FILTER (WHERE (c.rank_weight, c.customer)
+                                  < (r.pivot_weight, r.pivot_customer)) AS joined_below
+    FROM chunk_changes c
+    LEFT JOIN merchant_rule_state r USING (merchant)
+    GROUP BY c.merchant
+), sized AS (
+    SELECT m.merchant, m.total, m.customers, m.weighted, m.female, m.male,
+           m.total > %(min_total)s AS tracked,
+           CASE
+               WHEN r.merchant IS NULL THEN 'new'
+               WHEN r.fingerprint <> %(fingerprint)s THEN 'thresholds'
+               WHEN r.tracked <> (m.total > %(min_total)s) THEN 'crossed'
+           END AS stale,
+           r.p10_weight AS p10_old, r.pivot_weight, r.pivot_customer,
+           r.pivot_rank - v.left_below + v.joined_below AS below,
+           r.tier_limit, r.tier_count - v.left_tier + v.joined_tier AS tier_count, r.tier_built,
+           CASE WHEN m.weighted > 0 THEN %(weight_percentile)s::float8 * (m.weighted - 1) END
+               AS w_pos,
+           %(count_percentile)s::float8 * (m.customers - 1) AS c_pos
+    FROM moves v
+    JOIN merchant_state m USING (merchant)
+    LEFT JOIN merchant_rule_state r USING (merchant)
+), ranked AS (
+    SELECT s.*, floor(s.w_pos)::bigint AS w_r1, ceil(s.w_pos)::bigint AS w_r2,
+           %(tier_factor)s * (ceil(s.w_pos)::bigint + 1) + %(tier_margin)s AS tier_target,
+           floor(s.c_pos)::bigint AS c_r1, ceil(s.c_pos)::bigint AS c_r2
+    FROM sized s
+), judged AS (
+    SELECT r.*,
+           CASE
+               WHEN r.stale IS NOT NULL THEN r.stale
+               WHEN NOT r.tracked THEN NULL
+               WHEN r.tier_limit < 'Infinity' AND r.w_r2 >= r.tier_count THEN 'tier short'
+               WHEN r.tier_count > %(tier_oversize)s * r.tier_target
+                    AND r.tier_count > 2 * r.tier_built THEN 'tier oversize'
+           END AS reason
+    FROM ranked r
+)
+INSERT INTO chunk_merchants
+    (merchant, mode, reason, tracked, total, customers, weighted, female, male, p90_new,
+     p10_old, pivot_weight, pivot_customer, below, w_pos, w_r1, w_r2, tier_target, tier_limit,
+     tier_count, tier_built)
+SELECT j.merchant,
+       CASE WHEN j.reason IS NOT NULL THEN 'full'
+            WHEN j.tracked THEN 'incremental'
+            ELSE 'plain' END,
+       j.reason, j.tracked, j.total, j.customers, j.weighted, j.female, j.male,
+       CASE WHEN j.c_r1 = j.c_r2 THEN h.v1::float8
+            ELSE h.v1::float8 + (j.c_pos - j.c_r1) * (h.v2::float8 - h.v1::float8) END,
+       j.p10_old, j.pivot_weight, j.pivot_customer, j.below, j.w_pos, j.w_r1, j.w_r2,
+       j.tier_target, j.tier_limit, j.tier_count, j.tier_built
+FROM judged j
+LEFT JOIN LATERAL (
+    SELECT min(c.txn_count) FILTER (WHERE c.customers_to > j.c_r1) AS v1,
+           min(c.txn_count) FILTER (WHERE c.customers_to > j.c_r2) AS v2
+    FROM (SELECT txn_count, sum(customers) OVER (ORDER BY txn_count) AS customers_to
+          FROM pair_count_histogram
+          WHERE merchant = j.merchant) c
+) h ON j.tracked
+RETURNING merchant, mode, reason, customers
+"""
+
+# p10 of the incrementally evaluated merchants: from the old pivot key, forward (or backward) as
+# many pairs as the rank moved, to the pair at the position's floor; the next one is the ceiling.
+# Ties are ordered by customer, so every pair has one place.
+_WALK_SQL = """
+UPDATE chunk_merchants m
+SET p10_new = CASE WHEN x.w_r2 = x.w_r1 THEN f.w ELSE f.w + (x.w_pos - x.w_r1) * (c.w - f.w) END,
+    pivot_weight = f.w, pivot_customer = f.customer, below = x.w_r1
+FROM chunk_merchants x
+CROSS JOIN LATERAL (
+    (SELECT p.rank_weight AS w, p.customer
+     FROM pair_state p
+     WHERE x.w_r1 >= x.below AND p.merchant = x.merchant AND p.rank_weight IS NOT NULL
+       AND (p.rank_weight, p.customer) >= (x.pivot_weight, x.pivot_customer)
+     ORDER BY p.rank_weight, p.customer
+     OFFSET greatest(x.w_r1 - x.below, 0) LIMIT 1)
+    UNION ALL
+    (SELECT p.rank_weight, p.customer
+     FROM pair_state p
+     WHERE x.w_r1 < x.below AND p.merchant = x.merchant AND p.rank_weight IS NOT NULL
+       AND (p.rank_weight, p.customer) < (x.pivot_weight, x.pivot_customer)
+     ORDER BY p.rank_weight DESC, p.customer DESC
+     OFFSET greatest(x.below - x.w_r1 - 1, 0) LIMIT 1)
+) f
+LEFT JOIN LATERAL (
+    SELECT p.rank_weight AS w
+    FROM pair_state p
+    WHERE x.w_r2 > x.w_r1 AND p.merchant = x.merchant AND p.rank_weight IS NOT NULL
+      AND (p.rank_weight, p.customer) > (f.w, f.customer)
+    ORDER BY p.rank_weight, p.customer
+    LIMIT 1
+) c ON true
+WHERE m.merchant = x.merchant AND x.mode = 'incremental' AND x.weighted > 0
+"""
+
+# A walk that found nothing means the structures disagree with the state: evaluate in full.
+_LOST_SQL = """
+UPDATE chunk_merchants
+SET mode = 'full', reason = 'walk lost'
+WHERE mode = 'incremental' AND weighted > 0 AND p10_new IS NULL
+RETURNING merchant
+"""
+
+# Merchants evaluated in full: p10 and the pivot from one sort of their weights, the tier as
+# many of the lowest weights as tier_target asks.
+_FULL_PERCENTILE_SQL = """
+UPDATE chunk_merchants m
+SET p10_new = CASE WHEN m.w_r2 = m.w_r1 THEN s.floor_w
+                   ELSE s.floor_w + (m.w_pos - m.w_r1) * (s.ceil_w - s.floor_w) END,
+    pivot_weight = s.floor_w, pivot_customer = s.floor_customer, below = m.w_r1,
+    tier_limit = CASE WHEN m.tier_target >= m.weighted THEN 'Infinity' ELSE s.limit_w END
+FROM (
+    SELECT o.merchant,
+           min(o.avg_weight) FILTER (WHERE o.position = o.w_r1) AS floor_w,
+           min(o.customer) FILTER (WHERE o.position = o.w_r1) AS floor_customer,
+           min(o.avg_weight) FILTER (WHERE o.position = o.w_r2) AS ceil_w,
+           min(o.avg_weight) FILTER (WHERE o.position = o.tier_target - 1) AS limit_w
+    FROM (SELECT p.merchant, p.avg_weight, p.customer, f.w_r1, f.w_r2, f.tier_target,
+                 row_number() OVER (PARTITION BY p.merchant
+                                    ORDER BY p.avg_weight, p.customer) - 1 AS position
+          FROM chunk_merchants f
+          JOIN pair_state p USING (merchant)
+          WHERE f.mode = 'full' AND f.tracked AND f.weighted > 0
+            AND p.avg_weight IS NOT NULL) o
+    GROUP BY o.merchant
+) s
+WHERE m.merchant = s.merchant;
+UPDATE chunk_merchants
+SET pivot_weight = '-Infinity', pivot_customer = '', below = 0, tier_limit = 'Infinity'
+WHERE mode = 'full' AND (NOT tracked OR weighted = 0);
+"""
+
+# ... and their rank_weight and waiting_count set again (cleared where PatId1 is not tracked).
+_FULL_REBUILD_SQL = """
+UPDATE pair_state p
+SET rank_weight = n.rank_weight, waiting_count = n.waiting_count
+FROM (
+    SELECT q.ctid AS row_id, q.rank_weight AS old_rank_weight,
+           q.waiting_count AS old_waiting_count,
+           CASE WHEN f.tracked AND q.avg_weight <= f.tier_limit THEN q.avg_weight END
+               AS rank_weight,
+           CASE WHEN f.tracked AND q.avg_weight <= f.p10_new AND q.txn_count::float8 < f.p90_new
+                     AND NOT EXISTS (
+                         SELECT 1 FROM detected_patterns d
+                         WHERE d.pattern_id = 'PatId1' AND d.merchant_id = q.merchant
+                           AND d.customer_name = q.customer)
+                THEN q.txn_count END AS waiting_count
+    FROM chunk_merchants f
+    JOIN pair_state q USING (merchant)
+    WHERE f.mode = 'full'
+) n
+WHERE p.ctid = n.row_id
+  AND (n.old_rank_weight, n.old_waiting_count) IS DISTINCT FROM (n.rank_weight, n.waiting_count);
+UPDATE chunk_merchants f
+SET tier_count = t.pairs, tier_built = t.pairs
+FROM (SELECT f.merchant,
+             (SELECT count(*) FROM pair_state p
+              WHERE p.merchant = f.merchant AND p.rank_weight IS NOT NULL) AS pairs
+      FROM chunk_merchants f
+      WHERE f.mode = 'full') t
+WHERE f.merchant = t.merchant;
+"""
+
+# What may fire: every pair of a merchant evaluated in full; otherwise the chunk's pairs, the
+# waiting pairs p90 came down to, and the pairs p10 rose past (counts compared as the full
+# evaluation always did: txn_count as a double against the percentile). The band scans are
+# LATERAL subqueries kept apart (OFFSET 0), one per merchant: each is planned as a range scan
+# of its index, never as a scan of the merchant's pairs, whatever the statistics say.
+_CANDIDATES_SQL = """
+INSERT INTO chunk_candidates
+SELECT 'PatId1', 'UPGRADE', p.customer, p.merchant, p.txn_count, p.amount_sum, p.avg_weight,
+       m.p90_new, m.p10_new, NULL::integer, NULL::integer, m.total
+FROM chunk_merchants m
+JOIN pair_state p USING (merchant)
+WHERE m.mode = 'full' AND m.tracked
+  AND p.txn_count::float8 >= m.p90_new AND p.avg_weight <= m.p10_new
+UNION ALL
+SELECT 'PatId2', 'CHILD', p.customer, p.merchant, p.txn_count, p.amount_sum,
+       NULL, NULL, NULL, NULL, NULL, NULL
+FROM chunk_merchants m
+JOIN pair_state p USING (merchant)
+WHERE m.mode = 'full'
+  AND p.txn_count >= %(child_min_count)s
+  AND p.amount_sum < %(child_max_avg_amount)s::numeric * p.txn_count
+UNION ALL
+SELECT 'PatId1', 'UPGRADE', c.customer, c.merchant, c.txn_count, c.amount_sum, c.avg_weight,
+       m.p90_new, m.p10_new, NULL, NULL, m.total
+FROM chunk_merchants m
+JOIN chunk_changes c USING (merchant)
+WHERE m.mode = 'incremental'
+  AND c.txn_count::float8 >= m.p90_new AND c.avg_weight <= m.p10_new
+UNION ALL
+SELECT 'PatId2', 'CHILD', c.customer, c.merchant, c.txn_count, c.amount_sum,
+       NULL, NULL, NULL, NULL, NULL, NULL
+FROM chunk_merchants m
+JOIN chunk_changes c USING (merchant)
+WHERE m.mode <> 'full'
+  AND c.txn_count >= %(child_min_count)s
+  AND c.amount_sum < %(child_max_avg_amount)s::numeric * c.txn_count
+UNION ALL
+SELECT 'PatId1', 'UPGRADE', p.customer, p.merchant, p.txn_count, p.amount_sum, p.avg_weight,
+       m.p90_new, m.p10_new, NULL, NULL, m.total
+FROM chunk_merchants m
+CROSS JOIN LATERAL (
+    SELECT * FROM pair_state q
+    WHERE q.merchant = m.merchant AND q.waiting_count >= ceil(m.p90_new)::bigint
+    OFFSET 0
+) p
+WHERE m.mode = 'incremental'
+  AND p.txn_count::float8 >= m.p90_new AND p.avg_weight <= m.p10_new
+UNION ALL
+SELECT 'PatId1', 'UPGRADE', p.customer, p.merchant, p.txn_count, p.amount_sum, p.avg_weight,
+       m.p90_new, m.p10_new, NULL, NULL, m.total
+FROM chunk_merchants m
+CROSS JOIN LATERAL (
+    SELECT * FROM pair_state q
+    WHERE q.merchant = m.merchant
+      AND q.rank_weight > m.p10_old AND q.rank_weight <= m.p10_new
+    OFFSET 0
+) p
+WHERE m.mode = 'incremental'
+  AND p.txn_count::float8 >= m.p90_new AND p.avg_weight <= m.p10_new
+UNION ALL
+SELECT 'PatId3', 'DEI-NEEDED', '', m.merchant,
+       NULL, NULL, NULL, NULL, NULL, m.female, m.male, m.total
+FROM chunk_merchants m
+WHERE m.female > %(dei_min_female)s AND m.female < m.male
+"""
+
+# Keys that fired before are skipped before numbering, which keeps seq gap-free; ON CONFLICT
+# stays as the guard of emit-once. Text ordering uses the "C" collation: bytewise, the same as
+# Python's.
+_INSERT_DETECTIONS_SQL = f"""
+WITH fresh AS (
+    SELECT DISTINCT ON (c.pattern_id, c.merchant, c.customer) c.*
+    FROM chunk_candidates c
+    WHERE NOT EXISTS (
+        SELECT 1 FROM detected_patterns d
+        WHERE d.pattern_id = c.pattern_id
+          AND d.merchant_id = c.merchant
+          AND d.customer_name = c.customer
+    )
+    ORDER BY c.pattern_id, c.merchant, c.customer
+), base AS (
+    SELECT coalesce(max(seq), 0) AS last_seq FROM detected_patterns
+)
+INSERT INTO detected_patterns AS d
+    (seq, pattern_id, action_type, customer_name, merchant_id, chunk_key, apply_order,
+     y_start_time, txn_count, avg_amount, avg_weight, p90_count, p10_weight, female, male,
+     merchant_total, amount_sum)
+SELECT base.last_seq + row_number() OVER (
+           ORDER BY f.pattern_id, f.merchant COLLATE "C", f.customer COLLATE "C"),
+       f.pattern_id, f.action_type, f.customer, f.merchant, %(chunk_key)s, %(apply_order)s,
+       %(y_start_time)s, f.txn_count, round(f.amount_sum / f.txn_count, 6), f.avg_weight,
+       f.p90_count, f.p10_weight, f.female, f.male, f.merchant_total, f.amount_sum
+FROM fresh f CROSS JOIN base
+ON CONFLICT (pattern_id, merchant_id, customer_name) DO NOTHING
+RETURNING {", ".join("d." + c.strip() for c in DETECTION_COLUMNS.split(","))}
+"""
+
+# After the chunk: the waiting pairs of incrementally evaluated merchants (only the chunk's
+# pairs, the waiting pairs p90 came down to and the pairs between the old and the new p10 can
+# change), and every touched merchant's record. Each pair is looked up by its key and updated
+# by its row id (ctid, read in this same statement): the plan cannot turn into a scan of the
+# merchant's pairs.
+_RECORD_SQL = """
+WITH affected AS MATERIALIZED (
+    SELECT q.row_id, q.waiting_count AS old_waiting_count,
+           CASE WHEN q.rank_weight <= m.p10_new AND q.txn_count::float8 < m.p90_new
+                     AND NOT EXISTS (
+                         SELECT 1 FROM detected_patterns d
+                         WHERE d.pattern_id = 'PatId1' AND d.merchant_id = q.merchant
+                           AND d.customer_name = q.customer)
+                THEN q.txn_count END AS waiting_count
+    FROM chunk_merchants m
+    CROSS JOIN LATERAL (
+        SELECT c.customer FROM chunk_changes c WHERE c.merchant = m.merchant
+        UNION
+        SELECT w.customer FROM (
+            SELECT customer FROM pair_state
+            WHERE merchant = m.merchant AND waiting_count >= ceil(m.p90_new)::bigint
+            OFFSET 0) w
+        UNION
+        SELECT b.customer FROM (
+            SELECT customer FROM pair_state
+            WHERE merchant = m.merchant
+              AND rank_weight > least(m.p10_old, m.p10_new)
+              AND rank_weight <= greatest(m.p10_old, m.p10_new)
+            OFFSET 0) b
+    ) a
+    CROSS JOIN LATERAL (
+        SELECT ctid AS row_id, merchant, customer, txn_count, rank_weight, waiting_count
+        FROM pair_state
+        WHERE merchant = m.merchant AND customer = a.customer
+        OFFSET 0
+    ) q
+    WHERE m.mode = 'incremental'
+), waiting AS (
+    UPDATE pair_state p
+    SET waiting_count = a.waiting_count
+    FROM affected a
+    WHERE p.ctid = a.row_id AND a.waiting_count IS DISTINCT FROM a.old_waiting_count
+)
+INSERT INTO merchant_rule_state AS r
+    (merchant, fingerprint, tracked, p90_count, p10_weight, pivot_weight, pivot_customer,
+     pivot_rank, tier_limit, tier_count, tier_built)
+SELECT merchant, %(fingerprint)s, tracked,
+       CASE WHEN tracked THEN p90_new END, CASE WHEN tracked THEN p10_new END,
+       CASE WHEN tracked THEN pivot_weight ELSE '-Infinity' END,
+       CASE WHEN tracked THEN pivot_customer ELSE '' END,
+       CASE WHEN tracked THEN below ELSE 0 END,
+       CASE WHEN tracked THEN tier_limit ELSE 'Infinity' END,
+       CASE WHEN tracked THEN tier_count ELSE 0 END,
+       CASE WHEN tracked THEN tier_built ELSE 0 END
+FROM chunk_merchants
+ON CONFLICT (merchant) DO UPDATE SET
+    fingerprint = excluded.fingerprint, tracked = excluded.tracked,
+    p90_count = excluded.p90_count, p10_weight = excluded.p10_weight,
+    pivot_weight = excluded.pivot_weight, pivot_customer = excluded.pivot_customer,
+    pivot_rank = excluded.pivot_rank, tier_limit = excluded.tier_limit,
+    tier_count = excluded.tier_count, tier_built = excluded.tier_built
+"""
+
+
+def fingerprint(upgrade_min_total: int, upgrade_count_percentile: float,
+                upgrade_weight_percentile: float, child_min_count: int,
+                child_max_avg_amount: Decimal) -> str:
+    """The PatId1 and PatId2 thresholds as one text: equal values, equal text. (PatId3 reads one
+    merchant's counts and is evaluated in full every time.)"""
+    return (f"PatId1 {upgrade_min_total} {upgrade_count_percentile!r}"
+            f" {upgrade_weight_percentile!r}; PatId2 {child_min_count}"
+            f" {child_max_avg_amount.normalize()}")
+
+
+def update_state(cur: psycopg2.extensions.cursor, apply_order: int) -> None:
+    """Add the pairs in ``chunk_pairs`` to the state (inside the chunk's transaction)."""
+    cur.execute(UPSERT_STATE_SQL, {"apply_order": apply_order})
+
+
+def evaluate(cur: psycopg2.extensions.cursor, params: dict[str, Any],
+             chunk_key: str) -> list[tuple]:
+    """Evaluate the rules for the merchants ``update_state`` touched, insert the keys that fire
+    for the first time and return their rows (``DETECTION_COLUMNS``).
+
+    ``params``: the thresholds (``upgrade_min_total``, ``count_percentile``,
+    ``weight_percentile``, ``child_min_count``, ``child_max_avg_amount``, ``dei_min_female``) and
+    ``chunk_key``, ``apply_order``, ``y_start_time``.
+    """
+    params = {
+        **params,
+        "min_total": params["upgrade_min_total"],
+        "fingerprint": fingerprint(params["upgrade_min_total"], params["count_percentile"],
+                                   params["weight_percentile"], params["child_min_count"],
+                                   params["child_max_avg_amount"]),
+        "tier_factor": TIER_FACTOR,
+        "tier_margin": TIER_MARGIN,
+        "tier_oversize": TIER_OVERSIZE,
+    }
+    cur.execute(_CLASSIFY_SQL, params)
+    full = [(merchant, reason, customers) for merchant, mode, reason, customers
+            in cur.fetchall() if mode == "full"]
+    cur.execute(_WALK_SQL)
+    cur.execute(_LOST_SQL)
+    lost = [merchant for (merchant,) in cur.fetchall()]
+    if lost:
+        log.error("rule structures disagree with the state: evaluated in full",
+                  extra={"chunk_key": chunk_key, "merchants": lost})
+    if full or lost:
+        cur.execute(_FULL_PERCENTILE_SQL)
+        cur.execute(_FULL_REBUILD_SQL)
+    cur.execute(_CANDIDATES_SQL, params)
+    cur.execute(_INSERT_DETECTIONS_SQL, params)
+    rows = cur.fetchall()
+    cur.execute(_RECORD_SQL, params)
+    big = [f for f in full if f[1] != "new" or f[2] > TIER_MARGIN]
+    if big:
+        log.info("merchants evaluated in full", extra={
+            "chunk_key": chunk_key,
+            "merchants": [{"merchant": m, "reason": r, "customers": n} for m, r, n in big]})
+    return rows
