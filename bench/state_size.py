@@ -41,6 +41,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import psycopg2.extensions
+import psycopg2.sql
 
 from bench.measure import percentile_cont
 from infra.local import postgres
@@ -58,6 +59,10 @@ NEW_SHARE = 0.1  # of a measured chunk's pairs on LARGE: customers not seen befo
 BUILD_MEAN_COUNT = 15  # transactions per (large merchant, customer) in the built state
 SMALL_CUSTOMERS = 20_000  # the small merchants' customers, drawn from this pool
 TARGET_RATIO = 1.25
+# The embedded server's shared_buffers: enough to hold the largest state (~0.5 GB of tables
+# and indexes at 1,000,000 customers per large merchant), as a production server is sized;
+# PostgreSQL's default (128MB) holds a quarter of it (docs/performance.md).
+SHARED_BUFFERS = "2GB"
 GENDERS = "FFFFFMMMMEU"
 
 
@@ -91,8 +96,7 @@ def build_chunks(shape: Shape) -> Iterator[ChunkAggregates]:
     rng = random.Random(shape.seed)
     p = 1 / BUILD_MEAN_COUNT
     per_chunk = max(1, shape.build_pairs // len(LARGE))
-    number = 0
-    for start in range(0, shape.size, per_chunk):
+    for number, start in enumerate(range(0, shape.size, per_chunk), 1):
         pairs = {}
         for c in range(start, min(shape.size, start + per_chunk)):
             for merchant in LARGE:
@@ -103,7 +107,6 @@ def build_chunks(shape: Shape) -> Iterator[ChunkAggregates]:
         for _ in range(CHUNK_PAIRS // 2):
             key = (rng.choice(SMALL), _customer(10**9 + rng.randrange(SMALL_CUSTOMERS)))
             pairs[key] = _pair(rng, *key, rng.randint(1, 3))
-        number += 1
         yield _chunk(f"build/chunk-{number:06d}.csv", pairs)
 
 
@@ -127,12 +130,12 @@ def measured_chunks(shape: Shape) -> Iterator[ChunkAggregates]:
 
 
 def backend_cpu_ms(pid: int) -> float | None:
-    """CPU time (user + system) of a PostgreSQL backend on this machine; None elsewhere."""
+    """CPU time of a PostgreSQL backend on this machine (``/proc/<pid>/schedstat``: nanoseconds
+    on a CPU); None when the server runs elsewhere."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e6
+    except (OSError, ValueError, IndexError):
         return None
-    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def table_sizes(conn: psycopg2.extensions.connection) -> dict[str, int]:
@@ -197,9 +200,14 @@ def apply_all(conn: psycopg2.extensions.connection, chunks: Iterator[ChunkAggreg
         cpu_after = backend_cpu_ms(pid)
         if cpu_before is not None and cpu_after is not None:
             cpus.append(cpu_after - cpu_before)
-        print(f"\r[state-size] {label}: chunk {n}/{total}, last {walls[-1]:,.0f} ms   ",
-              end="", flush=True)
-    print(flush=True)
+        if sys.stdout.isatty():
+            print(f"\r[state-size] {label}: chunk {n}/{total}, last {walls[-1]:,.0f} ms   ",
+                  end="", flush=True)
+        elif n % 10 == 0 or n == total:
+            print(f"[state-size] {label}: chunk {n}/{total}, last {walls[-1]:,.0f} ms",
+                  flush=True)
+    if sys.stdout.isatty():
+        print(flush=True)
     return walls, cpus
 
 
@@ -256,6 +264,14 @@ def measure_size(server_url: str, shape: Shape, compare_full: bool) -> dict:
     return result
 
 
+def _show(server_url: str, name: str) -> str:
+    with psycopg2.connect(server_url) as conn, conn.cursor() as cur:
+        cur.execute(psycopg2.sql.SQL("SHOW {}").format(psycopg2.sql.Identifier(name)))
+        (value,) = cur.fetchone()
+    conn.close()
+    return value
+
+
 def ratio(results: list[dict], key: str = "apply_ms") -> float | None:
     first, last = results[0], results[-1]
     if not first.get(key) or not last.get(key) or len(results) < 2:
@@ -302,19 +318,22 @@ def plot(results: dict, out: Path) -> Path:
 
 
 def run(sizes: list[int], chunks: int, build_pairs: int, seed: int, compare_full: bool,
-        out: Path) -> dict:
+        out: Path, shared_buffers: str | None = SHARED_BUFFERS) -> dict:
     results: dict = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": {"sizes": sizes, "chunks": chunks, "build_pairs": build_pairs, "seed": seed,
                    "chunk_rows": CHUNK_ROWS, "chunk_pairs": CHUNK_PAIRS,
                    "new_share": NEW_SHARE, "compare_full": compare_full,
                    "tier_factor": rule_evaluation.TIER_FACTOR,
-                   "tier_margin": rule_evaluation.TIER_MARGIN},
+                   "tier_margin": rule_evaluation.TIER_MARGIN,
+                   "shared_buffers": shared_buffers},
         "machine": {"cpu_count": os.cpu_count(),
                     "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
         "sizes": [],
     }
-    with postgres.scratch_server("bench-state-size") as server_url:
+    settings = {"shared_buffers": shared_buffers} if shared_buffers else None
+    with postgres.scratch_server("bench-state-size", settings) as server_url:
+        results["config"]["server_shared_buffers"] = _show(server_url, "shared_buffers")
         for size in sizes:
             results["sizes"].append(measure_size(
                 server_url, Shape(size, chunks, build_pairs, seed), compare_full))
@@ -365,13 +384,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time the same chunks with the rules evaluated in full")
     parser.add_argument("--out", type=Path, help="results folder (default bench/results/"
                         "<UTC timestamp>-state-size)")
+    parser.add_argument("--shared-buffers", default=SHARED_BUFFERS,
+                        help="the embedded server's shared_buffers (default %(default)s; 'default'"
+                        " keeps PostgreSQL's own; ignored with DATABASE_URL)")
     args = parser.parse_args(argv)
     sizes = sorted(int(s) for s in args.sizes.split(","))
     if not sizes or sizes[0] < 1 or args.chunks < 1 or args.build_pairs < 2:
         parser.error("sizes, --chunks and --build-pairs must be positive")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or REPO_ROOT / "bench" / "results" / f"{stamp}-state-size"
-    results = run(sizes, args.chunks, args.build_pairs, args.seed, args.compare_full, out)
+    results = run(sizes, args.chunks, args.build_pairs, args.seed, args.compare_full, out,
+                  None if args.shared_buffers == "default" else args.shared_buffers)
     print(format_table(results))
     print(f"-> {out}")
     return 0

@@ -99,7 +99,7 @@ def submit_args_for_local_driver(environ: Mapping[str, str]) -> str | None:
 
 # The engine's tables, emptied by --reset and --replace (schema_migrations stays).
 ENGINE_TABLES = ("detected_patterns", "outbox_files", "pair_state", "merchant_state",
-                 "pair_count_histogram", "merchant_rule_state",
+                 "pair_count_histogram", "merchant_rule_state", "weight_order", "waiting_pairs",
                  "processed_chunks", "rejected_chunks", "sequence_marks", "chunk_failures")
 
 

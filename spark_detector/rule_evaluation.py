@@ -10,16 +10,18 @@ last chunk that touched it, recorded in ``merchant_rule_state``) only these can 
 - PatId2 and PatId3: the pairs (merchants) the chunk touched; nothing else changed.
 - PatId1: the touched pairs, plus the untouched ones its percentiles moved over. An untouched
   pair did not hold last time, so either its count was under the old p90 (it holds now if p90
-  came down to it: the *waiting* pairs, ``waiting_count``, are exactly those with avg_weight
-  <= p10, txn_count < p90 and not fired) or its weight was over the old p10 (it holds now if p10
-  rose past it: the band (old p10, new p10] of the weight order, as wide as the chunk moved it).
+  came down to it: the *waiting* pairs, ``waiting_pairs``, are exactly those with avg_weight
+  <= p10, txn_count < p90 and PatId1 not fired) or its weight was over the old p10 (it holds
+  now if p10 rose past it: the band (old p10, new p10] of the weight order, as wide as the
+  chunk moved it).
 - p90_count from ``pair_count_histogram`` (customers per count), in time proportional to the
   number of distinct counts; p10_weight as an order statistic tracked from its last position: a
   pivot key (avg_weight, customer) with the number of pairs below it, moved by the chunk's pairs,
-  then a walk along the index (merchant, rank_weight, customer) to the new rank. Both are
-  interpolated as PostgreSQL's ``percentile_cont`` does, in double precision, bit for bit.
-- Only the lowest weights of a merchant (its tier, ``tier_limit``) are in that index: every
-  other pair's update changes no indexed column and stays a HOT update, as before.
+  then a walk along ``weight_order`` to the new rank. Both are interpolated as PostgreSQL's
+  ``percentile_cont`` does, in double precision, bit for bit.
+- ``weight_order`` holds only the lowest weights of a tracked merchant (its tier: avg_weight <=
+  ``tier_limit``). ``weight_order`` and ``waiting_pairs`` are tables of their own, so that
+  ``pair_state`` has no index but its key: its updates stay HOT, as before this engine.
 
 A merchant is evaluated in full, and its structures rebuilt, when it has no record (new, or a
 database older than this engine), when the thresholds differ from its record's, when its total
@@ -29,7 +31,9 @@ follows a merchant's size; each such evaluation is logged.
 
 Every step is one set-based statement over all the chunk's merchants, in the chunk's
 transaction, with the chunk's rows in temp tables (``chunk_changes``, ``chunk_merchants``,
-``chunk_candidates``). Nothing is kept in the worker's memory.
+``chunk_candidates``). Each access to a large table is by key, by row id or by a range of an
+index, inside a LATERAL subquery kept apart from the planner's join choices (OFFSET 0): no
+statistic can turn it into a scan of a merchant's pairs. Nothing is kept in the worker's memory.
 """
 
 from __future__ import annotations
@@ -48,10 +52,12 @@ log = logging.getLogger(__name__)
 # its lowest weights (all of them when it has fewer): room for the percentile to move up before
 # the tier must be rebuilt, at the price of non-HOT updates for the pairs inside it.
 TIER_FACTOR = 2
-TIER_MARGIN = 1000
+TIER_MARGIN = 100
 # Rebuilt, too, when it holds more than TIER_OVERSIZE x that and has doubled since it was built
 # (the second condition keeps ties at the limit from rebuilding it at every chunk).
 TIER_OVERSIZE = 3
+# A full evaluation is logged (INFO) unless it is a new merchant's first, with fewer customers.
+LOG_FULL_FROM_CUSTOMERS = 1000
 
 TEMP_TABLES_SQL = """
 CREATE TEMP TABLE IF NOT EXISTS chunk_changes (
@@ -62,10 +68,8 @@ CREATE TEMP TABLE IF NOT EXISTS chunk_changes (
     txn_count          bigint NOT NULL,
     amount_sum         numeric NOT NULL,
     avg_weight         double precision,
+    old_avg_weight     double precision,           -- as before this chunk
     newly_weighted     boolean NOT NULL,           -- its first weighted transaction
-    rank_weight        double precision,
-    old_rank_weight    double precision,           -- as before this chunk
-    old_waiting_count  bigint,
     gender             text NOT NULL
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS chunk_merchants (
@@ -111,56 +115,56 @@ CREATE TEMP TABLE IF NOT EXISTS chunk_candidates (
 # The chunk's pairs (in chunk_pairs) added to the state. A pair is new when this chunk inserted
 # it (first_apply_order is set on insert only); only new pairs change a merchant's customer and
 # female/male counts, because a pair's gender is the one on its first applied transaction and
-# never changes. A pair of a tracked merchant takes its place in the weight order here
-# (rank_weight, against the tier limit of the merchant's record); any other pair keeps it NULL,
-# so its update changes no indexed value and stays HOT. (Where the record is about to be
-# rebuilt, the rebuild sets rank_weight again.) The weight and rank before the chunk are derived
-# from the new sums less the chunk's: weight_sum is exact, so the double is the one the
-# generated avg_weight had.
+# never changes. A pair of a tracked merchant moves in weight_order from its old weight to its
+# new one, each where it is <= the tier limit of the merchant's record (where the record is
+# about to be rebuilt, the rebuild replaces the merchant's rows). The weight before the chunk
+# is the new sums less the chunk's: weight_sum is exact, so the double is the one avg_weight had.
 UPSERT_STATE_SQL = """
 WITH upserted AS (
     INSERT INTO pair_state AS s
         (merchant, customer, txn_count, amount_sum, weight_sum, weighted_count, gender,
-         first_apply_order, last_apply_order, rank_weight)
-    SELECT c.merchant, c.customer, c.txn_count, c.amount_sum, c.weight_sum, c.weighted_count,
-           c.first_gender, %(apply_order)s, %(apply_order)s,
-           CASE WHEN r.tracked AND c.weighted_count > 0
-                     AND c.weight_sum::float8 / c.weighted_count <= r.tier_limit
-                THEN c.weight_sum::float8 / c.weighted_count END
-    FROM chunk_pairs c
-    LEFT JOIN merchant_rule_state r USING (merchant)
+         first_apply_order, last_apply_order)
+    SELECT merchant, customer, txn_count, amount_sum, weight_sum, weighted_count, first_gender,
+           %(apply_order)s, %(apply_order)s
+    FROM chunk_pairs
     ON CONFLICT (merchant, customer) DO UPDATE SET
         txn_count = s.txn_count + excluded.txn_count,
         amount_sum = s.amount_sum + excluded.amount_sum,
         weight_sum = s.weight_sum + excluded.weight_sum,
         weighted_count = s.weighted_count + excluded.weighted_count,
-        last_apply_order = excluded.last_apply_order,
-        rank_weight = CASE WHEN s.weighted_count + excluded.weighted_count > 0 THEN (
-            SELECT (s.weight_sum + excluded.weight_sum)::float8
-                   / (s.weighted_count + excluded.weighted_count)
-            FROM merchant_rule_state r
-            WHERE r.merchant = s.merchant AND r.tracked
-              AND (s.weight_sum + excluded.weight_sum)::float8
-                  / (s.weighted_count + excluded.weighted_count) <= r.tier_limit) END
+        last_apply_order = excluded.last_apply_order
     RETURNING s.merchant, s.customer, s.gender, s.txn_count, s.amount_sum, s.weight_sum,
-              s.weighted_count, s.avg_weight, s.rank_weight, s.waiting_count,
-              s.first_apply_order = %(apply_order)s AS is_new
+              s.weighted_count, s.avg_weight, s.first_apply_order = %(apply_order)s AS is_new
 ), changes AS (
     INSERT INTO chunk_changes
     SELECT u.merchant, u.customer, u.is_new, u.txn_count - c.txn_count, u.txn_count,
-           u.amount_sum, u.avg_weight, u.weighted_count > 0 AND u.weighted_count = c.weighted_count,
-           u.rank_weight, o.rank_weight, u.waiting_count, u.gender
+           u.amount_sum, u.avg_weight,
+           CASE WHEN u.weighted_count > c.weighted_count
+                THEN (u.weight_sum - c.weight_sum)::float8 / (u.weighted_count - c.weighted_count)
+           END,
+           u.weighted_count > 0 AND u.weighted_count = c.weighted_count, u.gender
     FROM upserted u
     JOIN chunk_pairs c USING (merchant, customer)
-    LEFT JOIN merchant_rule_state r USING (merchant)
-    CROSS JOIN LATERAL (
-        SELECT CASE WHEN r.tracked AND u.weighted_count > c.weighted_count
-                         AND (u.weight_sum - c.weight_sum)::float8
-                             / (u.weighted_count - c.weighted_count) <= r.tier_limit
-                    THEN (u.weight_sum - c.weight_sum)::float8
-                         / (u.weighted_count - c.weighted_count) END AS rank_weight
-    ) o
-    RETURNING merchant, is_new, old_count, txn_count, newly_weighted, gender
+    RETURNING *
+), moved AS (
+    SELECT c.merchant, c.customer, c.avg_weight, c.old_avg_weight, r.tier_limit
+    FROM changes c
+    JOIN merchant_rule_state r USING (merchant)
+    WHERE r.tracked AND c.avg_weight IS DISTINCT FROM c.old_avg_weight
+), left_tier AS (
+    DELETE FROM weight_order w
+    USING (SELECT o.row_id
+           FROM moved m
+           CROSS JOIN LATERAL (
+               SELECT ctid AS row_id FROM weight_order
+               WHERE merchant = m.merchant AND avg_weight = m.old_avg_weight
+                 AND customer = m.customer
+               OFFSET 0) o
+           WHERE m.old_avg_weight <= m.tier_limit) gone
+    WHERE w.ctid = gone.row_id
+), joined_tier AS (
+    INSERT INTO weight_order (merchant, avg_weight, customer)
+    SELECT merchant, avg_weight, customer FROM moved WHERE avg_weight <= tier_limit
 ), histogram AS (
     INSERT INTO pair_count_histogram AS h (merchant, txn_count, customers)
     SELECT merchant, txn_count, sum(moved)
@@ -196,11 +200,13 @@ ON CONFLICT (merchant) DO UPDATE SET
 _CLASSIFY_SQL = """
 WITH moves AS (
     SELECT c.merchant,
-           count(*) FILTER (WHERE c.old_rank_weight IS NOT NULL) AS left_tier,
-           count(*) FILTER (WHERE c.rank_weight IS NOT NULL) AS joined_tier,
-           count(*) FILTER (WHERE (c.old_rank_weight, c.customer)
+           count(*) FILTER (WHERE c.old_avg_weight <= r.tier_limit) AS left_tier,
+           count(*) FILTER (WHERE c.avg_weight <= r.tier_limit) AS joined_tier,
+           count(*) FILTER (WHERE c.old_avg_weight <= r.tier_limit
+                              AND (c.old_avg_weight, c.customer)
                                   < (r.pivot_weight, r.pivot_customer)) AS left_below,
-           count(*) FILTER (WHERE (c.rank_weight, c.customer)
+           count(*) FILTER (WHERE c.avg_weight <= r.tier_limit
+                              AND (c.avg_weight, c.customer)
                                   < (r.pivot_weight, r.pivot_customer)) AS joined_below
     FROM chunk_changes c
     LEFT JOIN merchant_rule_state r USING (merchant)
@@ -271,26 +277,26 @@ SET p10_new = CASE WHEN x.w_r2 = x.w_r1 THEN f.w ELSE f.w + (x.w_pos - x.w_r1) *
     pivot_weight = f.w, pivot_customer = f.customer, below = x.w_r1
 FROM chunk_merchants x
 CROSS JOIN LATERAL (
-    (SELECT p.rank_weight AS w, p.customer
-     FROM pair_state p
-     WHERE x.w_r1 >= x.below AND p.merchant = x.merchant AND p.rank_weight IS NOT NULL
-       AND (p.rank_weight, p.customer) >= (x.pivot_weight, x.pivot_customer)
-     ORDER BY p.rank_weight, p.customer
+    (SELECT p.avg_weight AS w, p.customer
+     FROM weight_order p
+     WHERE x.w_r1 >= x.below AND p.merchant = x.merchant
+       AND (p.avg_weight, p.customer) >= (x.pivot_weight, x.pivot_customer)
+     ORDER BY p.avg_weight, p.customer
      OFFSET greatest(x.w_r1 - x.below, 0) LIMIT 1)
     UNION ALL
-    (SELECT p.rank_weight, p.customer
-     FROM pair_state p
-     WHERE x.w_r1 < x.below AND p.merchant = x.merchant AND p.rank_weight IS NOT NULL
-       AND (p.rank_weight, p.customer) < (x.pivot_weight, x.pivot_customer)
-     ORDER BY p.rank_weight DESC, p.customer DESC
+    (SELECT p.avg_weight, p.customer
+     FROM weight_order p
+     WHERE x.w_r1 < x.below AND p.merchant = x.merchant
+       AND (p.avg_weight, p.customer) < (x.pivot_weight, x.pivot_customer)
+     ORDER BY p.avg_weight DESC, p.customer DESC
      OFFSET greatest(x.below - x.w_r1 - 1, 0) LIMIT 1)
 ) f
 LEFT JOIN LATERAL (
-    SELECT p.rank_weight AS w
-    FROM pair_state p
-    WHERE x.w_r2 > x.w_r1 AND p.merchant = x.merchant AND p.rank_weight IS NOT NULL
-      AND (p.rank_weight, p.customer) > (f.w, f.customer)
-    ORDER BY p.rank_weight, p.customer
+    SELECT p.avg_weight AS w
+    FROM weight_order p
+    WHERE x.w_r2 > x.w_r1 AND p.merchant = x.merchant
+      AND (p.avg_weight, p.customer) > (f.w, f.customer)
+    ORDER BY p.avg_weight, p.customer
     LIMIT 1
 ) c ON true
 WHERE m.merchant = x.merchant AND x.mode = 'incremental' AND x.weighted > 0
@@ -333,32 +339,30 @@ SET pivot_weight = '-Infinity', pivot_customer = '', below = 0, tier_limit = 'In
 WHERE mode = 'full' AND (NOT tracked OR weighted = 0);
 """
 
-# ... and their rank_weight and waiting_count set again (cleared where PatId1 is not tracked).
+# ... and their rows of weight_order and waiting_pairs replaced.
 _FULL_REBUILD_SQL = """
-UPDATE pair_state p
-SET rank_weight = n.rank_weight, waiting_count = n.waiting_count
-FROM (
-    SELECT q.ctid AS row_id, q.rank_weight AS old_rank_weight,
-           q.waiting_count AS old_waiting_count,
-           CASE WHEN f.tracked AND q.avg_weight <= f.tier_limit THEN q.avg_weight END
-               AS rank_weight,
-           CASE WHEN f.tracked AND q.avg_weight <= f.p10_new AND q.txn_count::float8 < f.p90_new
-                     AND NOT EXISTS (
-                         SELECT 1 FROM detected_patterns d
-                         WHERE d.pattern_id = 'PatId1' AND d.merchant_id = q.merchant
-                           AND d.customer_name = q.customer)
-                THEN q.txn_count END AS waiting_count
-    FROM chunk_merchants f
-    JOIN pair_state q USING (merchant)
-    WHERE f.mode = 'full'
-) n
-WHERE p.ctid = n.row_id
-  AND (n.old_rank_weight, n.old_waiting_count) IS DISTINCT FROM (n.rank_weight, n.waiting_count);
+DELETE FROM weight_order w USING chunk_merchants f
+WHERE f.mode = 'full' AND w.merchant = f.merchant;
+INSERT INTO weight_order (merchant, avg_weight, customer)
+SELECT p.merchant, p.avg_weight, p.customer
+FROM chunk_merchants f
+JOIN pair_state p USING (merchant)
+WHERE f.mode = 'full' AND f.tracked AND p.avg_weight <= f.tier_limit;
+DELETE FROM waiting_pairs w USING chunk_merchants f
+WHERE f.mode = 'full' AND w.merchant = f.merchant;
+INSERT INTO waiting_pairs (merchant, txn_count, customer)
+SELECT p.merchant, p.txn_count, p.customer
+FROM chunk_merchants f
+JOIN pair_state p USING (merchant)
+WHERE f.mode = 'full' AND f.tracked
+  AND p.avg_weight <= f.p10_new AND p.txn_count::float8 < f.p90_new
+  AND NOT EXISTS (SELECT 1 FROM detected_patterns d
+                  WHERE d.pattern_id = 'PatId1' AND d.merchant_id = p.merchant
+                    AND d.customer_name = p.customer);
 UPDATE chunk_merchants f
 SET tier_count = t.pairs, tier_built = t.pairs
 FROM (SELECT f.merchant,
-             (SELECT count(*) FROM pair_state p
-              WHERE p.merchant = f.merchant AND p.rank_weight IS NOT NULL) AS pairs
+             (SELECT count(*) FROM weight_order w WHERE w.merchant = f.merchant) AS pairs
       FROM chunk_merchants f
       WHERE f.mode = 'full') t
 WHERE f.merchant = t.merchant;
@@ -366,9 +370,7 @@ WHERE f.merchant = t.merchant;
 
 # What may fire: every pair of a merchant evaluated in full; otherwise the chunk's pairs, the
 # waiting pairs p90 came down to, and the pairs p10 rose past (counts compared as the full
-# evaluation always did: txn_count as a double against the percentile). The band scans are
-# LATERAL subqueries kept apart (OFFSET 0), one per merchant: each is planned as a range scan
-# of its index, never as a scan of the merchant's pairs, whatever the statistics say.
+# evaluation always did: txn_count as a double against the percentile).
 _CANDIDATES_SQL = """
 INSERT INTO chunk_candidates
 SELECT 'PatId1', 'UPGRADE', p.customer, p.merchant, p.txn_count, p.amount_sum, p.avg_weight,
@@ -405,9 +407,12 @@ SELECT 'PatId1', 'UPGRADE', p.customer, p.merchant, p.txn_count, p.amount_sum, p
        m.p90_new, m.p10_new, NULL, NULL, m.total
 FROM chunk_merchants m
 CROSS JOIN LATERAL (
-    SELECT * FROM pair_state q
-    WHERE q.merchant = m.merchant AND q.waiting_count >= ceil(m.p90_new)::bigint
+    SELECT customer FROM waiting_pairs
+    WHERE merchant = m.merchant AND txn_count >= ceil(m.p90_new)::bigint
     OFFSET 0
+) w
+CROSS JOIN LATERAL (
+    SELECT * FROM pair_state WHERE merchant = m.merchant AND customer = w.customer OFFSET 0
 ) p
 WHERE m.mode = 'incremental'
   AND p.txn_count::float8 >= m.p90_new AND p.avg_weight <= m.p10_new
@@ -416,10 +421,12 @@ SELECT 'PatId1', 'UPGRADE', p.customer, p.merchant, p.txn_count, p.amount_sum, p
        m.p90_new, m.p10_new, NULL, NULL, m.total
 FROM chunk_merchants m
 CROSS JOIN LATERAL (
-    SELECT * FROM pair_state q
-    WHERE q.merchant = m.merchant
-      AND q.rank_weight > m.p10_old AND q.rank_weight <= m.p10_new
+    SELECT customer FROM weight_order
+    WHERE merchant = m.merchant AND avg_weight > m.p10_old AND avg_weight <= m.p10_new
     OFFSET 0
+) b
+CROSS JOIN LATERAL (
+    SELECT * FROM pair_state WHERE merchant = m.merchant AND customer = b.customer OFFSET 0
 ) p
 WHERE m.mode = 'incremental'
   AND p.txn_count::float8 >= m.p90_new AND p.avg_weight <= m.p10_new
@@ -432,17 +439,20 @@ WHERE m.female > %(dei_min_female)s AND m.female < m.male
 
 # Keys that fired before are skipped before numbering, which keeps seq gap-free; ON CONFLICT
 # stays as the guard of emit-once. Text ordering uses the "C" collation: bytewise, the same as
-# Python's.
+# Python's. Fired keys are looked up one candidate at a time (LATERAL ... LIMIT 1: never a hash
+# of every detection so far, whose cost would follow the history).
 _INSERT_DETECTIONS_SQL = f"""
 WITH fresh AS (
     SELECT DISTINCT ON (c.pattern_id, c.merchant, c.customer) c.*
     FROM chunk_candidates c
-    WHERE NOT EXISTS (
-        SELECT 1 FROM detected_patterns d
+    LEFT JOIN LATERAL (
+        SELECT true AS fired FROM detected_patterns d
         WHERE d.pattern_id = c.pattern_id
           AND d.merchant_id = c.merchant
           AND d.customer_name = c.customer
-    )
+        LIMIT 1
+    ) f ON true
+    WHERE f.fired IS NULL
     ORDER BY c.pattern_id, c.merchant, c.customer
 ), base AS (
     SELECT coalesce(max(seq), 0) AS last_seq FROM detected_patterns
@@ -461,48 +471,73 @@ ON CONFLICT (pattern_id, merchant_id, customer_name) DO NOTHING
 RETURNING {", ".join("d." + c.strip() for c in DETECTION_COLUMNS.split(","))}
 """
 
-# After the chunk: the waiting pairs of incrementally evaluated merchants (only the chunk's
-# pairs, the waiting pairs p90 came down to and the pairs between the old and the new p10 can
-# change), and every touched merchant's record. Each pair is looked up by its key and updated
-# by its row id (ctid, read in this same statement): the plan cannot turn into a scan of the
-# merchant's pairs.
+# After the chunk: the waiting pairs of incrementally evaluated merchants, and every touched
+# merchant's record. Only these can stop waiting: the chunk's pairs (their row has their old
+# count), the pairs p90 came down to, the pairs p10 fell below; and only these can start: the
+# chunk's pairs and the pairs p10 rose past (a pair whose key fired never waits).
 _RECORD_SQL = """
-WITH affected AS MATERIALIZED (
-    SELECT q.row_id, q.waiting_count AS old_waiting_count,
-           CASE WHEN q.rank_weight <= m.p10_new AND q.txn_count::float8 < m.p90_new
-                     AND NOT EXISTS (
-                         SELECT 1 FROM detected_patterns d
-                         WHERE d.pattern_id = 'PatId1' AND d.merchant_id = q.merchant
-                           AND d.customer_name = q.customer)
-                THEN q.txn_count END AS waiting_count
+WITH stopped AS (
+    SELECT w.row_id
+    FROM chunk_merchants m
+    JOIN chunk_changes c USING (merchant)
+    CROSS JOIN LATERAL (
+        SELECT ctid AS row_id FROM waiting_pairs
+        WHERE merchant = c.merchant AND txn_count = c.old_count AND customer = c.customer
+        OFFSET 0) w
+    WHERE m.mode = 'incremental' AND c.old_avg_weight <= m.p10_old
+    UNION
+    SELECT w.row_id
     FROM chunk_merchants m
     CROSS JOIN LATERAL (
-        SELECT c.customer FROM chunk_changes c WHERE c.merchant = m.merchant
-        UNION
-        SELECT w.customer FROM (
-            SELECT customer FROM pair_state
-            WHERE merchant = m.merchant AND waiting_count >= ceil(m.p90_new)::bigint
-            OFFSET 0) w
-        UNION
-        SELECT b.customer FROM (
-            SELECT customer FROM pair_state
-            WHERE merchant = m.merchant
-              AND rank_weight > least(m.p10_old, m.p10_new)
-              AND rank_weight <= greatest(m.p10_old, m.p10_new)
-            OFFSET 0) b
-    ) a
-    CROSS JOIN LATERAL (
-        SELECT ctid AS row_id, merchant, customer, txn_count, rank_weight, waiting_count
-        FROM pair_state
-        WHERE merchant = m.merchant AND customer = a.customer
-        OFFSET 0
-    ) q
+        SELECT ctid AS row_id FROM waiting_pairs
+        WHERE merchant = m.merchant AND txn_count >= ceil(m.p90_new)::bigint
+        OFFSET 0) w
     WHERE m.mode = 'incremental'
-), waiting AS (
-    UPDATE pair_state p
-    SET waiting_count = a.waiting_count
-    FROM affected a
-    WHERE p.ctid = a.row_id AND a.waiting_count IS DISTINCT FROM a.old_waiting_count
+    UNION
+    SELECT w.row_id
+    FROM chunk_merchants m
+    CROSS JOIN LATERAL (
+        SELECT customer FROM weight_order
+        WHERE merchant = m.merchant AND avg_weight > m.p10_new AND avg_weight <= m.p10_old
+        OFFSET 0) b
+    CROSS JOIN LATERAL (
+        SELECT txn_count FROM pair_state
+        WHERE merchant = m.merchant AND customer = b.customer OFFSET 0) p
+    CROSS JOIN LATERAL (
+        SELECT ctid AS row_id FROM waiting_pairs
+        WHERE merchant = m.merchant AND txn_count = p.txn_count AND customer = b.customer
+        OFFSET 0) w
+    WHERE m.mode = 'incremental'
+), started AS (
+    SELECT c.merchant, c.txn_count, c.customer
+    FROM chunk_merchants m
+    JOIN chunk_changes c USING (merchant)
+    WHERE m.mode = 'incremental'
+      AND c.avg_weight <= m.p10_new AND c.txn_count::float8 < m.p90_new
+    UNION
+    SELECT p.merchant, p.txn_count, p.customer
+    FROM chunk_merchants m
+    CROSS JOIN LATERAL (
+        SELECT customer FROM weight_order
+        WHERE merchant = m.merchant AND avg_weight > m.p10_old AND avg_weight <= m.p10_new
+        OFFSET 0) b
+    CROSS JOIN LATERAL (
+        SELECT merchant, txn_count, customer FROM pair_state
+        WHERE merchant = m.merchant AND customer = b.customer OFFSET 0) p
+    WHERE m.mode = 'incremental' AND p.txn_count::float8 < m.p90_new
+), gone AS (
+    DELETE FROM waiting_pairs w USING stopped s WHERE w.ctid = s.row_id
+), came AS (
+    INSERT INTO waiting_pairs (merchant, txn_count, customer)
+    SELECT s.merchant, s.txn_count, s.customer
+    FROM started s
+    LEFT JOIN LATERAL (
+        SELECT true AS fired FROM detected_patterns d
+        WHERE d.pattern_id = 'PatId1' AND d.merchant_id = s.merchant
+          AND d.customer_name = s.customer
+        LIMIT 1
+    ) f ON true
+    WHERE f.fired IS NULL
 )
 INSERT INTO merchant_rule_state AS r
     (merchant, fingerprint, tracked, p90_count, p10_weight, pivot_weight, pivot_customer,
@@ -575,7 +610,7 @@ def evaluate(cur: psycopg2.extensions.cursor, params: dict[str, Any],
     cur.execute(_INSERT_DETECTIONS_SQL, params)
     rows = cur.fetchall()
     cur.execute(_RECORD_SQL, params)
-    big = [f for f in full if f[1] != "new" or f[2] > TIER_MARGIN]
+    big = [f for f in full if f[1] != "new" or f[2] >= LOG_FULL_FROM_CUSTOMERS]
     if big:
         log.info("merchants evaluated in full", extra={
             "chunk_key": chunk_key,

@@ -21,7 +21,6 @@ import psycopg2.extensions
 from spark_detector import rule_evaluation
 from spark_detector.detection import DETECTION_COLUMNS
 
-
 # The rules on the state after this chunk, for all customers of the merchants it touched, as
 # docs/detection-semantics.md says. (With fixed thresholds only the chunk's own pairs could
 # newly satisfy PatId2, but scanning the touched merchants' pairs costs the same one pass over

@@ -1,21 +1,29 @@
 -- Rule evaluation whose cost follows the chunk, not the state (spark_detector/rule_evaluation.py,
 -- docs/database.md). Everything added here is derived from pair_state and can be rebuilt from
 -- it: a merchant without a merchant_rule_state row is evaluated in full once, the next time a
--- chunk touches it, which (re)builds its rows. Existing databases get the histogram and the
--- weighted-customer counts filled in below, and no rule records.
+-- chunk touches it, which (re)builds its rows of weight_order and waiting_pairs. Existing
+-- databases get the histogram and the weighted-customer counts filled in below, and no rule
+-- records.
 
--- The order of avg_weight, for PatId1's percentile of weights. Only the lowest weights of a
--- tracked merchant (its "tier": avg_weight <= merchant_rule_state.tier_limit) carry a
--- rank_weight; every other pair keeps both columns NULL, so its updates change no indexed
--- value and stay HOT. waiting_count is set on the pairs that wait for PatId1's count
--- percentile to come down to them: avg_weight <= p10_weight, txn_count < p90_count, not fired.
-ALTER TABLE pair_state
-    ADD COLUMN rank_weight double precision,
-    ADD COLUMN waiting_count bigint;
-CREATE INDEX pair_state_rank ON pair_state (merchant, rank_weight, customer)
-    WHERE rank_weight IS NOT NULL;
-CREATE INDEX pair_state_waiting ON pair_state (merchant, waiting_count)
-    WHERE waiting_count IS NOT NULL;
+-- The order of avg_weight, for PatId1's percentile of weights: the lowest weights of each
+-- tracked merchant (its "tier": avg_weight <= merchant_rule_state.tier_limit). A table of its
+-- own, not an index on pair_state: an index on a column every update changes would end HOT
+-- updates of pair_state.
+CREATE TABLE weight_order (
+    merchant    text COLLATE "C" NOT NULL,
+    avg_weight  double precision NOT NULL,
+    customer    text COLLATE "C" NOT NULL,
+    PRIMARY KEY (merchant, avg_weight, customer)
+);
+
+-- The pairs waiting for PatId1's count percentile to come down to them: avg_weight <=
+-- p10_weight, txn_count < p90_count, key not fired (as of the merchant's last evaluation).
+CREATE TABLE waiting_pairs (
+    merchant   text COLLATE "C" NOT NULL,
+    txn_count  bigint NOT NULL,
+    customer   text COLLATE "C" NOT NULL,
+    PRIMARY KEY (merchant, txn_count, customer)
+);
 
 -- Customers of the merchant that have an avg_weight (the population of p10_weight).
 ALTER TABLE merchant_state ADD COLUMN weighted integer NOT NULL DEFAULT 0;
@@ -46,7 +54,7 @@ CREATE TABLE merchant_rule_state (
     pivot_weight    double precision NOT NULL,  -- (pivot_weight, pivot_customer): the key of the
     pivot_customer  text COLLATE "C" NOT NULL,  -- weight at p10's lower rank; '-Infinity', ''
     pivot_rank      bigint NOT NULL,            -- before the first; pairs ordered below it
-    tier_limit      double precision NOT NULL,  -- pairs with avg_weight <= this have a rank_weight
+    tier_limit      double precision NOT NULL,  -- its pairs with avg_weight <= this: weight_order
     tier_count      bigint NOT NULL,            -- how many
     tier_built      bigint NOT NULL             -- how many when the tier was last built
 );

@@ -6,8 +6,9 @@ equal, chunk by chunk.
 The streams are made to reach every path of the incremental evaluation: ties in counts and in
 weights, pairs without any weight, merchants crossing PatId1's minimum total mid-stream, floods
 of new customers at count 1 that bring p90 down, thresholds changed between two runs over the
-same state, and (with narrow tiers: a margin of 0 or 1 pair instead of 1,000) tiers that run short or grow too
-large and are rebuilt.
+same state, p10 rising before p90 comes down (pairs start waiting in between), and (with
+narrow tiers: a margin of 0 or 1 pair instead of 100) tiers that run short or grow too large and
+are rebuilt.
 """
 
 from __future__ import annotations
@@ -51,23 +52,29 @@ def random_thresholds(rng: random.Random, stream_rows: int) -> Thresholds:
 
 
 def random_stream(rng: random.Random, chunks: int) -> list[ChunkAggregates]:
-    """Chunks of pairs on three merchants of uneven size; now and then a flood of new customers
-    at count 1; a fifth of the pairs without any weighted transaction."""
+    """Chunks of pairs on three merchants of uneven size; a fifth of the pairs without any
+    weighted transaction. Now and then a flood of new customers at count 1 (p90 comes down),
+    half the time without weights (p10 stays); now and then new customers with the heaviest
+    weights only (p10 rises)."""
     customers = 0
     stream = []
     for number in range(1, chunks + 1):
-        flood = rng.random() < 0.15
+        kind = rng.choices(["mixed", "flood", "unweighted flood", "heavy"], [14, 2, 2, 2])[0]
         pairs: dict[tuple[str, str], PairAggregate] = {}
-        for _ in range(rng.randint(30, 70) if flood else rng.randint(1, 35)):
+        for _ in range(rng.randint(1, 35) if kind == "mixed" else rng.randint(20, 60)):
             merchant = rng.choices(MERCHANTS, MERCHANT_SHARES)[0]
-            if flood or customers == 0 or rng.random() < 0.3:
+            if kind != "mixed" or customers == 0 or rng.random() < 0.3:
                 customer = f"C{customers:04d}"
                 customers += 1
             else:
                 customer = f"C{rng.randrange(customers):04d}"
-            count = 1 if flood else rng.choice([1, 1, 2, 3, 5, 8])
-            weighted = 0 if rng.random() < 0.2 else rng.randint(1, count)
-            weight_sum = sum(rng.choice(WEIGHTS) for _ in range(weighted)) if weighted else 0
+            count = 1 if "flood" in kind else rng.choice([1, 1, 2, 3, 5, 8])
+            if kind == "unweighted flood" or (kind != "heavy" and rng.random() < 0.2):
+                weighted, weight_sum = 0, Decimal(0)
+            else:
+                weighted = rng.randint(1, count)
+                heaviest = WEIGHTS[-2:] if kind == "heavy" else WEIGHTS
+                weight_sum = sum(rng.choice(heaviest) for _ in range(weighted))
             cents = rng.choice([500, 2299, 2300, 2301, 4000])
             pairs.setdefault((merchant, customer), PairAggregate(
                 merchant, customer, count, Decimal(cents * count) / 100, Decimal(weight_sum),
@@ -94,8 +101,9 @@ def two_databases(postgres_server_url: str, migrated_template: str,
 def reset(*connections: psycopg2.extensions.connection) -> None:
     for conn in connections:
         with conn.cursor() as cur:
-            cur.execute("TRUNCATE processed_chunks, pair_state, merchant_state, pair_count_histogram,"
-                        " merchant_rule_state, detected_patterns, outbox_files")
+            cur.execute("TRUNCATE processed_chunks, pair_state, merchant_state,"
+                        " pair_count_histogram, merchant_rule_state, weight_order, waiting_pairs,"
+                        " detected_patterns, outbox_files")
         conn.commit()
 
 
