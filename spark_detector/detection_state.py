@@ -256,22 +256,19 @@ def try_apply_chunk(
             _settle(cur, chunk.seq, "applied", chunk.key)
         failpoint("apply_chunk", chunk.key)
         cur.copy_expert(_COPY_SQL, io.StringIO(prepared.copy_text))
-        rule_evaluation.update_state(cur, apply_order)
-        rows = rule_evaluation.evaluate(
-            cur,
-            {
-                "chunk_key": chunk.key,
-                "apply_order": apply_order,
-                "y_start_time": y_start_time,
-                "upgrade_min_total": thresholds.upgrade_min_total,
-                "count_percentile": thresholds.upgrade_count_percentile,
-                "weight_percentile": thresholds.upgrade_weight_percentile,
-                "child_min_count": thresholds.child_min_count,
-                "child_max_avg_amount": thresholds.child_max_avg_amount,
-                "dei_min_female": thresholds.dei_min_female,
-            },
-            chunk.key,
-        )
+        rules = {
+            "chunk_key": chunk.key,
+            "apply_order": apply_order,
+            "y_start_time": y_start_time,
+            "upgrade_min_total": thresholds.upgrade_min_total,
+            "count_percentile": thresholds.upgrade_count_percentile,
+            "weight_percentile": thresholds.upgrade_weight_percentile,
+            "child_min_count": thresholds.child_min_count,
+            "child_max_avg_amount": thresholds.child_max_avg_amount,
+            "dei_min_female": thresholds.dei_min_female,
+        }
+        rule_evaluation.update_state(cur, rules)
+        rows = rule_evaluation.evaluate(cur, rules, chunk.key)
         detections = sorted((detection_from_row(r) for r in rows), key=lambda d: d.seq)
         files = close_full_files(cur, prefix=detections_prefix)
         apply_ms = round((time.perf_counter() - started) * 1000)

@@ -31,9 +31,10 @@ follows a merchant's size; each such evaluation is logged.
 
 Every step is one set-based statement over all the chunk's merchants, in the chunk's
 transaction, with the chunk's rows in temp tables (``chunk_changes``, ``chunk_merchants``,
-``chunk_candidates``). Each access to a large table is by key, by row id or by a range of an
-index, inside a LATERAL subquery kept apart from the planner's join choices (OFFSET 0): no
-statistic can turn it into a scan of a merchant's pairs. Nothing is kept in the worker's memory.
+``chunk_candidates``). Each access to a large table is by key or by a range of an index,
+inside a LATERAL subquery kept apart from the planner's join choices (OFFSET 0), and each
+delete is by the row ids (ctid = ANY) such a lookup read in the same statement: no statistic
+can turn one into a scan of a merchant's pairs. Nothing is kept in the worker's memory.
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ log = logging.getLogger(__name__)
 
 # The tier of a tracked merchant holds at least TIER_FACTOR x (the p10 rank + 1) + TIER_MARGIN of
 # its lowest weights (all of them when it has fewer): room for the percentile to move up before
-# the tier must be rebuilt, at the price of non-HOT updates for the pairs inside it.
-TIER_FACTOR = 2
+# the tier must be rebuilt (a full evaluation of the merchant), at the price of a delete and an
+# insert in weight_order for each of the chunk's pairs inside it.
+TIER_FACTOR = 1.5
 TIER_MARGIN = 100
 # Rebuilt, too, when it holds more than TIER_OVERSIZE x that and has doubled since it was built
 # (the second condition keeps ties at the limit from rebuilding it at every chunk).
@@ -119,6 +121,8 @@ CREATE TEMP TABLE IF NOT EXISTS chunk_candidates (
 # new one, each where it is <= the tier limit of the merchant's record (where the record is
 # about to be rebuilt, the rebuild replaces the merchant's rows). The weight before the chunk
 # is the new sums less the chunk's: weight_sum is exact, so the double is the one avg_weight had.
+# chunk_changes keeps the pairs the evaluation reads: those of tracked merchants, and those that
+# satisfy PatId2 (any other merchant is evaluated in full, or for PatId2 and PatId3 only).
 UPSERT_STATE_SQL = """
 WITH upserted AS (
     INSERT INTO pair_state AS s
@@ -135,42 +139,50 @@ WITH upserted AS (
         last_apply_order = excluded.last_apply_order
     RETURNING s.merchant, s.customer, s.gender, s.txn_count, s.amount_sum, s.weight_sum,
               s.weighted_count, s.avg_weight, s.first_apply_order = %(apply_order)s AS is_new
-), changes AS (
-    INSERT INTO chunk_changes
-    SELECT u.merchant, u.customer, u.is_new, u.txn_count - c.txn_count, u.txn_count,
-           u.amount_sum, u.avg_weight,
+), joined AS (
+    SELECT u.merchant, u.customer, u.is_new, u.txn_count - c.txn_count AS old_count,
+           u.txn_count, u.amount_sum, u.avg_weight,
            CASE WHEN u.weighted_count > c.weighted_count
                 THEN (u.weight_sum - c.weight_sum)::float8 / (u.weighted_count - c.weighted_count)
-           END,
-           u.weighted_count > 0 AND u.weighted_count = c.weighted_count, u.gender
+           END AS old_avg_weight,
+           u.weighted_count > 0 AND u.weighted_count = c.weighted_count AS newly_weighted,
+           u.gender
     FROM upserted u
     JOIN chunk_pairs c USING (merchant, customer)
-    RETURNING *
+), tracked AS (
+    SELECT merchant, tier_limit FROM merchant_rule_state WHERE tracked
+), changes AS (
+    INSERT INTO chunk_changes
+    SELECT j.*
+    FROM joined j
+    WHERE j.merchant IN (SELECT merchant FROM tracked)
+       OR (j.txn_count >= %(child_min_count)s
+           AND j.amount_sum < %(child_max_avg_amount)s::numeric * j.txn_count)
 ), moved AS (
-    SELECT c.merchant, c.customer, c.avg_weight, c.old_avg_weight, r.tier_limit
-    FROM changes c
-    JOIN merchant_rule_state r USING (merchant)
-    WHERE r.tracked AND c.avg_weight IS DISTINCT FROM c.old_avg_weight
+    SELECT j.merchant, j.customer, j.avg_weight, j.old_avg_weight, t.tier_limit
+    FROM joined j
+    JOIN tracked t USING (merchant)
+    WHERE j.avg_weight IS DISTINCT FROM j.old_avg_weight
 ), left_tier AS (
-    DELETE FROM weight_order w
-    USING (SELECT o.row_id
-           FROM moved m
-           CROSS JOIN LATERAL (
-               SELECT ctid AS row_id FROM weight_order
-               WHERE merchant = m.merchant AND avg_weight = m.old_avg_weight
-                 AND customer = m.customer
-               OFFSET 0) o
-           WHERE m.old_avg_weight <= m.tier_limit) gone
-    WHERE w.ctid = gone.row_id
+    DELETE FROM weight_order
+    WHERE ctid = ANY (ARRAY(
+        SELECT o.row_id
+        FROM moved m
+        CROSS JOIN LATERAL (
+            SELECT ctid AS row_id FROM weight_order
+            WHERE merchant = m.merchant AND avg_weight = m.old_avg_weight
+              AND customer = m.customer
+            OFFSET 0) o
+        WHERE m.old_avg_weight <= m.tier_limit))
 ), joined_tier AS (
     INSERT INTO weight_order (merchant, avg_weight, customer)
     SELECT merchant, avg_weight, customer FROM moved WHERE avg_weight <= tier_limit
 ), histogram AS (
     INSERT INTO pair_count_histogram AS h (merchant, txn_count, customers)
     SELECT merchant, txn_count, sum(moved)
-    FROM (SELECT merchant, txn_count, 1 AS moved FROM changes
+    FROM (SELECT merchant, txn_count, 1 AS moved FROM joined
           UNION ALL
-          SELECT merchant, old_count, -1 FROM changes WHERE old_count > 0) moves
+          SELECT merchant, old_count, -1 FROM joined WHERE old_count > 0) moves
     GROUP BY merchant, txn_count
     HAVING sum(moved) <> 0
     ON CONFLICT (merchant, txn_count) DO UPDATE SET customers = h.customers + excluded.customers
@@ -182,7 +194,7 @@ SELECT merchant,
        count(*) FILTER (WHERE is_new AND gender = 'F'),
        count(*) FILTER (WHERE is_new AND gender = 'M'),
        count(*) FILTER (WHERE newly_weighted)
-FROM changes
+FROM joined
 GROUP BY merchant
 ON CONFLICT (merchant) DO UPDATE SET
     total = ms.total + excluded.total,
@@ -209,8 +221,11 @@ WITH moves AS (
                               AND (c.avg_weight, c.customer)
                                   < (r.pivot_weight, r.pivot_customer)) AS joined_below
     FROM chunk_changes c
-    LEFT JOIN merchant_rule_state r USING (merchant)
+    JOIN merchant_rule_state r USING (merchant)
+    WHERE r.tracked
     GROUP BY c.merchant
+), touched AS (
+    SELECT DISTINCT merchant FROM chunk_pairs
 ), sized AS (
     SELECT m.merchant, m.total, m.customers, m.weighted, m.female, m.male,
            m.total > %(min_total)s AS tracked,
@@ -220,17 +235,21 @@ WITH moves AS (
                WHEN r.tracked <> (m.total > %(min_total)s) THEN 'crossed'
            END AS stale,
            r.p10_weight AS p10_old, r.pivot_weight, r.pivot_customer,
-           r.pivot_rank - v.left_below + v.joined_below AS below,
-           r.tier_limit, r.tier_count - v.left_tier + v.joined_tier AS tier_count, r.tier_built,
+           r.pivot_rank - coalesce(v.left_below, 0) + coalesce(v.joined_below, 0) AS below,
+           r.tier_limit,
+           r.tier_count - coalesce(v.left_tier, 0) + coalesce(v.joined_tier, 0) AS tier_count,
+           r.tier_built,
            CASE WHEN m.weighted > 0 THEN %(weight_percentile)s::float8 * (m.weighted - 1) END
                AS w_pos,
            %(count_percentile)s::float8 * (m.customers - 1) AS c_pos
-    FROM moves v
+    FROM touched t
     JOIN merchant_state m USING (merchant)
     LEFT JOIN merchant_rule_state r USING (merchant)
+    LEFT JOIN moves v USING (merchant)
 ), ranked AS (
     SELECT s.*, floor(s.w_pos)::bigint AS w_r1, ceil(s.w_pos)::bigint AS w_r2,
-           %(tier_factor)s * (ceil(s.w_pos)::bigint + 1) + %(tier_margin)s AS tier_target,
+           ceil(%(tier_factor)s::float8 * (ceil(s.w_pos) + 1))::bigint + %(tier_margin)s
+               AS tier_target,
            floor(s.c_pos)::bigint AS c_r1, ceil(s.c_pos)::bigint AS c_r2
     FROM sized s
 ), judged AS (
@@ -526,7 +545,7 @@ WITH stopped AS (
         WHERE merchant = m.merchant AND customer = b.customer OFFSET 0) p
     WHERE m.mode = 'incremental' AND p.txn_count::float8 < m.p90_new
 ), gone AS (
-    DELETE FROM waiting_pairs w USING stopped s WHERE w.ctid = s.row_id
+    DELETE FROM waiting_pairs WHERE ctid = ANY (ARRAY(SELECT row_id FROM stopped))
 ), came AS (
     INSERT INTO waiting_pairs (merchant, txn_count, customer)
     SELECT s.merchant, s.txn_count, s.customer
@@ -570,9 +589,10 @@ def fingerprint(upgrade_min_total: int, upgrade_count_percentile: float,
             f" {child_max_avg_amount.normalize()}")
 
 
-def update_state(cur: psycopg2.extensions.cursor, apply_order: int) -> None:
-    """Add the pairs in ``chunk_pairs`` to the state (inside the chunk's transaction)."""
-    cur.execute(UPSERT_STATE_SQL, {"apply_order": apply_order})
+def update_state(cur: psycopg2.extensions.cursor, params: dict[str, Any]) -> None:
+    """Add the pairs in ``chunk_pairs`` to the state (inside the chunk's transaction);
+    ``params``: ``apply_order`` and the thresholds, as ``evaluate`` takes them."""
+    cur.execute(UPSERT_STATE_SQL, params)
 
 
 def evaluate(cur: psycopg2.extensions.cursor, params: dict[str, Any],
