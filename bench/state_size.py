@@ -63,6 +63,10 @@ TARGET_RATIO = 1.25
 # and indexes at 1,000,000 customers per large merchant), as a production server is sized;
 # PostgreSQL's default (128MB) holds a quarter of it (docs/performance.md).
 SHARED_BUFFERS = "2GB"
+# No checkpoint while a size is measured: the build writes gigabytes of WAL at 1,000,000, and a
+# checkpoint in the middle of the measured chunks would make every page they touch write a full
+# image to the WAL. The WAL written per chunk is reported beside the times.
+CHECKPOINT_SETTINGS = {"max_wal_size": "16GB", "checkpoint_timeout": "1h"}
 GENDERS = "FFFFFMMMMEU"
 
 
@@ -146,7 +150,8 @@ def table_sizes(conn: psycopg2.extensions.connection) -> dict[str, int]:
             FROM pg_class c
             JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'i')
-              AND (c.relname LIKE 'pair_%' OR c.relname LIKE 'merchant_%')
+              AND (c.relname LIKE 'pair_%' OR c.relname LIKE 'merchant_%'
+                   OR c.relname LIKE 'weight_order%' OR c.relname LIKE 'waiting_pairs%')
             ORDER BY 1""")
         sizes = dict(cur.fetchall())
     conn.rollback()
@@ -184,15 +189,17 @@ class FullEvaluations(logging.Handler):
 
 
 def apply_all(conn: psycopg2.extensions.connection, chunks: Iterator[ChunkAggregates],
-              label: str, total: int) -> tuple[list[float], list[float]]:
-    """Apply the chunks; wall and backend CPU milliseconds per chunk, with a progress line."""
+              label: str, total: int) -> tuple[list[float], list[float], list[int]]:
+    """Apply the chunks; wall and backend CPU milliseconds and WAL bytes per chunk, with a
+    progress line."""
     with conn.cursor() as cur:
         cur.execute("SELECT pg_backend_pid()")
         (pid,) = cur.fetchone()
     conn.rollback()
     y_start = datetime.now(UTC)
-    walls, cpus = [], []
+    walls, cpus, wal = [], [], []
     for n, aggregates in enumerate(chunks, 1):
+        lsn = _wal_lsn(conn)
         cpu_before = backend_cpu_ms(pid)
         started = time.perf_counter()
         apply_chunk(conn, ChunkRef(aggregates.chunk_key), aggregates, y_start_time=y_start)
@@ -200,6 +207,7 @@ def apply_all(conn: psycopg2.extensions.connection, chunks: Iterator[ChunkAggreg
         cpu_after = backend_cpu_ms(pid)
         if cpu_before is not None and cpu_after is not None:
             cpus.append(cpu_after - cpu_before)
+        wal.append(_wal_bytes_since(conn, lsn))
         if sys.stdout.isatty():
             print(f"\r[state-size] {label}: chunk {n}/{total}, last {walls[-1]:,.0f} ms   ",
                   end="", flush=True)
@@ -208,7 +216,23 @@ def apply_all(conn: psycopg2.extensions.connection, chunks: Iterator[ChunkAggreg
                   flush=True)
     if sys.stdout.isatty():
         print(flush=True)
-    return walls, cpus
+    return walls, cpus, wal
+
+
+def _wal_lsn(conn: psycopg2.extensions.connection) -> str:
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_current_wal_lsn()")
+        (lsn,) = cur.fetchone()
+    conn.rollback()
+    return lsn
+
+
+def _wal_bytes_since(conn: psycopg2.extensions.connection, lsn: str) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (lsn,))
+        (written,) = cur.fetchone()
+    conn.rollback()
+    return int(written)
 
 
 def measure_size(server_url: str, shape: Shape, compare_full: bool) -> dict:
@@ -230,8 +254,8 @@ def measure_size(server_url: str, shape: Shape, compare_full: bool) -> dict:
             logging.getLogger(rule_evaluation.__name__).addHandler(counter)
             load_before = [round(x, 2) for x in os.getloadavg()]
             try:
-                walls, cpus = apply_all(conn, measured_chunks(shape), f"{label} measuring",
-                                        shape.chunks)
+                walls, cpus, wal = apply_all(conn, measured_chunks(shape), f"{label} measuring",
+                                             shape.chunks)
             finally:
                 logging.getLogger(rule_evaluation.__name__).removeHandler(counter)
             load_after = [round(x, 2) for x in os.getloadavg()]
@@ -239,6 +263,7 @@ def measure_size(server_url: str, shape: Shape, compare_full: bool) -> dict:
                 "customers_per_large_merchant": shape.size, "state_pairs": pairs,
                 "build_s": round(build_s, 1), "apply_ms": summary(walls),
                 "backend_cpu_ms": summary(cpus) if cpus else None,
+                "wal_bytes_median": statistics.median(wal),
                 "per_chunk_ms": [round(w, 1) for w in walls],
                 "load_before": load_before, "load_after": load_after,
                 "full_evaluations": counter.reasons,
@@ -251,7 +276,7 @@ def measure_size(server_url: str, shape: Shape, compare_full: bool) -> dict:
                 again = Shape(shape.size, shape.chunks, shape.build_pairs, shape.seed + 7)
                 load = [round(x, 2) for x in os.getloadavg()]
                 with applying_in_full():
-                    full_walls, full_cpus = apply_all(conn, (
+                    full_walls, full_cpus, _ = apply_all(conn, (
                         ChunkAggregates("full-" + c.chunk_key, c.rows_good, 0, c.pairs)
                         for c in measured_chunks(again)), f"{label} full evaluation",
                         shape.chunks)
@@ -326,12 +351,13 @@ def run(sizes: list[int], chunks: int, build_pairs: int, seed: int, compare_full
                    "new_share": NEW_SHARE, "compare_full": compare_full,
                    "tier_factor": rule_evaluation.TIER_FACTOR,
                    "tier_margin": rule_evaluation.TIER_MARGIN,
-                   "shared_buffers": shared_buffers},
+                   "shared_buffers": shared_buffers, "server_settings": CHECKPOINT_SETTINGS},
         "machine": {"cpu_count": os.cpu_count(),
                     "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
         "sizes": [],
     }
-    settings = {"shared_buffers": shared_buffers} if shared_buffers else None
+    settings = {**CHECKPOINT_SETTINGS, **({"shared_buffers": shared_buffers}
+                                          if shared_buffers else {})}
     with postgres.scratch_server("bench-state-size", settings) as server_url:
         results["config"]["server_shared_buffers"] = _show(server_url, "shared_buffers")
         for size in sizes:
@@ -352,8 +378,8 @@ def run(sizes: list[int], chunks: int, build_pairs: int, seed: int, compare_full
 
 def format_table(results: dict) -> str:
     lines = [f"{'customers/merchant':>18} {'pairs':>10} {'apply median':>12} {'p90':>8}"
-             f" {'p99':>8} {'pg cpu':>8} {'load before->after':>19} {'full eval median':>16}"
-             f"  rebuilt"]
+             f" {'p99':>8} {'pg cpu':>8} {'WAL MB':>7} {'load before->after':>19}"
+             f" {'full eval median':>16}  evaluated in full"]
     for s in results["sizes"]:
         cpu = s["backend_cpu_ms"]["median"] if s["backend_cpu_ms"] else None
         full = s.get("full_evaluation")
@@ -361,6 +387,7 @@ def format_table(results: dict) -> str:
             f"{s['customers_per_large_merchant']:>18,} {s['state_pairs']:>10,}"
             f" {s['apply_ms']['median']:>9,.1f} ms {s['apply_ms']['p90']:>8,.1f}"
             f" {s['apply_ms']['p99']:>8,.1f} {'-' if cpu is None else f'{cpu:,.0f}':>8}"
+            f" {s['wal_bytes_median'] / 1e6:>7.2f}"
             f" {s['load_before'][0]:>9.2f} -> {s['load_after'][0]:<6.2f}"
             f" {'-' if not full else format(full['apply_ms']['median'], ',.1f') + ' ms':>16}"
             f"  {s['full_evaluations'] or '-'}")
