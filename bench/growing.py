@@ -53,6 +53,7 @@ import psycopg2
 from bench import measure
 from bench.memory import RssSampler
 from bench.run import load_average, queue_visible, read_chunks
+from chunk_contract import layout
 from infra.local import postgres
 from infra.local.stack import REPO_ROOT, LocalServices, poll_until, stop_process, wait_for_line
 
@@ -67,7 +68,7 @@ TARGET_CUSTOMERS = 2_000_000
 POSTGRES_SETTINGS = {"shared_buffers": "2GB", "max_wal_size": "8GB",
                      "checkpoint_timeout": "15min"}
 STATE_TABLES = ("pair_state", "merchant_state", "pair_count_histogram", "merchant_rule_state",
-                "detected_patterns", "processed_chunks")
+                "weight_order", "waiting_pairs", "detected_patterns", "processed_chunks")
 
 
 class BenchError(RuntimeError):
@@ -120,6 +121,7 @@ def window_figures(chunks: Sequence[measure.ChunkRow], samples: Sequence[dict],
                      if c.event_time is not None]
         begin, end = part[0].applied_at.timestamp(), part[-1].applied_at.timestamp()
         during = [s for s in samples if begin - SAMPLE_EVERY_S <= s["t"] <= end]
+        state = [s for s in samples if "pairs" in s and s["t"] <= end + SAMPLE_EVERY_S]
         last = during[-1] if during else {}
 
         def peak(key: str, values: Sequence[dict] = during) -> int | None:
@@ -136,8 +138,8 @@ def window_figures(chunks: Sequence[measure.ChunkRow], samples: Sequence[dict],
             "queue_max": peak("queue"),
             "worker_bytes_max": peak("worker_bytes"),
             "postgres_bytes_max": peak("postgres_bytes"),
-            "pairs": last.get("pairs"),
-            "table_bytes": last.get("table_bytes"),
+            "pairs": state[-1]["pairs"] if state else None,  # sampled less often
+            "table_bytes": state[-1].get("table_bytes") if state else None,
             "load_1m": last.get("load", [None])[0],
         })
     return figures
@@ -277,6 +279,13 @@ class Pipeline:
         self.worker: subprocess.Popen | None = None
         self.worker_log_offset = 0
 
+    def upload_reference(self) -> None:
+        """CustomerImportance where the worker reads it at start-up (the producer uploads it
+        only with its first chunk, and would find it there)."""
+        s3, _ = self.stack.clients()
+        s3.upload_file(str(self.importance), self.stack.bucket,
+                       self.env.get("REFERENCE_KEY", layout.REFERENCE_KEY))
+
     def start_worker(self) -> subprocess.Popen:
         self.worker_log_offset = (self.worker_log.stat().st_size if self.worker_log.exists()
                                   else 0)
@@ -328,6 +337,7 @@ class Pipeline:
 
 def run_nominal(pipeline: Pipeline, config: Config) -> tuple[list[measure.ChunkRow], list]:
     chunks = config.nominal_chunks
+    pipeline.upload_reference()
     worker = pipeline.start_worker()
     producer = pipeline.producer(chunks, config.interval_s, "bench-growing-producer.log")
     pruned = 0
@@ -452,7 +462,7 @@ def plots(results: dict, out: Path) -> list[Path]:
     nominal = results["nominal"]
     per_chunk = nominal["per_chunk"]
     xs = range(1, len(per_chunk) + 1)
-    fig, axes = plt.subplots(4, 1, figsize=(11, 12), sharex=True)
+    fig, axes = plt.subplots(5, 1, figsize=(11, 14), sharex=True)
     axes[0].plot(xs, [c["latency_s"] for c in per_chunk], lw=0.5, label="S3 put -> commit")
     centres = [sum(w["chunks"]) / 2 for w in nominal["windows"]]
     axes[0].plot(centres, [w["latency_p99_s"] for w in nominal["windows"]], "o-",
@@ -469,16 +479,38 @@ def plots(results: dict, out: Path) -> list[Path]:
     for key, name in (("worker_bytes_max", "worker"), ("postgres_bytes_max", "PostgreSQL")):
         axes[3].plot(centres, [(w[key] or 0) / 1024**3 for w in nominal["windows"]], "o-",
                      label=f"{name}, peak per window")
-    axes[3].set(ylabel="GiB", xlabel="chunk (apply order)")
+    axes[3].set(ylabel="GiB")
+    samples = [x for x in nominal["samples"] if x.get("queue") is not None]
+    if samples:  # time -> chunk position, at the nominal rate
+        start, interval = samples[0]["t"], results["config"]["interval_s"]
+        axes[4].step([(x["t"] - start) / interval for x in samples],
+                     [x["queue"] for x in samples], where="post", lw=0.8,
+                     label="chunk queue: visible + in flight")
+    axes[4].axhline(QUEUE_LIMIT, color="tab:red", ls=":", label="limit")
+    axes[4].set(ylabel="messages", xlabel="chunk (apply order)")
     for ax in axes:
         ax.legend(fontsize=7)
     fig.suptitle("Growing stream at the nominal rate (load: 1-minute average per window in"
                  " results.json)")
     fig.tight_layout()
-    path = out / "growing.png"
-    fig.savefig(path, dpi=110)
+    paths = [out / "growing.png"]
+    fig.savefig(paths[0], dpi=110)
     plt.close(fig)
-    return [path]
+    backlog = results.get("backlog")
+    if backlog:
+        rates = [r or 0 for r in backlog["per_batch_rows_per_s"]]
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        ax.bar(range(1, len(rates) + 1), rates, label="rows / batch time")
+        ax.axhline(TARGET_BACKLOG_ROWS_PER_S, color="tab:red", ls=":", label="target")
+        ax.set(xlabel="micro-batch", ylabel="rows/s",
+               title=f"Backlog drain at the large state: steady {backlog['steady_rows_per_s']}"
+               " rows/s (median after the first batch)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(out / "backlog.png")
+        fig.savefig(paths[1], dpi=110)
+        plt.close(fig)
+    return paths
 
 
 def format_table(results: dict) -> str:
