@@ -13,7 +13,7 @@ CLASS_ARCHIVE := $(VENV)/share/spark_detector/spark-classes.jsa
 DRIVER_CHUNKS_JAR := $(VENV)/share/spark_detector/driver-chunks.jar
 ARGS   ?=
 
-.PHONY: test lint demo up down bench clean check-java build-TriggerFunction
+.PHONY: test lint demo up down bench bench-state-size bench-growing clean check-java build-TriggerFunction
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found " + sys.version.split()[0] + ")")'
@@ -54,6 +54,15 @@ down: $(STAMP)
 # Output: bench/results/<UTC timestamp>/.
 bench: $(STAMP) check-java $(CLASS_ARCHIVE)
 	@$(PY) -m bench $(ARGS)
+
+# The third wave (docs/performance.md): (a) apply_chunk against the state's size (~5 min), and
+# (b) 30 minutes at 1 chunk/s on a stream growing to 2,000,000 customers then (c) a backlog
+# drain at that state (~45 min). ARGS as for the modules (`python -m bench.state_size --help`).
+bench-state-size: $(STAMP)
+	@$(PY) -m bench.state_size $(ARGS)
+
+bench-growing: $(STAMP) check-java $(CLASS_ARCHIVE)
+	@$(PY) -m bench.growing $(ARGS)
 
 # Called by `sam build` (template.yaml: TriggerFunction, BuildMethod: makefile) with
 # ARTIFACTS_DIR set. The package is lambda_trigger/ and the shared chunk_contract/: boto3 is in
