@@ -176,6 +176,8 @@ class WorkerSettings:
     flush_partial_after_seconds: float | None = None
     backfill_every_seconds: float | None = None
     dlq_url: str | None = None
+    # CloudWatch namespace of the metrics in the worker's log lines (spark_detector/emf.py)
+    metrics_namespace: str = "TxnPipeline/Worker"
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     @classmethod
@@ -210,6 +212,7 @@ class WorkerSettings:
             flush_partial_after_seconds=_optional_seconds(env, "WORKER_FLUSH_PARTIAL_AFTER"),
             backfill_every_seconds=_optional_seconds(env, "WORKER_BACKFILL_EVERY"),
             dlq_url=env.get("DLQ_URL", "").strip() or None,
+            metrics_namespace=_get(env, "WORKER_METRICS_NAMESPACE", "TxnPipeline/Worker"),
             thresholds=_thresholds(env),
         )
         validate(settings)
