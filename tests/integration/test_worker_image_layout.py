@@ -1,10 +1,11 @@
 """The worker image without Docker: its files, its pinned dependencies, its CMD, run for real.
 
-There is no Docker engine here, so the test builds the image's equivalent: a folder holding
+It runs in ``make test`` without root or buildah (tests/image/ builds and runs the real
+image, ``make image-test``). It builds the image's equivalent: a folder holding
 exactly what ``infra/worker.Dockerfile`` COPYs, where it copies it, and a venv made from the
 copied requirements file alone. The Dockerfile's ENV and CMD then run from its WORKDIR
 against moto and PostgreSQL. A file the image forgets, or a dependency that is missing from
-the pins, fails here. (The image's Python is 3.12, this machine's 3.11.)
+the pins, fails here. (The image's Python is 3.11, like this machine's.)
 """
 
 from __future__ import annotations
@@ -69,10 +70,11 @@ def test_the_image_layout_runs_the_worker_from_its_own_files_and_pins(
     root = image_root(tmp_path / "image")
     [workdir] = [args for op, args in instructions() if op == "WORKDIR"]
     [cmd] = [json.loads(args) for op, args in instructions() if op == "CMD"]
-    # the image installs the requirements file it copied, so the venv does too
-    [requirements] = [shlex.split(args)[-1] for op, args in instructions()
-                      if op == "COPY" and args.split()[0].endswith("requirements.txt")]
-    venv_python = create_venv(tmp_path / "venv", root / requirements.lstrip("/"))
+    # the image installs the lock file it copied, so the venv does too
+    [destination] = [shlex.split(args)[-1] for op, args in instructions()
+                     if op == "COPY" and "requirements/worker.txt" in shlex.split(args)]
+    venv_python = create_venv(tmp_path / "venv",
+                              root / destination.lstrip("/") / "worker.txt")
     assert not (root / "app" / "tests").exists()
     assert not (root / "app" / "producer").exists()  # the contract is chunk_contract
 
