@@ -18,6 +18,7 @@ worker's image at build time.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -93,7 +94,13 @@ def build_archive(path: Path) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    path = build_target(sys.argv[1:] if argv is None else argv, ARCHIVE_ENV, archive_path())
+    parser = argparse.ArgumentParser(prog="python -m spark_detector.class_archive",
+                                     description=__doc__.split("\n\n")[0].replace("\n", " "))
+    parser.add_argument("path", nargs="?",
+                        help=f"where to write the class archive (default: ${ARCHIVE_ENV}, "
+                        "else under this Python's prefix)")
+    args = parser.parse_args(argv)
+    path = build_target([args.path] if args.path else [], ARCHIVE_ENV, archive_path())
     if path is None:
         return 0
     started = time.perf_counter()

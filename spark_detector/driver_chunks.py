@@ -25,6 +25,7 @@ archive (which records the class path); the worker's image builds it at build ti
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -148,7 +149,13 @@ class DriverChunks:
 
 
 def main(argv: list[str] | None = None) -> int:
-    path = build_target(sys.argv[1:] if argv is None else argv, JAR_ENV, jar_path())
+    parser = argparse.ArgumentParser(prog="python -m spark_detector.driver_chunks",
+                                     description=__doc__.split("\n\n")[0].replace("\n", " "))
+    parser.add_argument("path", nargs="?",
+                        help=f"where to write the driver chunks jar (default: ${JAR_ENV}, "
+                        "else under this Python's prefix)")
+    args = parser.parse_args(argv)
+    path = build_target([args.path] if args.path else [], JAR_ENV, jar_path())
     if path is None:
         return 0
     started = time.perf_counter()
