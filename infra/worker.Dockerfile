@@ -24,15 +24,6 @@ RUN apt-get update \
         "openjdk-17-jre-headless=${JRE_VERSION}" "procps=${PROCPS_VERSION}" \
     && rm -rf /var/lib/apt/lists/*
 
-# The Amazon RDS certificate bundle: a URL built from DB_SECRET verifies the server's
-# certificate and host name against it (sslmode=verify-full, spark_detector/config.py).
-# Checked by its SHA-256 in a step of its own, as `ADD --checksum` would: buildah 1.28 (Debian
-# bookworm) does not know that flag, and a bundle that does not match stops the build.
-ARG RDS_CA_URL=https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
-ARG RDS_CA_SHA256=e5bb2084ccf45087bda1c9bffdea0eb15ee67f0b91646106e466714f9de3c7e3
-ADD --chmod=644 ${RDS_CA_URL} /opt/rds/global-bundle.pem
-RUN echo "${RDS_CA_SHA256}  /opt/rds/global-bundle.pem" | sha256sum --check --strict
-
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -70,6 +61,16 @@ COPY infra/spark_submit_main.py /app/spark_submit_main.py
 # need not resolve (buildah's does not), and Spark looks its own address up at start.
 RUN export SPARK_LOCAL_IP=127.0.0.1 \
     && python -m spark_detector.driver_chunks && python -m spark_detector.class_archive
+
+# The Amazon RDS certificate bundle: a URL built from DB_SECRET verifies the server's
+# certificate and host name against it (sslmode=verify-full, spark_detector/config.py).
+# Late in the build, so a new bundle rebuilds none of the layers above. Checked by its SHA-256
+# in a step of its own, as `ADD --checksum` would: buildah 1.28 (Debian bookworm) does not know
+# that flag. A bundle that does not match stops the build.
+ARG RDS_CA_URL=https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
+ARG RDS_CA_SHA256=e5bb2084ccf45087bda1c9bffdea0eb15ee67f0b91646106e466714f9de3c7e3
+ADD --chmod=644 ${RDS_CA_URL} /opt/rds/global-bundle.pem
+RUN echo "${RDS_CA_SHA256}  /opt/rds/global-bundle.pem" | sha256sum --check --strict
 
 RUN useradd --system --uid 10001 --home-dir /home/worker --create-home worker
 USER 10001

@@ -18,14 +18,13 @@ worker's image at build time.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from spark_detector.config import build_target, optional_path
+from spark_detector.config import build_command_target, optional_path
 
 ARCHIVE_ENV = "SPARK_CLASS_ARCHIVE"
 # Beside the installed pyspark it was built from: a virtual environment or the image's Python.
@@ -94,13 +93,8 @@ def build_archive(path: Path) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m spark_detector.class_archive",
-                                     description=__doc__.split("\n\n")[0].replace("\n", " "))
-    parser.add_argument("path", nargs="?",
-                        help=f"where to write the class archive (default: ${ARCHIVE_ENV}, "
-                        "else under this Python's prefix)")
-    args = parser.parse_args(argv)
-    path = build_target([args.path] if args.path else [], ARCHIVE_ENV, archive_path())
+    path = build_command_target(argv, "spark_detector.class_archive", __doc__, "the class archive",
+                                ARCHIVE_ENV, archive_path())
     if path is None:
         return 0
     started = time.perf_counter()

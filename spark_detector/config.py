@@ -5,6 +5,7 @@ Every variable, its default and meaning is listed in docs/configuration.md.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -81,6 +82,17 @@ def build_target(argv: list[str], name: str, default: Path | None) -> Path | Non
     if default is None:
         print(f"{name} is set empty: nothing to build", file=sys.stderr)
     return default
+
+
+def build_command_target(argv: list[str] | None, module: str, doc: str, what: str, name: str,
+                         default: Path | None) -> Path | None:
+    """``python -m MODULE [PATH]`` of a build command (with ``--help``): ``build_target``."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}",
+                                     description=doc.split("\n\n")[0].replace("\n", " "))
+    parser.add_argument("path", nargs="?", help=f"where to write {what} (default: ${name}, "
+                        "else under this Python's prefix)")
+    args = parser.parse_args(argv)
+    return build_target([args.path] if args.path else [], name, default)
 
 
 def _thresholds(env: Mapping[str, str]) -> Thresholds:

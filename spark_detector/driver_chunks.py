@@ -25,7 +25,6 @@ archive (which records the class path); the worker's image builds it at build ti
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -39,7 +38,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
 from spark_detector.chunk_fetch import FETCHED_SCHEMA
-from spark_detector.config import build_target, optional_path
+from spark_detector.config import build_command_target, optional_path
 
 JAR_ENV = "SPARK_DRIVER_CHUNKS_JAR"
 # Beside the installed pyspark it was compiled against: a virtual environment or the image's.
@@ -149,13 +148,8 @@ class DriverChunks:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m spark_detector.driver_chunks",
-                                     description=__doc__.split("\n\n")[0].replace("\n", " "))
-    parser.add_argument("path", nargs="?",
-                        help=f"where to write the driver chunks jar (default: ${JAR_ENV}, "
-                        "else under this Python's prefix)")
-    args = parser.parse_args(argv)
-    path = build_target([args.path] if args.path else [], JAR_ENV, jar_path())
+    path = build_command_target(argv, "spark_detector.driver_chunks", __doc__,
+                                "the driver chunks jar", JAR_ENV, jar_path())
     if path is None:
         return 0
     started = time.perf_counter()

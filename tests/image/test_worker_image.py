@@ -17,28 +17,29 @@ inputs are unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import json
 import signal
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
+import psycopg2.extensions
 import pytest
 
 from infra import image
 from infra.local.stack import poll_until
-from producer.generate import generate
 from tests.integration.test_worker_crash import applied_count, worker_env
+from tests.integration.test_worker_image_layout import queued_stream
 from tests.integration.worker_support import (
-    AwsResources,
     applied_order,
     committed_detections,
     expected_detections,
-    split_chunks,
 )
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(3600)]
@@ -112,6 +113,42 @@ def container(worker_image) -> Iterator[str]:
                        check=False)
 
 
+@contextlib.contextmanager
+def loopback_url(database_url: str) -> Iterator[str]:
+    """``database_url`` reached over TCP on 127.0.0.1, as a container on the host network
+    reaches a server; the test's embedded PostgreSQL listens on a Unix socket only, so a
+    relay carries each connection to it."""
+    dsn = psycopg2.extensions.parse_dsn(database_url)
+    socket_path = f"{dsn['host']}/.s.PGSQL.{dsn.get('port', 5432)}"
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def pump(source: socket.socket, target: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                target.sendall(data)
+        for end in (source, target):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def serve() -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(socket_path)
+            for pair in ((client, upstream), (upstream, client)):
+                threading.Thread(target=pump, args=pair, daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield (f"postgresql://{dsn.get('user', 'postgres')}@127.0.0.1:"
+               f"{server.getsockname()[1]}/{dsn['dbname']}")
+    finally:
+        server.close()
+
+
 def worker_process(runner: subprocess.Popen) -> psutil.Process | None:
     """The image's CMD, started by ``buildah run`` (chroot: the same process namespace)."""
     for child in psutil.Process(runner.pid).children(recursive=True):
@@ -121,6 +158,24 @@ def worker_process(runner: subprocess.Popen) -> psutil.Process | None:
         except psutil.NoSuchProcess:
             continue
     return None
+
+
+def run_until_applied_then_stop(command: list[str], log: Path, database_url: str,
+                                chunks: int) -> int:
+    """Run the container until every chunk is applied, then SIGTERM its worker: exit code."""
+    runner = subprocess.Popen(command, env=image.buildah_env(), stdout=log.open("ab"),
+                              stderr=subprocess.STDOUT)
+    try:
+        poll_until(lambda: applied_count(database_url) == chunks, 300,
+                   "every chunk applied by the image's worker", process=runner, log=log,
+                   tail=3000)
+        worker = poll_until(lambda: worker_process(runner), 30, "the worker process")
+        worker.send_signal(signal.SIGTERM)
+        return runner.wait(timeout=150)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
 
 
 def batch_lines(log: Path) -> list[dict]:
@@ -141,37 +196,19 @@ def test_the_image_runs_as_a_user_and_its_cmd_is_the_templates(worker_image):
 
 def test_the_image_cmd_streams_chunks_to_the_reference_detections_and_stops_on_sigterm(
         worker_image, container, moto_endpoint, migrated_database_url, tmp_path):
-    generate(tmp_path / "data", rows=3_000, seed=3)
-    chunks = split_chunks((tmp_path / "data" / "transactions.csv").read_bytes(), 1000)
-    importance = (tmp_path / "data" / "CustomerImportance.csv").read_bytes()
-    resources = AwsResources.create(moto_endpoint)
-    resources.upload(chunks)
-    resources.s3.put_object(Bucket=resources.bucket, Key="reference/CustomerImportance.csv",
-                            Body=importance)
-    resources.enqueue(sorted(chunks))
+    chunks, importance, resources = queued_stream(tmp_path / "data", moto_endpoint)
 
-    env = {name: value for name, value in worker_env(resources, migrated_database_url,
-                                                     WORKER_METRICS_NAMESPACE="test/Worker",
-                                                     ).items() if name.startswith(PASSED)}
-    env.pop("SPARK_MASTER")  # the image's own default
-    command = ["buildah", "run", "--hostname", "localhost"]
-    for name, value in sorted(env.items()):
-        command += ["--env", f"{name}={value}"]
-    command += [container, "--", *image_config(worker_image)["Cmd"]]
-    log = tmp_path / "worker.log"
-    runner = subprocess.Popen(command, env=image.buildah_env(), stdout=log.open("ab"),
-                              stderr=subprocess.STDOUT)
-    try:
-        poll_until(lambda: applied_count(migrated_database_url) == len(chunks), 300,
-                   "every chunk applied by the image's worker", process=runner, log=log,
-                   tail=3000)
-        worker = poll_until(lambda: worker_process(runner), 30, "the worker process")
-        worker.send_signal(signal.SIGTERM)
-        code = runner.wait(timeout=150)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.wait()
+    with loopback_url(migrated_database_url) as database_url:
+        env = {name: value for name, value in worker_env(resources, database_url,
+                                                         WORKER_METRICS_NAMESPACE="test/Worker",
+                                                         ).items() if name.startswith(PASSED)}
+        env.pop("SPARK_MASTER")  # the image's own default
+        command = ["buildah", "run", "--hostname", "localhost"]
+        for name, value in sorted(env.items()):
+            command += ["--env", f"{name}={value}"]
+        command += [container, "--", *image_config(worker_image)["Cmd"]]
+        log = tmp_path / "worker.log"
+        code = run_until_applied_then_stop(command, log, migrated_database_url, len(chunks))
     assert code == 0, log.read_text()[-3000:]
 
     order = applied_order(migrated_database_url)

@@ -65,6 +65,20 @@ def image_env(root: Path) -> dict[str, str]:
     return env
 
 
+def queued_stream(folder: Path, endpoint: str) -> tuple[dict[str, bytes], bytes, AwsResources]:
+    """3,000 generated rows as three chunks in a new bucket, their messages queued, and the
+    CustomerImportance at the reference key: what an image's worker is given to apply."""
+    generate(folder, rows=3_000, seed=3)
+    chunks = split_chunks((folder / "transactions.csv").read_bytes(), 1000)
+    importance = (folder / "CustomerImportance.csv").read_bytes()
+    resources = AwsResources.create(endpoint)
+    resources.upload(chunks)
+    resources.s3.put_object(Bucket=resources.bucket, Key="reference/CustomerImportance.csv",
+                            Body=importance)
+    resources.enqueue(sorted(chunks))
+    return chunks, importance, resources
+
+
 def test_the_image_layout_runs_the_worker_from_its_own_files_and_pins(
         moto_endpoint, migrated_database_url, tmp_path):
     root = image_root(tmp_path / "image")
@@ -78,14 +92,7 @@ def test_the_image_layout_runs_the_worker_from_its_own_files_and_pins(
     assert not (root / "app" / "tests").exists()
     assert not (root / "app" / "producer").exists()  # the contract is chunk_contract
 
-    generate(tmp_path / "data", rows=3_000, seed=3)
-    chunks = split_chunks((tmp_path / "data" / "transactions.csv").read_bytes(), 1000)
-    importance = (tmp_path / "data" / "CustomerImportance.csv").read_bytes()
-    resources = AwsResources.create(moto_endpoint)
-    resources.upload(chunks)
-    resources.s3.put_object(Bucket=resources.bucket, Key="reference/CustomerImportance.csv",
-                            Body=importance)
-    resources.enqueue(sorted(chunks))
+    chunks, importance, resources = queued_stream(tmp_path / "data", moto_endpoint)
 
     env = {name: value for name, value in worker_env(resources, migrated_database_url).items()
            if name not in ("PYTHONPATH", "VIRTUAL_ENV", "PYSPARK_PYTHON", "SPARK_MASTER")}
