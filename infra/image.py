@@ -18,6 +18,8 @@ Only the standard library: ``make image`` needs no virtual environment.
 from __future__ import annotations
 
 import argparse
+import configparser
+import contextlib
 import hashlib
 import os
 import shutil
@@ -108,10 +110,26 @@ def build_command(engine: str, tag: str, build_args: Mapping[str, str],
     return [*command, "-f", str(DOCKERFILE.relative_to(REPO)), "-t", tag, "."]
 
 
-def pip_cert_of(environ: Mapping[str, str] = os.environ) -> str | None:
-    """The CA bundle this machine's pip uses, if one is set (PIP_CERT), and readable."""
-    cert = environ.get("PIP_CERT", "").strip()
-    return cert if cert and Path(cert).is_file() else None
+# pip's configuration files, the ones that win first (user, then global: pip's order reversed)
+PIP_CONFIG_FILES = ("~/.config/pip/pip.conf", "~/.pip/pip.conf", "/etc/pip.conf",
+                    "/etc/xdg/pip/pip.conf")
+
+
+def pip_cert_of(environ: Mapping[str, str] = os.environ,
+                config_files: Sequence[str] = PIP_CONFIG_FILES) -> str | None:
+    """The CA bundle this machine's pip uses to reach PyPI, so that pip in the build uses it
+    too: ``PIP_CERT``, else ``cert`` in pip's configuration files; None when neither names a
+    readable file (pip then trusts its own bundle)."""
+    candidates = [environ.get("PIP_CERT", "")]
+    for name in config_files:
+        config = configparser.ConfigParser()
+        with contextlib.suppress(OSError, configparser.Error):
+            config.read(Path(name).expanduser())
+            candidates.append(config.get("global", "cert", fallback=""))
+    for cert in (c.strip() for c in candidates):
+        if cert and Path(cert).is_file():
+            return cert
+    return None
 
 
 def build(tag: str = DEFAULT_TAG, build_args: Mapping[str, str] | None = None,
@@ -220,10 +238,16 @@ def standin_base(work_root: Path | None = None, log: Path | None = None) -> str:
     return tag
 
 
+# debootstrap checks Debian's release signatures with this keyring (Ubuntu lacks it).
+DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+
+
 def install_tools(tools: Sequence[str] = ("buildah", "debootstrap")) -> None:
     """``apt-get install`` the tools that are missing (root only), so CI on a fresh machine
     can build and run the image."""
     missing = [tool for tool in tools if shutil.which(tool) is None]
+    if not DEBIAN_KEYRING.exists():
+        missing.append("debian-archive-keyring")
     if not missing:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
