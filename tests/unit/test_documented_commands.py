@@ -24,6 +24,8 @@ from tests.conftest import REPO_ROOT
 DOCS = [REPO_ROOT / "README.md", REPO_ROOT / "CONTRIBUTING.md",
         *sorted((REPO_ROOT / "docs").glob("*.md"))]
 TEXT = "\n".join(path.read_text(encoding="utf-8") for path in DOCS)
+# runpy's note that a package's submodule was imported before it ran it as __main__: harmless
+pytestmark = pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
 FIRST_PARTY = {p.name for p in REPO_ROOT.iterdir() if (p / "__init__.py").exists()}
 
 
@@ -65,7 +67,6 @@ def test_the_docs_name_the_main_commands():
         assert expected in modules
 
 
-@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # runpy, harmless
 @pytest.mark.parametrize("module", documented_modules())
 def test_each_documented_module_prints_its_usage(module):
     assert "usage:" in run_help(module)
