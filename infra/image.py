@@ -98,8 +98,9 @@ def build_command(engine: str, tag: str, build_args: Mapping[str, str],
     if engine == "docker":
         command = ["docker", "build", "--platform", "linux/amd64"]
     elif engine == "buildah":
-        # --layers: reuse each step's layer while its inputs are unchanged, as docker does
-        command = ["buildah", "bud", "--layers"]
+        # --layers: reuse each step's layer while its inputs are unchanged, as docker does;
+        # --force-rm: a failed build leaves no working container behind
+        command = ["buildah", "bud", "--layers", "--force-rm"]
         if pip_cert:
             command += ["-v", f"{pip_cert}:{PIP_CERT_MOUNT}:ro"]
             args.setdefault("PIP_CERT", PIP_CERT_MOUNT)

@@ -15,7 +15,7 @@ def test_buildah_builds_with_layers_and_mounts_pips_ca_bundle_read_only(tmp_path
     cert.write_text("certificates")
     command = image.build_command("buildah", "txn-worker:1", {"BASE_IMAGE": "base:1"},
                                   pip_cert=str(cert))
-    assert command[:3] == ["buildah", "bud", "--layers"]
+    assert command[:4] == ["buildah", "bud", "--layers", "--force-rm"]
     assert command[command.index("-v") + 1] == f"{cert}:{image.PIP_CERT_MOUNT}:ro"
     args = [command[i + 1] for i, word in enumerate(command) if word == "--build-arg"]
     assert args == ["BASE_IMAGE=base:1", f"PIP_CERT={image.PIP_CERT_MOUNT}"]
