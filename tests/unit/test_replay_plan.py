@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 
+from spark_detector.db import redact_dsn
 from spark_detector.detection_state import Thresholds
 from spark_detector.replay_plan import (
     ADDED,
@@ -28,7 +29,6 @@ from spark_detector.replay_plan import (
     compare_summary,
     parse_target,
     plan_chunks,
-    redact_url,
     render_compare_csv,
     thresholds_with_rules,
 )
@@ -108,7 +108,17 @@ def test_targets_are_a_database_url_a_schema_or_the_live_database():
             parse_target(bad, False)
     with pytest.raises(ReplayError):
         parse_target("x", True)
-    assert redact_url("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
+
+
+def test_a_database_named_in_a_message_has_no_password():
+    assert redact_dsn("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert redact_dsn("postgresql://u:p%40ss@h/db?sslmode=verify-full") == (
+        "postgresql://u:***@h/db?sslmode=verify-full")
+    assert redact_dsn("postgresql://h/db?user=u&password=secret") == (
+        "postgresql://h/db?user=u&password=***")
+    assert redact_dsn("host=h user=u password='se cret' dbname=d") == (
+        "host=h user=u password=*** dbname=d")
+    assert redact_dsn("postgresql://u@h/db") == "postgresql://u@h/db"
 
 
 def test_publishing_is_refused_under_the_live_or_the_chunk_prefix():
