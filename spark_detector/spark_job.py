@@ -114,6 +114,23 @@ def _driver_table(spark: SparkSession, rows: list[tuple]) -> pa.Table:
     return batch_query_over(fetched_frame(spark, rows), coalesce=len(rows) == 1).toArrow()
 
 
+def line_groups(rows: list[tuple], max_lines: int) -> list[list[tuple]]:
+    """``FETCHED_SCHEMA`` rows, in order, cut into groups of at most ``max_lines`` data lines
+    in all (a chunk alone may have that many): the JVM's memory is sized for one chunk at
+    the row limit (``WORKER_MAX_CHUNK_ROWS``), not for a batch of them. A batch of chunks of
+    the producer's size is one group."""
+    groups: list[list[tuple]] = []
+    total = 0
+    for row in rows:
+        lines = row[3]  # n_lines
+        if not groups or total + lines > max_lines:
+            groups.append([])
+            total = 0
+        groups[-1].append(row)
+        total += lines
+    return groups
+
+
 def aggregate_batch(
     spark: SparkSession, fetch_spec: FetchSpec, chunk_keys: Iterable[str], weights: pa.Table,
 ) -> BatchResult:
@@ -128,7 +145,8 @@ def aggregate_batch(
         return BatchResult({}, {}, {}, {})
     if fetch_spec.on_driver:
         rows, fetch_ms = fetch_on_driver(fetch_spec, keys)
-        table = _driver_table(spark, rows)
+        table = pa.concat_tables([_driver_table(spark, part)
+                                  for part in line_groups(rows, fetch_spec.max_rows)])
     else:
         accumulator = spark.sparkContext.accumulator(0.0)
         fetched = fetch_chunks(spark, fetch_spec, keys, accumulator)
