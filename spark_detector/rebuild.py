@@ -33,11 +33,12 @@ from spark_detector.replay_plan import RECORDED, ReplayRefused
 logger = logging.getLogger(__name__)
 
 REBUILD_SCHEMA = "spark_detector_rebuild"
-# The engine's tables, in an order that satisfies their foreign keys; `stream_position`
-# last. The reference weight cache is not state: it stays as it is.
+# The tables a replay rebuilds, in an order that satisfies their foreign keys. The others stay
+# as they are: chunk_failures (the worker's own record of failures and dead-letters, which a
+# replay does not redo: its dead-lettered numbers are in sequence_marks) and the reference
+# weight cache.
 ENGINE_TABLES = ("processed_chunks", "rejected_chunks", "outbox_files", "detected_patterns",
-                 "pair_state", "merchant_state", "sequence_marks", "chunk_failures",
-                 "stream_position")
+                 "pair_state", "merchant_state", "sequence_marks", "stream_position")
 
 
 def operator() -> str:

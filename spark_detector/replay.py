@@ -292,7 +292,7 @@ def empty_engine_tables(conn: psycopg2.extensions.connection) -> None:
     reference weight cache and schema_migrations stay)."""
     with db.transaction(conn), conn.cursor() as cur:
         cur.execute(sql.SQL("TRUNCATE {}").format(
-            sql.SQL(", ").join(sql.Identifier(t) for t in ENGINE_TABLES)))
+            sql.SQL(", ").join(sql.Identifier(t) for t in (*ENGINE_TABLES, "chunk_failures"))))
         cur.execute("INSERT INTO stream_position (next_seq) VALUES (1)")
 
 
