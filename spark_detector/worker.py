@@ -41,7 +41,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -67,7 +67,7 @@ from spark_detector.ordering import OutOfTurn, chunk_seq, consecutive_from, list
 from spark_detector.ordering import ready_run as plan_ready_run
 from spark_detector.publish import publish_pending, quarantine_chunk, quarantine_rows
 from spark_detector.retry import backoff_delays, retry
-from spark_detector.spark_job import BatchResult
+from spark_detector.spark_job import BatchResult, bounded_groups
 
 logger = logging.getLogger(__name__)
 
@@ -150,22 +150,6 @@ def parse_event_time(value: str) -> datetime | None:
 
 
 # --- what to do with one chunk: pure decisions ------------------------------------------------
-
-def size_groups(keys: list[str], sizes: Mapping[str, int], max_bytes: int) -> list[list[str]]:
-    """``keys`` in order, cut into groups of at most ``max_bytes`` in all (a chunk alone may
-    be that large): one Spark job each, so that a job never holds more than the one chunk
-    the limits are sized for (a backlog of large chunks would otherwise meet in one job)."""
-    groups: list[list[str]] = []
-    total = 0
-    for key in keys:
-        size = sizes.get(key, 0)
-        if not groups or total + size > max_bytes:
-            groups.append([])
-            total = 0
-        groups[-1].append(key)
-        total += size
-    return groups
-
 
 def size_rejection(size: int, max_bytes: int) -> str | None:
     """Why a chunk is rejected whole before anything reads it, from its size alone."""
@@ -755,12 +739,13 @@ class Worker:
         """The Spark job of ``keys``, with each aggregated chunk's pairs as COPY text
         (``BatchResult.prepared``): built on the Spark thread, all the apply needs. Chunks
         larger in all than ``WORKER_MAX_CHUNK_BYTES`` are aggregated in several jobs, one
-        after the other (``size_groups``)."""
+        after the other (``spark_job.bounded_groups``)."""
         failpoint("before_spark")
         sizes = {key: self.chunks[key].size for key in keys if key in self.chunks}
         result = merged_results([
             self._bounded(group, lambda g=group: self._aggregate(g))
-            for group in size_groups(keys, sizes, self.settings.max_chunk_bytes)])
+            for group in bounded_groups(keys, lambda k: sizes.get(k, 0),
+                                        self.settings.max_chunk_bytes)])
         failpoint("after_spark")
         return result
 

@@ -77,6 +77,17 @@ def test_a_number_skipped_ahead_is_stepped_over_later(conn):
     assert next_seq(conn) == 4
 
 
+def migrate_before(cur, version: int) -> None:
+    """The schema as the migrations before ``version`` left it, recorded as applied."""
+    older = [m for m in db.available_migrations() if m.version < version]
+    for m in older:
+        cur.execute(m.sql)
+    cur.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
+                " name text NOT NULL, applied_at timestamptz DEFAULT now())")
+    cur.executemany("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                    [(m.version, m.name) for m in older])
+
+
 def late_marks(conn) -> list[tuple]:
     with conn.cursor() as cur:
         cur.execute("SELECT seq, late_outcome, late_chunk_key FROM sequence_marks"
@@ -120,14 +131,8 @@ def test_the_migration_keeps_a_late_apply_recorded_before_it_apart_from_its_numb
     """Before migration 0006 a late apply overwrote its number's mark with 'applied'."""
     conn = db.connect(database_url)
     try:
-        older = [m for m in db.available_migrations() if m.version < 6]
         with conn.cursor() as cur:
-            for m in older:
-                cur.execute(m.sql)
-            cur.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
-                        " name text NOT NULL, applied_at timestamptz DEFAULT now())")
-            cur.executemany("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                            [(m.version, m.name) for m in older])
+            migrate_before(cur, 6)
             # applied 1, 2, 4, then 3 late (skipped meanwhile), as the old code left them
             for order, seq in enumerate((1, 2, 4, 3), start=1):
                 cur.execute("INSERT INTO processed_chunks (chunk_key, apply_order, rows_good,"
@@ -154,14 +159,8 @@ def test_hand_uploaded_chunks_need_no_turn(conn):
 def test_the_migration_settles_chunks_applied_before_it(database_url):
     conn = db.connect(database_url)
     try:
-        older = [m for m in db.available_migrations() if m.version < 4]
         with conn.cursor() as cur:
-            for m in older:
-                cur.execute(m.sql)
-            cur.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
-                        " name text NOT NULL, applied_at timestamptz DEFAULT now())")
-            cur.executemany("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                            [(m.version, m.name) for m in older])
+            migrate_before(cur, 4)
             for n, seq in enumerate((1, 2, 3, 5), start=1):
                 cur.execute("INSERT INTO processed_chunks (chunk_key, apply_order, rows_good,"
                             " rows_rejected, pairs) VALUES (%s, %s, 1, 0, 1)", (key(seq), n))

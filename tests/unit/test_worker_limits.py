@@ -5,18 +5,18 @@ from __future__ import annotations
 
 from spark_detector.batch_result import BatchResult, merged_results
 from spark_detector.config import WorkerSettings
-from spark_detector.spark_job import line_groups
-from spark_detector.worker import Worker, _broken_gateway, size_groups
+from spark_detector.spark_job import bounded_groups, line_groups
+from spark_detector.worker import Worker, _broken_gateway
 
 MiB = 2**20
 
 
 def test_a_batch_is_cut_into_jobs_of_at_most_the_byte_limit_a_chunk_alone_may_reach():
     sizes = {"a": 10 * MiB, "b": 6 * MiB, "c": 1, "d": 16 * MiB, "e": 1 * MiB}
-    assert size_groups(list(sizes), sizes, 16 * MiB) == [["a", "b"], ["c"], ["d"], ["e"]]
+    assert bounded_groups(list(sizes), sizes.get, 16 * MiB) == [["a", "b"], ["c"], ["d"], ["e"]]
     small = {f"k{i}": 700_000 for i in range(20)}  # the producer's chunks: one job
-    assert size_groups(list(small), small, 16 * MiB) == [list(small)]
-    assert size_groups([], {}, 1) == []
+    assert bounded_groups(list(small), small.get, 16 * MiB) == [list(small)]
+    assert bounded_groups([], len, 1) == []
 
 
 def fetched(key: str, lines: int) -> tuple:
