@@ -283,8 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
                             " name in the live database (created if missing)")
     where.add_argument("--replace", action="store_true",
                        help="rebuild the LIVE database in place (refused while a worker runs)")
-    replay.add_argument("--order", choices=["recorded", "keys"], default="recorded",
-                        help="recorded: the live apply order (default); keys: key order,"
+    replay.add_argument("--order", choices=["recorded", "keys"],
+                        help="recorded: the live apply order (the default, but for --replace"
+                             " finishing an unfinished rebuild: its order); keys: key order,"
                              " for a database that is gone")
     replay.add_argument("--rule", action="append", default=[], metavar="NAME=VALUE",
                         help="a threshold for this replay only, e.g. PATID2_MIN_COUNT=60"

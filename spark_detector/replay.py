@@ -106,7 +106,7 @@ def submit_args_for_local_driver(environ: Mapping[str, str]) -> str | None:
 class ReplayOptions:
     into: str | None = None
     replace: bool = False
-    order: str = RECORDED
+    order: str | None = None  # RECORDED, or with --replace the unfinished rebuild's order
     rules: tuple[str, ...] = ()
     importance: str | None = None  # s3://bucket/key or a local path; default: the live one
     publish: str | None = None

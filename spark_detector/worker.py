@@ -741,7 +741,9 @@ class Worker:
         larger in all than ``WORKER_MAX_CHUNK_BYTES`` are aggregated in several jobs, one
         after the other (``spark_job.bounded_groups``)."""
         failpoint("before_spark")
-        sizes = {key: self.chunks[key].size for key in keys if key in self.chunks}
+        # on the Spark thread too, while the main thread may forget chunks: one lookup each
+        sizes = {key: message.size for key in keys
+                 if (message := self.chunks.get(key)) is not None}
         result = merged_results([
             self._bounded(group, lambda g=group: self._aggregate(g))
             for group in bounded_groups(keys, lambda k: sizes.get(k, 0),

@@ -180,3 +180,16 @@ def test_numbers_missing_from_the_archive_and_not_settled_are_the_gaps():
     keys = [P + f"chunk-{n:08d}-20261127T000000.000Z.csv" for n in (1, 2, 5, 7)]
     assert unsettled_gaps([*keys, P + "by-hand.csv"], [3, None]) == [4, 6]
     assert unsettled_gaps([P + "by-hand.csv"], []) == []
+
+
+def test_a_rebuild_run_again_keeps_its_order_unless_told_another():
+    from datetime import UTC, datetime
+
+    from spark_detector.db import RebuildState
+    from spark_detector.rebuild import LiveRebuild
+
+    unfinished = RebuildState(datetime(2026, 12, 1, tzinfo=UTC), "alice", KEYS, 1)
+    assert LiveRebuild(None, unfinished).order(None) == KEYS
+    assert LiveRebuild(None, unfinished).order(RECORDED) == RECORDED
+    assert LiveRebuild(None, None).order(None) == RECORDED
+    assert "run `python -m spark_detector replay --replace` again" in unfinished.describe()
