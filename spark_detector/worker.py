@@ -212,14 +212,13 @@ class Overlapped:
 
 
 def _broken_gateway(exc: BaseException) -> bool:
-    """Whether ``exc`` (or its cause) is a broken connection to the JVM (py4j's own error,
-    or the socket's)."""
+    """Whether ``exc`` (or what it was raised from) is py4j's broken connection to the JVM;
+    not any socket's (an S3 connection refused says nothing about the JVM)."""
     seen: BaseException | None = exc
     for _ in range(5):
         if seen is None:
             return False
-        if isinstance(seen, ConnectionError) or any(
-                kind.__name__ == "Py4JNetworkError" for kind in type(seen).__mro__):
+        if any(kind.__name__ == "Py4JNetworkError" for kind in type(seen).__mro__):
             return True
         seen = seen.__cause__ or seen.__context__
     return False

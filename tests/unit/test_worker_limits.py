@@ -65,13 +65,16 @@ class Py4JNetworkError(Exception):
 
 
 def test_an_error_of_the_jvms_connection_is_told_from_a_chunks_own():
-    assert _broken_gateway(ConnectionRefusedError(111, "Connection refused"))
-    assert _broken_gateway(Py4JNetworkError("Answer from Java side is empty"))
     try:
         try:
-            raise ConnectionResetError(104, "reset")
-        except ConnectionResetError as exc:
-            raise RuntimeError("the job failed") from exc
-    except RuntimeError as wrapped:
-        assert _broken_gateway(wrapped)
+            raise ConnectionRefusedError(111, "Connection refused")
+        except ConnectionRefusedError as exc:
+            raise Py4JNetworkError("An error occurred while trying to connect") from exc
+    except Py4JNetworkError as gateway:
+        assert _broken_gateway(gateway)
+        try:
+            raise RuntimeError("the job failed") from gateway
+        except RuntimeError as wrapped:
+            assert _broken_gateway(wrapped)
+    assert not _broken_gateway(ConnectionRefusedError(111, "an S3 endpoint refused"))
     assert not _broken_gateway(ValueError("bad row"))
