@@ -5,6 +5,7 @@ Every variable, its default and meaning is listed in docs/configuration.md.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -83,6 +84,17 @@ def build_target(argv: list[str], name: str, default: Path | None) -> Path | Non
     return default
 
 
+def build_command_target(argv: list[str] | None, module: str, doc: str, what: str, name: str,
+                         default: Path | None) -> Path | None:
+    """``python -m MODULE [PATH]`` of a build command (with ``--help``): ``build_target``."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}",
+                                     description=doc.split("\n\n")[0].replace("\n", " "))
+    parser.add_argument("path", nargs="?", help=f"where to write {what} (default: ${name}, "
+                        "else under this Python's prefix)")
+    args = parser.parse_args(argv)
+    return build_target([args.path] if args.path else [], name, default)
+
+
 def _thresholds(env: Mapping[str, str]) -> Thresholds:
     try:
         return thresholds_from_env(env)
@@ -125,6 +137,8 @@ def database_url_from_env(env: Mapping[str, str]) -> str:
 
 
 FETCH_ON_CHOICES = ("auto", "driver", "executors")
+DEFAULT_MAX_CHUNK_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_CHUNK_ROWS = 200_000
 
 
 def fetches_on_driver(fetch_on: str, master: str) -> bool:
@@ -165,8 +179,14 @@ class WorkerSettings:
     # to the DLQ after max_chunk_failures real failures.
     retry_delay_seconds: float = 30.0
     max_chunk_failures: int = 3
-    max_chunk_bytes: int = 64 * 1024 * 1024
-    max_chunk_rows: int = 1_000_000
+    # What a chunk may hold, sized to the driver JVM's default 512 MiB: a chunk at both
+    # limits whose rows are all distinct customers is applied with room to spare (measured,
+    # docs/configuration.md "Chunk limits and memory"); raise them with spark.driver.memory.
+    max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES
+    max_chunk_rows: int = DEFAULT_MAX_CHUNK_ROWS
+    # A Spark job (the micro-batch's, or the start-up warm-up) that runs longer is taken for
+    # a dead runtime: messages given back, exit code 3.
+    spark_job_timeout_seconds: float = 300.0
     max_reference_bytes: int = 512 * 1024 * 1024
     # PostgreSQL calls are retried this many times (bounded backoff) before the worker
     # declares an outage: it then gives its messages back and receives nothing until the
@@ -176,6 +196,8 @@ class WorkerSettings:
     flush_partial_after_seconds: float | None = None
     backfill_every_seconds: float | None = None
     dlq_url: str | None = None
+    # CloudWatch namespace of the metrics in the worker's log lines (spark_detector/emf.py)
+    metrics_namespace: str = "TxnPipeline/Worker"
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     @classmethod
@@ -201,8 +223,10 @@ class WorkerSettings:
             heartbeat_after_seconds=_number(env, "WORKER_HEARTBEAT_AFTER_SECONDS", "20"),
             retry_delay_seconds=_number(env, "WORKER_RETRY_DELAY_SECONDS", "30"),
             max_chunk_failures=_number(env, "WORKER_MAX_CHUNK_FAILURES", "3", int),
-            max_chunk_bytes=_number(env, "WORKER_MAX_CHUNK_BYTES", str(64 * 1024 * 1024), int),
-            max_chunk_rows=_number(env, "WORKER_MAX_CHUNK_ROWS", "1000000", int),
+            max_chunk_bytes=_number(env, "WORKER_MAX_CHUNK_BYTES", str(DEFAULT_MAX_CHUNK_BYTES),
+                                    int),
+            max_chunk_rows=_number(env, "WORKER_MAX_CHUNK_ROWS", str(DEFAULT_MAX_CHUNK_ROWS), int),
+            spark_job_timeout_seconds=_number(env, "WORKER_SPARK_JOB_TIMEOUT_SECONDS", "300"),
             max_reference_bytes=_number(env, "WORKER_MAX_REFERENCE_BYTES",
                                         str(512 * 1024 * 1024), int),
             db_retry_attempts=_number(env, "WORKER_DB_RETRY_ATTEMPTS", "5", int),
@@ -210,6 +234,7 @@ class WorkerSettings:
             flush_partial_after_seconds=_optional_seconds(env, "WORKER_FLUSH_PARTIAL_AFTER"),
             backfill_every_seconds=_optional_seconds(env, "WORKER_BACKFILL_EVERY"),
             dlq_url=env.get("DLQ_URL", "").strip() or None,
+            metrics_namespace=_get(env, "WORKER_METRICS_NAMESPACE", "TxnPipeline/Worker"),
             thresholds=_thresholds(env),
         )
         validate(settings)
@@ -238,6 +263,7 @@ _LIMITS: tuple[tuple[str, str, float | None, float | None, bool, bool], ...] = (
     ("max_chunk_failures", "WORKER_MAX_CHUNK_FAILURES", 1, 100, False, False),
     ("max_chunk_bytes", "WORKER_MAX_CHUNK_BYTES", 1, None, False, False),
     ("max_chunk_rows", "WORKER_MAX_CHUNK_ROWS", 1, None, False, False),
+    ("spark_job_timeout_seconds", "WORKER_SPARK_JOB_TIMEOUT_SECONDS", 5, 86_400, False, False),
     ("max_reference_bytes", "WORKER_MAX_REFERENCE_BYTES", 1, None, False, False),
     ("db_retry_attempts", "WORKER_DB_RETRY_ATTEMPTS", 1, 100, False, False),
     ("gap_alert_seconds", "WORKER_GAP_ALERT_SECONDS", 0, None, True, False),
