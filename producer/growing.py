@@ -43,6 +43,7 @@ from producer.generate import (
     MALE_LEANING_MERCHANT,
     TRANSACTIONS_FILE,
     TRANSPORT,
+    output_files,
 )
 
 TOP_TWO_SHARE = 0.85  # BankSim: 505,119 of 594,643 transactions
@@ -139,18 +140,9 @@ def generate_growing(out_dir: Path, rows: int, customers: int, merchants: int = 
         activity_of[customer], spend_of[customer] = activity, spend
         most_active = max(most_active, activity)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    transactions_path = out_dir / TRANSACTIONS_FILE
-    importance_path = out_dir / IMPORTANCE_FILE
     random_, gamma, scale = rng.random, rng.gammavariate, 1 / AMOUNT_SHAPE
     arrived = importance_rows = 0
-    buffer_size = 1 << 20
-    with (
-        open(transactions_path, "w", encoding="utf-8", newline="", buffering=buffer_size) as txn,
-        open(importance_path, "w", encoding="utf-8", newline="", buffering=buffer_size) as imp,
-    ):
-        txn.write(profile.TRANSACTION_HEADER + "\n")
-        imp.write(profile.IMPORTANCE_HEADER + "\n")
+    with output_files(out_dir) as (txn, imp):
         for row in range(rows):
             merchant = bisect.bisect_left(cumulative, random_() * running)
             merchant = min(merchant, len(table) - 1)
@@ -181,6 +173,7 @@ def generate_growing(out_dir: Path, rows: int, customers: int, merchants: int = 
             if progress is not None and (row + 1) % PROGRESS_EVERY == 0:
                 progress(row + 1)
     return GrowingSummary(rows=rows, customers=arrived, merchants=len(table),
-                          importance_rows=importance_rows, transactions_path=transactions_path,
-                          importance_path=importance_path)
+                          importance_rows=importance_rows,
+                          transactions_path=out_dir / TRANSACTIONS_FILE,
+                          importance_path=out_dir / IMPORTANCE_FILE)
 
