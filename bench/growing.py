@@ -329,6 +329,17 @@ class Pipeline:
             s3.delete_objects(Bucket=self.stack.bucket, Delete={
                 "Objects": [{"Key": k} for k in keys[start:start + 1000]], "Quiet": True})
 
+    def full_evaluations(self) -> dict[str, int]:
+        """The merchants the worker evaluated in full, by reason (its log lines)."""
+        reasons: dict[str, int] = {}
+        with self.worker_log.open(encoding="utf-8", errors="replace") as log:
+            for record in measure.log_records(log):
+                if record.get("message") == "merchants evaluated in full":
+                    for merchant in record.get("merchants") or []:
+                        reason = merchant.get("reason", "?")
+                        reasons[reason] = reasons.get(reason, 0) + 1
+        return reasons
+
     def batches(self) -> list[dict]:
         with self.worker_log.open(encoding="utf-8", errors="replace") as log:
             log.seek(self.worker_log_offset)
@@ -444,6 +455,8 @@ def run(config: Config) -> dict:
                 results["backlog"]["met"] = ((results["backlog"]["steady_rows_per_s"] or 0)
                                              >= TARGET_BACKLOG_ROWS_PER_S)
             results["state_at_end"] = state_figures(stack.database_url)
+            # all the run's worker starts; a merchant's first evaluation is not logged
+            results["full_evaluations"] = pipeline.full_evaluations()
         finally:
             pipeline.stop_worker()
     results["machine"]["load_average_at_end"] = load_average()
@@ -534,6 +547,7 @@ def format_table(results: dict) -> str:
                  f" (<= {QUEUE_LIMIT}: {'met' if t['queue_met'] else 'MISSED'}); cost"
                  f" {t['cost_windows'][1]} / {t['cost_windows'][0]} = {t['cost_ratio']}"
                  f" (<= {TARGET_COST_RATIO}: {'met' if t['cost_met'] else 'MISSED'})")
+    lines.append(f"merchants evaluated in full (by reason): {results.get('full_evaluations')}")
     if "backlog" in results:
         b = results["backlog"]
         lines.append(f"backlog at that state: {b['steady_rows_per_s']} rows/s steady"

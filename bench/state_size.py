@@ -251,13 +251,17 @@ def measure_size(server_url: str, shape: Shape, compare_full: bool) -> dict:
             conn.autocommit = False
             pairs = _count(conn, "SELECT count(*) FROM pair_state")
             counter = FullEvaluations()
-            logging.getLogger(rule_evaluation.__name__).addHandler(counter)
+            rules_log = logging.getLogger(rule_evaluation.__name__)
+            level = rules_log.level
+            rules_log.addHandler(counter)
+            rules_log.setLevel(logging.INFO)
             load_before = [round(x, 2) for x in os.getloadavg()]
             try:
                 walls, cpus, wal = apply_all(conn, measured_chunks(shape), f"{label} measuring",
                                              shape.chunks)
             finally:
-                logging.getLogger(rule_evaluation.__name__).removeHandler(counter)
+                rules_log.removeHandler(counter)
+                rules_log.setLevel(level)
             load_after = [round(x, 2) for x in os.getloadavg()]
             result = {
                 "customers_per_large_merchant": shape.size, "state_pairs": pairs,

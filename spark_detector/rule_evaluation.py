@@ -58,6 +58,11 @@ TIER_MARGIN = 100
 # Rebuilt, too, when it holds more than TIER_OVERSIZE x that and has doubled since it was built
 # (the second condition keeps ties at the limit from rebuilding it at every chunk).
 TIER_OVERSIZE = 3
+# waiting_pairs holds only the pairs whose count is at least a floor under p90: those p90 can
+# come down to soon. The floor is p90 less WAITING_FRACTION of it (at least WAITING_MARGIN);
+# p90 falling under it means a full evaluation of the merchant (reason 'waiting short').
+WAITING_FRACTION = 0.25
+WAITING_MARGIN = 2
 # A full evaluation is logged (INFO) unless it is a new merchant's first, with fewer customers.
 LOG_FULL_FROM_CUSTOMERS = 1000
 
@@ -96,7 +101,9 @@ CREATE TEMP TABLE IF NOT EXISTS chunk_merchants (
     tier_target     bigint,
     tier_limit      double precision,
     tier_count      bigint,
-    tier_built      bigint
+    tier_built      bigint,
+    waiting_floor   bigint,                        -- as recorded, and after this chunk
+    waiting_floor_new bigint
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS chunk_candidates (
     pattern_id      text COLLATE "C" NOT NULL,
@@ -238,7 +245,7 @@ WITH moves AS (
            r.pivot_rank - coalesce(v.left_below, 0) + coalesce(v.joined_below, 0) AS below,
            r.tier_limit,
            r.tier_count - coalesce(v.left_tier, 0) + coalesce(v.joined_tier, 0) AS tier_count,
-           r.tier_built,
+           r.tier_built, r.waiting_floor,
            CASE WHEN m.weighted > 0 THEN %(weight_percentile)s::float8 * (m.weighted - 1) END
                AS w_pos,
            %(count_percentile)s::float8 * (m.customers - 1) AS c_pos
@@ -252,38 +259,55 @@ WITH moves AS (
                AS tier_target,
            floor(s.c_pos)::bigint AS c_r1, ceil(s.c_pos)::bigint AS c_r2
     FROM sized s
-), judged AS (
+), counted AS (
     SELECT r.*,
-           CASE
-               WHEN r.stale IS NOT NULL THEN r.stale
-               WHEN NOT r.tracked THEN NULL
-               WHEN r.tier_limit < 'Infinity' AND r.w_r2 >= r.tier_count THEN 'tier short'
-               WHEN r.tier_count > %(tier_oversize)s * r.tier_target
-                    AND r.tier_count > 2 * r.tier_built THEN 'tier oversize'
-           END AS reason
+           CASE WHEN r.c_r1 = r.c_r2 THEN h.v1::float8
+                ELSE h.v1::float8 + (r.c_pos - r.c_r1) * (h.v2::float8 - h.v1::float8)
+           END AS p90_new
     FROM ranked r
+    LEFT JOIN LATERAL (
+        SELECT min(c.txn_count) FILTER (WHERE c.customers_to > r.c_r1) AS v1,
+               min(c.txn_count) FILTER (WHERE c.customers_to > r.c_r2) AS v2
+        FROM (SELECT txn_count, sum(customers) OVER (ORDER BY txn_count) AS customers_to
+              FROM pair_count_histogram
+              WHERE merchant = r.merchant) c
+    ) h ON r.tracked
+), floored AS (
+    SELECT c.*,
+           greatest(1, ceil(c.p90_new)::bigint - greatest(%(waiting_margin)s,
+                       ceil(%(waiting_fraction)s::float8 * c.p90_new)::bigint)) AS floor_target
+    FROM counted c
+), judged AS (
+    SELECT f.*,
+           CASE
+               WHEN f.stale IS NOT NULL THEN f.stale
+               WHEN NOT f.tracked THEN NULL
+               WHEN f.tier_limit < 'Infinity' AND f.w_r2 >= f.tier_count THEN 'tier short'
+               WHEN f.tier_count > %(tier_oversize)s * f.tier_target
+                    AND f.tier_count > 2 * f.tier_built THEN 'tier oversize'
+               WHEN ceil(f.p90_new) < f.waiting_floor THEN 'waiting short'
+           END AS reason
+    FROM floored f
 )
 INSERT INTO chunk_merchants
     (merchant, mode, reason, tracked, total, customers, weighted, female, male, p90_new,
      p10_old, pivot_weight, pivot_customer, below, w_pos, w_r1, w_r2, tier_target, tier_limit,
-     tier_count, tier_built)
+     tier_count, tier_built, waiting_floor, waiting_floor_new)
 SELECT j.merchant,
        CASE WHEN j.reason IS NOT NULL THEN 'full'
             WHEN j.tracked THEN 'incremental'
             ELSE 'plain' END,
-       j.reason, j.tracked, j.total, j.customers, j.weighted, j.female, j.male,
-       CASE WHEN j.c_r1 = j.c_r2 THEN h.v1::float8
-            ELSE h.v1::float8 + (j.c_pos - j.c_r1) * (h.v2::float8 - h.v1::float8) END,
+       j.reason, j.tracked, j.total, j.customers, j.weighted, j.female, j.male, j.p90_new,
        j.p10_old, j.pivot_weight, j.pivot_customer, j.below, j.w_pos, j.w_r1, j.w_r2,
-       j.tier_target, j.tier_limit, j.tier_count, j.tier_built
+       j.tier_target, j.tier_limit, j.tier_count, j.tier_built, j.waiting_floor,
+       -- raised only when p90 has moved a whole margin above it: a floor that follows every
+       -- step of p90 would be short at its first step back
+       CASE WHEN j.reason IS NOT NULL
+                 OR j.floor_target - j.waiting_floor
+                    >= greatest(%(waiting_margin)s,
+                                ceil(%(waiting_fraction)s::float8 * j.p90_new)::bigint)
+            THEN j.floor_target ELSE j.waiting_floor END
 FROM judged j
-LEFT JOIN LATERAL (
-    SELECT min(c.txn_count) FILTER (WHERE c.customers_to > j.c_r1) AS v1,
-           min(c.txn_count) FILTER (WHERE c.customers_to > j.c_r2) AS v2
-    FROM (SELECT txn_count, sum(customers) OVER (ORDER BY txn_count) AS customers_to
-          FROM pair_count_histogram
-          WHERE merchant = j.merchant) c
-) h ON j.tracked
 RETURNING merchant, mode, reason, customers
 """
 
@@ -375,6 +399,7 @@ FROM chunk_merchants f
 JOIN pair_state p USING (merchant)
 WHERE f.mode = 'full' AND f.tracked
   AND p.avg_weight <= f.p10_new AND p.txn_count::float8 < f.p90_new
+  AND p.txn_count >= f.waiting_floor_new
   AND NOT EXISTS (SELECT 1 FROM detected_patterns d
                   WHERE d.pattern_id = 'PatId1' AND d.merchant_id = p.merchant
                     AND d.customer_name = p.customer);
@@ -492,8 +517,9 @@ RETURNING {", ".join("d." + c.strip() for c in DETECTION_COLUMNS.split(","))}
 
 # After the chunk: the waiting pairs of incrementally evaluated merchants, and every touched
 # merchant's record. Only these can stop waiting: the chunk's pairs (their row has their old
-# count), the pairs p90 came down to, the pairs p10 fell below; and only these can start: the
-# chunk's pairs and the pairs p10 rose past (a pair whose key fired never waits).
+# count), the pairs p90 came down to, the pairs p10 fell below, the pairs under a raised floor;
+# and only these can start: the chunk's pairs and the pairs p10 rose past (a pair whose key
+# fired never waits).
 _RECORD_SQL = """
 WITH stopped AS (
     SELECT w.row_id
@@ -504,6 +530,16 @@ WITH stopped AS (
         WHERE merchant = c.merchant AND txn_count = c.old_count AND customer = c.customer
         OFFSET 0) w
     WHERE m.mode = 'incremental' AND c.old_avg_weight <= m.p10_old
+      AND c.old_count >= m.waiting_floor
+    UNION
+    SELECT w.row_id
+    FROM chunk_merchants m
+    CROSS JOIN LATERAL (
+        SELECT ctid AS row_id FROM waiting_pairs
+        WHERE merchant = m.merchant AND txn_count >= m.waiting_floor
+          AND txn_count < m.waiting_floor_new
+        OFFSET 0) w
+    WHERE m.mode = 'incremental' AND m.waiting_floor_new > m.waiting_floor
     UNION
     SELECT w.row_id
     FROM chunk_merchants m
@@ -533,6 +569,7 @@ WITH stopped AS (
     JOIN chunk_changes c USING (merchant)
     WHERE m.mode = 'incremental'
       AND c.avg_weight <= m.p10_new AND c.txn_count::float8 < m.p90_new
+      AND c.txn_count >= m.waiting_floor_new
     UNION
     SELECT p.merchant, p.txn_count, p.customer
     FROM chunk_merchants m
@@ -544,6 +581,7 @@ WITH stopped AS (
         SELECT merchant, txn_count, customer FROM pair_state
         WHERE merchant = m.merchant AND customer = b.customer OFFSET 0) p
     WHERE m.mode = 'incremental' AND p.txn_count::float8 < m.p90_new
+      AND p.txn_count >= m.waiting_floor_new
 ), gone AS (
     DELETE FROM waiting_pairs WHERE ctid = ANY (ARRAY(SELECT row_id FROM stopped))
 ), came AS (
@@ -560,7 +598,7 @@ WITH stopped AS (
 )
 INSERT INTO merchant_rule_state AS r
     (merchant, fingerprint, tracked, p90_count, p10_weight, pivot_weight, pivot_customer,
-     pivot_rank, tier_limit, tier_count, tier_built)
+     pivot_rank, tier_limit, tier_count, tier_built, waiting_floor)
 SELECT merchant, %(fingerprint)s, tracked,
        CASE WHEN tracked THEN p90_new END, CASE WHEN tracked THEN p10_new END,
        CASE WHEN tracked THEN pivot_weight ELSE '-Infinity' END,
@@ -568,14 +606,16 @@ SELECT merchant, %(fingerprint)s, tracked,
        CASE WHEN tracked THEN below ELSE 0 END,
        CASE WHEN tracked THEN tier_limit ELSE 'Infinity' END,
        CASE WHEN tracked THEN tier_count ELSE 0 END,
-       CASE WHEN tracked THEN tier_built ELSE 0 END
+       CASE WHEN tracked THEN tier_built ELSE 0 END,
+       CASE WHEN tracked THEN waiting_floor_new ELSE 0 END
 FROM chunk_merchants
 ON CONFLICT (merchant) DO UPDATE SET
     fingerprint = excluded.fingerprint, tracked = excluded.tracked,
     p90_count = excluded.p90_count, p10_weight = excluded.p10_weight,
     pivot_weight = excluded.pivot_weight, pivot_customer = excluded.pivot_customer,
     pivot_rank = excluded.pivot_rank, tier_limit = excluded.tier_limit,
-    tier_count = excluded.tier_count, tier_built = excluded.tier_built
+    tier_count = excluded.tier_count, tier_built = excluded.tier_built,
+    waiting_floor = excluded.waiting_floor
 """
 
 
@@ -613,6 +653,8 @@ def evaluate(cur: psycopg2.extensions.cursor, params: dict[str, Any],
         "tier_factor": TIER_FACTOR,
         "tier_margin": TIER_MARGIN,
         "tier_oversize": TIER_OVERSIZE,
+        "waiting_fraction": WAITING_FRACTION,
+        "waiting_margin": WAITING_MARGIN,
     }
     cur.execute(_CLASSIFY_SQL, params)
     full = [(merchant, reason, customers) for merchant, mode, reason, customers

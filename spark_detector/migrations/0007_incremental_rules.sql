@@ -17,7 +17,8 @@ CREATE TABLE weight_order (
 );
 
 -- The pairs waiting for PatId1's count percentile to come down to them: avg_weight <=
--- p10_weight, txn_count < p90_count, key not fired (as of the merchant's last evaluation).
+-- p10_weight, waiting_floor <= txn_count < p90_count, key not fired (as of the merchant's last
+-- evaluation).
 CREATE TABLE waiting_pairs (
     merchant   text COLLATE "C" NOT NULL,
     txn_count  bigint NOT NULL,
@@ -56,5 +57,6 @@ CREATE TABLE merchant_rule_state (
     pivot_rank      bigint NOT NULL,            -- before the first; pairs ordered below it
     tier_limit      double precision NOT NULL,  -- its pairs with avg_weight <= this: weight_order
     tier_count      bigint NOT NULL,            -- how many
-    tier_built      bigint NOT NULL             -- how many when the tier was last built
+    tier_built      bigint NOT NULL,            -- how many when the tier was last built
+    waiting_floor   bigint NOT NULL             -- waiting_pairs: counts from this one up
 );

@@ -7,8 +7,8 @@ The streams are made to reach every path of the incremental evaluation: ties in 
 weights, pairs without any weight, merchants crossing PatId1's minimum total mid-stream, floods
 of new customers at count 1 that bring p90 down, thresholds changed between two runs over the
 same state, p10 rising before p90 comes down (pairs start waiting in between), and (with
-narrow tiers: a margin of 0 or 1 pair instead of 100) tiers that run short or grow too large and
-are rebuilt.
+narrow tiers and floors: margins of 0 or 1 instead of 100 pairs and 2 counts) tiers that run
+short or grow too large and floors p90 falls under, all rebuilt.
 """
 
 from __future__ import annotations
@@ -138,13 +138,19 @@ def run_both(incremental, full, seed: int) -> dict[str, int]:
     return dict(rows(incremental, "SELECT pattern_id, count(*) FROM detected_patterns GROUP BY 1"))
 
 
-@pytest.mark.parametrize(("tier_factor", "tier_margin"),
-                         [(rule_evaluation.TIER_FACTOR, rule_evaluation.TIER_MARGIN), (1, 0),
-                          (2, 1)])
-def test_incremental_evaluation_fires_what_the_full_one_fires(two_databases, monkeypatch, caplog,
-                                                              tier_factor: int, tier_margin: int):
+@pytest.mark.parametrize(("tier_factor", "tier_margin", "waiting_fraction", "waiting_margin"), [
+    (rule_evaluation.TIER_FACTOR, rule_evaluation.TIER_MARGIN, rule_evaluation.WAITING_FRACTION,
+     rule_evaluation.WAITING_MARGIN),
+    (1, 0, 0.0, 1),
+    (2, 1, 0.1, 0),
+])
+def test_incremental_evaluation_fires_what_the_full_one_fires(
+        two_databases, monkeypatch, caplog, tier_factor: int, tier_margin: int,
+        waiting_fraction: float, waiting_margin: int):
     monkeypatch.setattr(rule_evaluation, "TIER_FACTOR", tier_factor)
     monkeypatch.setattr(rule_evaluation, "TIER_MARGIN", tier_margin)
+    monkeypatch.setattr(rule_evaluation, "WAITING_FRACTION", waiting_fraction)
+    monkeypatch.setattr(rule_evaluation, "WAITING_MARGIN", waiting_margin)
     caplog.set_level(logging.INFO, logger=rule_evaluation.__name__)
     incremental, full = two_databases
     exercised: dict[str, int] = {}
@@ -159,6 +165,6 @@ def test_incremental_evaluation_fires_what_the_full_one_fires(two_databases, mon
     reasons = {m["reason"] for r in caplog.records for m in getattr(r, "merchants", [])
                if isinstance(m, dict)}
     assert {"thresholds", "crossed"} <= reasons
-    if tier_margin < 10:  # tiers as narrow as the streams' merchants: rebuilt now and then
-        assert "tier oversize" in reasons
+    if tier_margin < 10:  # tiers and floors as narrow as the streams' merchants: rebuilt
+        assert {"tier oversize", "waiting short"} <= reasons
         assert "tier short" in reasons or tier_factor > 1
