@@ -10,10 +10,10 @@ last chunk that touched it, recorded in ``merchant_rule_state``) only these can 
 - PatId2 and PatId3: the pairs (merchants) the chunk touched; nothing else changed.
 - PatId1: the touched pairs, plus the untouched ones its percentiles moved over. An untouched
   pair did not hold last time, so either its count was under the old p90 (it holds now if p90
-  came down to it: the *waiting* pairs, ``waiting_pairs``, are exactly those with avg_weight
-  <= p10, txn_count < p90 and PatId1 not fired) or its weight was over the old p10 (it holds
-  now if p10 rose past it: the band (old p10, new p10] of the weight order, as wide as the
-  chunk moved it).
+  came down to it: the *waiting* pairs, ``waiting_pairs``, are those with avg_weight <= p10,
+  txn_count < p90 and PatId1 not fired, down to a count floor a quarter under p90) or its
+  weight was over the old p10 (it holds now if p10 rose past it: the band (old p10, new p10] of
+  the weight order, as wide as the chunk moved it).
 - p90_count from ``pair_count_histogram`` (customers per count), in time proportional to the
   number of distinct counts; p10_weight as an order statistic tracked from its last position: a
   pivot key (avg_weight, customer) with the number of pairs below it, moved by the chunk's pairs,
@@ -25,9 +25,10 @@ last chunk that touched it, recorded in ``merchant_rule_state``) only these can 
 
 A merchant is evaluated in full, and its structures rebuilt, when it has no record (new, or a
 database older than this engine), when the thresholds differ from its record's, when its total
-first exceeds PatId1's minimum (its size is then bounded by that minimum), or when its tier no
-longer covers the percentile's rank (or has grown far past it). That is the only work whose cost
-follows a merchant's size; each such evaluation is logged.
+first exceeds PatId1's minimum (its size is then bounded by that minimum), when its tier no
+longer covers the percentile's rank (or has grown far past it), or when p90 falls under the
+floor of its waiting pairs. That is the only work whose cost follows a merchant's size; each
+such evaluation is logged.
 
 Every step is one set-based statement over all the chunk's merchants, in the chunk's
 transaction, with the chunk's rows in temp tables (``chunk_changes``, ``chunk_merchants``,
