@@ -124,20 +124,22 @@ def cmd_skip_seq(settings: WorkerSettings, args: argparse.Namespace) -> int:
         print("spark_detector: --through must not be below SEQ", file=sys.stderr)
         return 2
     s3, _ = aws_clients()
+    # every number checked before any is skipped: a refused range changes nothing
+    for seq in range(args.seq, last + 1):
+        present = s3.list_objects_v2(Bucket=settings.bucket, MaxKeys=1,
+                                     Prefix=f"{settings.chunk_prefix}chunk-{seq:08d}-")
+        if present.get("KeyCount", 0) and not args.force:
+            print(f"spark_detector: chunk {seq} exists in S3 ({present['Contents'][0]['Key']})"
+                  ": it will be applied; skipping it would lose it (--force to insist)",
+                  file=sys.stderr)
+            return 2
     with migrated_connection(settings) as conn:
-        for seq in range(args.seq, last + 1):
-            present = s3.list_objects_v2(Bucket=settings.bucket, MaxKeys=1,
-                                         Prefix=f"{settings.chunk_prefix}chunk-{seq:08d}-")
-            if present.get("KeyCount", 0) and not args.force:
-                print(f"spark_detector: chunk {seq} exists in S3 ({present['Contents'][0]['Key']})"
-                      ": it will be applied; skipping it would lose it (--force to insist)",
-                      file=sys.stderr)
-                return 2
-            try:
-                next_seq = detection_state.skip_seq(conn, seq, reason=args.reason, decided_by=who)
-            except (detection_state.SeqAlreadySettled, ValueError) as exc:
-                print(f"spark_detector: {exc}", file=sys.stderr)
-                return 2
+        try:
+            next_seq = detection_state.skip_seq(conn, args.seq, through=last, reason=args.reason,
+                                                decided_by=who)
+        except (detection_state.SeqAlreadySettled, ValueError) as exc:
+            print(f"spark_detector: {exc}", file=sys.stderr)
+            return 2
     print(f"skipped {args.seq}" + (f"-{last}" if last != args.seq else "")
           + f"; the stream now waits for chunk {next_seq}")
     return 0

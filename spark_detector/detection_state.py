@@ -536,23 +536,27 @@ class SeqAlreadySettled(ValueError):
 
 
 def skip_seq(conn: psycopg2.extensions.connection, seq: int, *, reason: str,
-             decided_by: str) -> int:
-    """Record an operator's decision that chunk ``seq`` will never come; the new next_seq."""
-    if seq < 1:
-        raise ValueError(f"sequence number must be >= 1, got {seq}")
+             decided_by: str, through: int | None = None) -> int:
+    """Record an operator's decision that chunk ``seq`` (to ``through``) will never come; the
+    new next_seq. A range is skipped whole or not at all."""
+    last = seq if through is None else through
+    if seq < 1 or last < seq:
+        raise ValueError(f"sequence numbers must be >= 1 and in order, got {seq}..{last}")
     if not reason.strip():
         raise ValueError("a reason is required")
     with transaction(conn), conn.cursor() as cur:
         _lock(cur)
-        cur.execute("SELECT outcome, chunk_key FROM sequence_marks WHERE seq = %s", (seq,))
-        existing = cur.fetchone()
-        if existing is not None and existing[0] != "dead_lettered":
-            raise SeqAlreadySettled(f"sequence number {seq} is already {existing[0]}"
-                                    + (f" ({existing[1]})" if existing[1] else ""))
-        _settle(cur, seq, "skipped", None, reason.strip(), decided_by)
+        for n in range(seq, last + 1):
+            cur.execute("SELECT outcome, chunk_key FROM sequence_marks WHERE seq = %s", (n,))
+            existing = cur.fetchone()
+            if existing is not None and existing[0] != "dead_lettered":
+                raise SeqAlreadySettled(f"sequence number {n} is already {existing[0]}"
+                                        + (f" ({existing[1]})" if existing[1] else ""))
+            _settle(cur, n, "skipped", None, reason.strip(), decided_by)
         new_next = _next_seq(cur)
     log.warning("sequence number skipped by an operator", extra={
-        "seq": seq, "reason": reason, "decided_by": decided_by, "next_seq": new_next})
+        "seq": seq, "through": last, "reason": reason, "decided_by": decided_by,
+        "next_seq": new_next})
     return new_next
 
 
