@@ -249,6 +249,8 @@ class Worker:
         # Spark results of chunks in hand, aggregated ahead of their turn (one batch's result
         # is shared by its chunks); dropped with the chunk.
         self._aggregated: dict[str, BatchResult] = {}
+        # those of them aggregated by an overlapped job, not yet counted in a batch summary
+        self._ahead: set[str] = set()
         self._overlapped: Overlapped | None = None
         self._spark_thread = ThreadPoolExecutor(1, thread_name_prefix="spark-overlap")
         self._redriven: set[str] = set()
@@ -403,6 +405,7 @@ class Worker:
         self._drop_overlapped()
         self.chunks.clear()
         self._aggregated.clear()
+        self._ahead.clear()
         self._redriven.clear()
         try:
             released = self.inflight.release_all()
@@ -542,6 +545,7 @@ class Worker:
             self._applied_unacked.append(key)
         self.chunks.pop(key, None)
         self._aggregated.pop(key, None)
+        self._ahead.discard(key)
         self._redriven.discard(key)
 
     def _ready(self, summary: BatchSummary,
@@ -669,7 +673,10 @@ class Worker:
         waited for first."""
         self._collect_overlapped(summary)
         missing = [key for key in keys if key not in self._aggregated]
-        summary.overlapped += len(keys) - len(missing)
+        # a result kept from an earlier batch's own job (its chunk waited) is no overlap
+        ahead = self._ahead.intersection(keys)
+        summary.overlapped += len(ahead)
+        self._ahead -= ahead
         if missing:
             self._keep(missing, self._spark_job(missing), summary)
         return {key: self._aggregated[key] for key in keys}
@@ -734,6 +741,7 @@ class Worker:
             return
         if overlapped.keys:  # the start-up warm-up has none
             self._keep(overlapped.keys, outcome, summary)
+            self._ahead.update(key for key in overlapped.keys if key in self._aggregated)
 
     def _drop_overlapped(self) -> None:
         """Wait for a running overlapped job and drop what it produced (stopping, outage)."""
