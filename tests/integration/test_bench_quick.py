@@ -70,12 +70,12 @@ def test_quick_bench_writes_every_figure_and_plot(tmp_path, postgres_server_url)
     assert backlog["steady_rows_per_s"]["n"] == 2 and isinstance(backlog["load"]["noisy"], bool)
     for r, repeat in enumerate(backlog["repeats"], start=1):
         # the phase's own database: every chunk once, in production order, every row
-        applied = processed(postgres_server_url, f"backlog-{r}")
+        applied = processed(postgres_server_url, f"backlog_{r}")
         assert in_production_order([key for key, *_ in applied]) and len(applied) == chunks
         assert repeat["chunks"] == chunks
         assert repeat["rows"] == sum(rows for _, rows, *_ in applied) == 2 * config["rows"]
         # the figures, recomputed from the worker's own "batch done" lines
-        batches = [b for b in log_lines(logs / f"bench-backlog-{r}-worker.log", "batch done")
+        batches = [b for b in log_lines(logs / f"bench-backlog_{r}-worker.log", "batch done")
                    if b["keys"]]
         assert repeat["batch_sizes"] == [len(b["keys"]) for b in batches]
         rates = [(b["rows_good"] + b["rows_rejected"]) / b["batch_ms"] * 1000
