@@ -1,6 +1,8 @@
-"""`python -m spark_detector {run,backfill,status,migrate,replay}` — the worker's edge.
+"""`python -m spark_detector {run,backfill,status,skip-seq,migrate,replay}` — the worker's edge.
 
-Reads settings once, builds the clients, and hands them to the loop in `worker.py`.
+Reads settings once, builds the clients, and hands them to the loop in `worker.py`. Every
+command ends with an exit code from docs/worker.md; an error it expects is one line on
+stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -16,14 +18,50 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
+import psycopg2
 from botocore.config import Config
 
 import json_logs
+from spark_detector import db
 from spark_detector.config import ConfigError, WorkerSettings
 
 # botocore's standard mode retries throttling and 5xx with capped exponential backoff.
 BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 8},
                      connect_timeout=5, read_timeout=30)
+
+
+EXIT_BAD_SETTING = 2  # also: a request refused (skip-seq), a replay that cannot run as asked
+EXIT_DATABASE_UNREACHABLE = 4
+# run: 3 = the Spark runtime was lost (worker.EXIT_SPARK_LOST);
+# 5 = a rebuild is unfinished (db.EXIT_REBUILD_IN_PROGRESS)
+
+
+def database_unreachable(settings: WorkerSettings, exc: BaseException) -> int:
+    """One line naming the database (no password), for an outage that ends a command."""
+    cause = exc if isinstance(exc, db.DatabaseUnreachable) else exc.__cause__
+    if isinstance(cause, db.DatabaseUnreachable):
+        text = str(cause)
+    else:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        text = f"the database {db.redact_dsn(settings.database_url)} is unreachable: {first}"
+    print(f"spark_detector: {text}", file=sys.stderr)
+    return EXIT_DATABASE_UNREACHABLE
+
+
+def refuse_while_rebuilding(settings: WorkerSettings) -> None:
+    """``db.RebuildInProgress`` when a `replay --replace` has not finished; checked before
+    Spark starts (a refusal takes a second, not a JVM's start). The database gets the worker's
+    retry budget to answer."""
+    from spark_detector.retry import retry
+
+    conn = retry(lambda: db.connect(settings.database_url), retry_on=(psycopg2.OperationalError,),
+                 attempts=settings.db_retry_attempts, base=0.25, cap=4.0)
+    try:
+        unfinished = db.rebuild_in_progress(conn)
+    finally:
+        conn.close()
+    if unfinished is not None:
+        raise db.RebuildInProgress(unfinished.describe())
 
 
 def aws_clients() -> tuple[object, object]:
@@ -37,10 +75,9 @@ def cmd_run(settings: WorkerSettings, args: argparse.Namespace) -> int:
     # before any thread or child process exists (the JVM inherits the environment set here)
     # and before pyarrow's import (the modules below import it)
     tuned = {**tune_malloc(), **tune_arrow_pool()}
-    from spark_detector import db
     from spark_detector.reference_weights import ReferenceRejected, ReferenceUnavailable
     from spark_detector.spark_runtime import SparkAggregator
-    from spark_detector.worker import Worker, logger
+    from spark_detector.worker import DatabaseUnavailable, Worker, logger
 
     logger.info("malloc tuned", extra={"set": tuned})
     if args.flush_partial_after is not None:
@@ -57,6 +94,11 @@ def cmd_run(settings: WorkerSettings, args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    try:
+        refuse_while_rebuilding(settings)
+    except db.RebuildInProgress as exc:
+        print(f"spark_detector: refusing to start: {exc}", file=sys.stderr)
+        return db.EXIT_REBUILD_IN_PROGRESS
     s3, sqs = aws_clients()
     try:
         aggregator = SparkAggregator.start(
@@ -70,10 +112,15 @@ def cmd_run(settings: WorkerSettings, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     worker = Worker(settings, s3=s3, sqs=sqs, connect=lambda: db.connect(settings.database_url),
                     aggregate=aggregator.aggregate, runtime_alive=aggregator.alive,
-                    warm_up=aggregator.warm_up,
+                    kill_runtime=aggregator.kill, warm_up=aggregator.warm_up,
                     y_start_time=y_start_time, stop_event=stop_event)
     try:
         return worker.run(drain=args.drain)
+    except db.RebuildInProgress as exc:
+        print(f"spark_detector: refusing to start: {exc}", file=sys.stderr)
+        return db.EXIT_REBUILD_IN_PROGRESS
+    except DatabaseUnavailable as exc:
+        return database_unreachable(settings, exc)
     finally:
         worker.close()
         with contextlib.suppress(Exception):  # a lost JVM cannot be stopped politely
@@ -83,8 +130,6 @@ def cmd_run(settings: WorkerSettings, args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def migrated_connection(settings: WorkerSettings) -> Iterator[object]:
     """A connection to the worker's database with the schema up to date, closed afterwards."""
-    from spark_detector import db
-
     conn = db.connect(settings.database_url)
     try:
         db.migrate(conn)
@@ -134,6 +179,10 @@ def cmd_skip_seq(settings: WorkerSettings, args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
     with migrated_connection(settings) as conn:
+        unfinished = db.rebuild_in_progress(conn)
+        if unfinished is not None:  # the rebuild would not see the skip: finish it first
+            print(f"spark_detector: refused: {unfinished.describe()}", file=sys.stderr)
+            return db.EXIT_REBUILD_IN_PROGRESS
         try:
             next_seq = detection_state.skip_seq(conn, args.seq, through=last, reason=args.reason,
                                                 decided_by=who)
@@ -146,8 +195,6 @@ def cmd_skip_seq(settings: WorkerSettings, args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(settings: WorkerSettings, _args: argparse.Namespace) -> int:
-    from spark_detector import db
-
     with migrated_connection(settings) as conn:
         print(f"schema version {db.schema_version(conn)}")
     return 0
@@ -158,6 +205,7 @@ def cmd_replay(settings: WorkerSettings, args: argparse.Namespace) -> int:
     from spark_detector.replay_plan import ReplayError, ReplayRefused
     from spark_detector.spark_job import FetchSpec
     from spark_detector.spark_session import build_spark
+    from spark_detector.worker import failure_text
 
     options = ReplayOptions(into=args.into, replace=args.replace, order=args.order,
                             rules=tuple(args.rule), importance=args.importance,
@@ -180,7 +228,12 @@ def cmd_replay(settings: WorkerSettings, args: argparse.Namespace) -> int:
         return 3
     except ReplayError as exc:
         print(f"replay: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_SETTING
+    except psycopg2.OperationalError:
+        raise  # main() says which database, exit 4
+    except Exception as exc:  # the command's edge: one line, never a traceback
+        print(f"replay failed: {failure_text(exc)}", file=sys.stderr)
+        return 1
     finally:
         for session in sessions:
             session.stop()
@@ -232,8 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
                             " name in the live database (created if missing)")
     where.add_argument("--replace", action="store_true",
                        help="rebuild the LIVE database in place (refused while a worker runs)")
-    replay.add_argument("--order", choices=["recorded", "keys"], default="recorded",
-                        help="recorded: the live apply order (default); keys: key order,"
+    replay.add_argument("--order", choices=["recorded", "keys"],
+                        help="recorded: the live apply order (the default, but for --replace"
+                             " finishing an unfinished rebuild: its order); keys: key order,"
                              " for a database that is gone")
     replay.add_argument("--rule", action="append", default=[], metavar="NAME=VALUE",
                         help="a threshold for this replay only, e.g. PATID2_MIN_COUNT=60"
@@ -258,8 +312,11 @@ def main(argv: list[str] | None = None) -> int:
         settings = WorkerSettings.from_env()
     except ConfigError as exc:
         print(f"spark_detector: {exc}", file=sys.stderr)
-        return 2
-    return args.func(settings, args)
+        return EXIT_BAD_SETTING
+    try:
+        return args.func(settings, args)
+    except psycopg2.OperationalError as exc:  # unreachable, or lost on the way
+        return database_unreachable(settings, exc)
 
 
 if __name__ == "__main__":

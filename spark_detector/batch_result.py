@@ -10,7 +10,7 @@ Arrow (C++) throughout.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -55,6 +55,18 @@ class BatchResult:
     prepared: dict[str, PreparedPairs] = field(default_factory=dict)
     # S3 GET + whole-chunk checks on the executors, summed over tasks (part of the job's time)
     fetch_ms: float | None = None
+
+
+def merged_results(results: Sequence[BatchResult]) -> BatchResult:
+    """One result for the chunks of several jobs (a batch run in parts)."""
+    if len(results) == 1:
+        return results[0]
+    fetch_ms = [r.fetch_ms for r in results if r.fetch_ms is not None]
+    return BatchResult(
+        *({key: value for r in results for key, value in getattr(r, name).items()}
+          for name in ("aggregates", "rejected_rows", "rejected_chunks", "missing_chunks",
+                       "prepared")),
+        fetch_ms=sum(fetch_ms) if fetch_ms else None)
 
 
 def weight_table(weights: Mapping[WeightKey, Decimal]) -> pa.Table:

@@ -69,7 +69,9 @@ class FetchSpec:
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     max_attempts: int = 5  # botocore "standard" retries: bounded exponential backoff
-    max_rows: int = 1_000_000  # a chunk with more data lines is rejected whole, "too large"
+    # a chunk with more data lines is rejected whole, "too large" (the worker and the replay
+    # set WORKER_MAX_CHUNK_ROWS here; config.DEFAULT_MAX_CHUNK_ROWS is its default)
+    max_rows: int = 200_000
     on_driver: bool = False  # the driver fetches (Spark in local mode); else the executors
 
     @classmethod
@@ -98,7 +100,7 @@ def s3_client(spec: FetchSpec) -> Any:
     )
 
 
-def fetch_chunk(s3: Any, bucket: str, key: str, max_rows: int = 1_000_000) -> tuple:
+def fetch_chunk(s3: Any, bucket: str, key: str, max_rows: int = 200_000) -> tuple:
     """One ``FETCHED_SCHEMA`` row: the chunk read and checked whole, or why it was not."""
     failpoint("spark_fetch", key)
     try:

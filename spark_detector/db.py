@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import psycopg2
@@ -33,7 +34,22 @@ _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
 class RebuildInProgress(RuntimeError):
-    """A `replay --replace` is rebuilding this database: a worker must not apply chunks now."""
+    """A `replay --replace` is rebuilding this database, or has not finished: a worker must
+    not apply chunks now, nor an operator skip numbers."""
+
+
+EXIT_REBUILD_IN_PROGRESS = 5  # the exit code of a command refused because of it
+
+
+class DatabaseUnreachable(psycopg2.OperationalError):
+    """No connection could be opened. The message names the database, its password redacted;
+    an ``OperationalError`` still, so that callers that retry one retry this too."""
+
+
+def redact_dsn(dsn: str) -> str:
+    """A connection string (URL or ``key=value`` form) without its password."""
+    dsn = re.sub(r"(://[^:/@?#]*):[^@/?#]*@", r"\1:***@", dsn)  # postgresql://user:secret@host
+    return re.sub(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]+)", r"\1***", dsn)
 
 
 class MigrationError(RuntimeError):
@@ -47,9 +63,15 @@ class Migration:
     sql: str
 
 
-def connect(url: str) -> psycopg2.extensions.connection:
-    """A connection with autocommit off: every engine call commits its own transaction."""
-    conn = psycopg2.connect(url)
+def connect(url: str, **options: str) -> psycopg2.extensions.connection:
+    """A connection with autocommit off: every engine call commits its own transaction.
+    ``DatabaseUnreachable`` when none can be opened."""
+    try:
+        conn = psycopg2.connect(url, **options)
+    except psycopg2.OperationalError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DatabaseUnreachable(f"cannot connect to the database {redact_dsn(url)}: {first}"
+                                  ) from exc
     conn.autocommit = False
     return conn
 
@@ -90,6 +112,33 @@ def try_rebuild_lock(conn: psycopg2.extensions.connection) -> bool:
     with transaction(conn), conn.cursor() as cur:
         cur.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_NAMESPACE, WORKER_LOCK))
         return bool(cur.fetchone()[0])
+
+
+@dataclass(frozen=True)
+class RebuildState:
+    """A `replay --replace` that started and has not finished (table rebuild_in_progress)."""
+
+    started_at: datetime
+    started_by: str
+    replay_order: str
+    runs: int
+
+    def describe(self) -> str:
+        return (f"a rebuild of this database (`replay --replace --order {self.replay_order}`,"
+                f" started {self.started_at.isoformat(timespec='seconds')} by {self.started_by},"
+                f" {self.runs} run(s)) has not finished; run `python -m spark_detector replay"
+                " --replace` again to finish it")
+
+
+def rebuild_in_progress(conn: psycopg2.extensions.connection) -> RebuildState | None:
+    """The unfinished rebuild of this database, if any (none before migration 0006)."""
+    with transaction(conn), conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('rebuild_in_progress') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            return None
+        cur.execute("SELECT started_at, started_by, replay_order, runs FROM rebuild_in_progress")
+        row = cur.fetchone()
+    return None if row is None else RebuildState(*row)
 
 
 def available_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:

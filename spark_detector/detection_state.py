@@ -51,6 +51,7 @@ __all__ = [
     "chunk_status",
     "done_chunk_keys",
     "record_rejected_chunk",
+    "settle_number",
     "thresholds_from_env",
     "try_apply_chunk",
 ]
@@ -319,7 +320,8 @@ def try_apply_chunk(
     nothing. A sequenced chunk
     whose predecessor is not settled yet raises ``OutOfTurn`` and changes nothing. A
     sequenced chunk whose number was settled without it (skipped or dead-lettered, then
-    redriven) is applied late, where it arrives. ``detections_prefix`` names the S3 keys
+    redriven) is applied late, where it arrives: its number's mark keeps that settlement
+    and records the late apply beside it. ``detections_prefix`` names the S3 keys
     of the detection files this commit closes. ``prepared``: ``prepare_pairs(aggregates)``
     done ahead (else it is done here); then only the counts of ``aggregates`` are read, and
     its pairs may have been dropped (``without_pairs``).
@@ -473,12 +475,15 @@ def record_rejected_chunk(
 
 # Record a settled sequence number; when it is the one the stream waits for, move next_seq past
 # it and past every later number already settled (chunks rejected early, numbers skipped ahead).
+# A number settles once: a chunk that carries a number settled without it (skipped, or
+# dead-lettered and redriven) is recorded beside that first settlement (late_*), which keeps
+# its outcome, reason and who decided it.
 _SETTLE_SQL = """
 INSERT INTO sequence_marks AS m (seq, outcome, chunk_key, reason, decided_by)
 VALUES (%(seq)s, %(outcome)s, %(key)s, %(reason)s, %(by)s)
 ON CONFLICT (seq) DO UPDATE SET
-    outcome = excluded.outcome, chunk_key = excluded.chunk_key, reason = excluded.reason,
-    decided_by = excluded.decided_by, marked_at = clock_timestamp();
+    late_outcome = excluded.outcome, late_chunk_key = excluded.chunk_key,
+    late_marked_at = clock_timestamp();
 UPDATE stream_position
 SET next_seq = (
         SELECT min(m.seq + 1) FROM sequence_marks m
@@ -531,6 +536,19 @@ def settle_dead_lettered(conn: psycopg2.extensions.connection, chunk: ChunkRef,
             _settle(cur, chunk.seq, "dead_lettered", chunk.key, reason)
 
 
+def settle_number(conn: psycopg2.extensions.connection, seq: int, outcome: str, *,
+                  chunk_key: str | None = None, reason: str | None = None,
+                  decided_by: str | None = None) -> None:
+    """Settle ``seq`` without applying a chunk, as a live run recorded it (``skipped`` or
+    ``dead_lettered``): a replay gives its target the live run's settlements this way."""
+    if outcome not in ("skipped", "dead_lettered"):
+        raise ValueError(f"a number is settled without its chunk as skipped or dead_lettered,"
+                         f" not {outcome}")
+    with transaction(conn), conn.cursor() as cur:
+        _lock(cur)
+        _settle(cur, seq, outcome, chunk_key, reason, decided_by)
+
+
 class SeqAlreadySettled(ValueError):
     """skip-seq was asked for a number that is applied, rejected or skipped already."""
 
@@ -538,7 +556,11 @@ class SeqAlreadySettled(ValueError):
 def skip_seq(conn: psycopg2.extensions.connection, seq: int, *, reason: str,
              decided_by: str, through: int | None = None) -> int:
     """Record an operator's decision that chunk ``seq`` (to ``through``) will never come; the
-    new next_seq. A range is skipped whole or not at all."""
+    new next_seq. A range is skipped whole or not at all.
+
+    A dead-lettered number may be skipped too (the operator decides its chunk will not be
+    redriven): the decision replaces the dead-letter in its mark (the chunk's last error stays
+    in ``chunk_failures``), unless that chunk has come back and been applied or rejected."""
     last = seq if through is None else through
     if seq < 1 or last < seq:
         raise ValueError(f"sequence numbers must be >= 1 and in order, got {seq}..{last}")
@@ -547,12 +569,22 @@ def skip_seq(conn: psycopg2.extensions.connection, seq: int, *, reason: str,
     with transaction(conn), conn.cursor() as cur:
         _lock(cur)
         for n in range(seq, last + 1):
-            cur.execute("SELECT outcome, chunk_key FROM sequence_marks WHERE seq = %s", (n,))
+            cur.execute("SELECT outcome, chunk_key, late_outcome, late_chunk_key"
+                        " FROM sequence_marks WHERE seq = %s", (n,))
             existing = cur.fetchone()
-            if existing is not None and existing[0] != "dead_lettered":
-                raise SeqAlreadySettled(f"sequence number {n} is already {existing[0]}"
-                                        + (f" ({existing[1]})" if existing[1] else ""))
-            _settle(cur, n, "skipped", None, reason.strip(), decided_by)
+            if existing is None:
+                _settle(cur, n, "skipped", None, reason.strip(), decided_by)
+                continue
+            outcome, key, late_outcome, late_key = existing
+            if late_outcome in ("applied", "rejected"):
+                raise SeqAlreadySettled(f"sequence number {n} is {outcome}, and its chunk"
+                                        f" came late and was {late_outcome} ({late_key})")
+            if outcome != "dead_lettered":
+                raise SeqAlreadySettled(f"sequence number {n} is already {outcome}"
+                                        + (f" ({key})" if key else ""))
+            cur.execute("UPDATE sequence_marks SET outcome = 'skipped', chunk_key = NULL,"
+                        " reason = %s, decided_by = %s, marked_at = clock_timestamp()"
+                        " WHERE seq = %s", (reason.strip(), decided_by, n))
         new_next = _next_seq(cur)
     log.warning("sequence number skipped by an operator", extra={
         "seq": seq, "through": last, "reason": reason, "decided_by": decided_by,

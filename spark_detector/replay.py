@@ -3,17 +3,19 @@
 The chunk archive in S3 is the source of truth. A replay:
 
 1. reads the live run's record (``processed_chunks`` apply order, ``rejected_chunks``, the
-   detections) and lists the chunk prefix; ``replay_plan.plan_chunks`` picks the chunks and
-   their order (the recorded apply order, or key order for a database that is gone), skipping
-   the chunks the live run rejected whole;
+   sequence numbers settled without their chunk, the detections) and lists the chunk prefix;
+   ``replay_plan.plan_chunks`` picks the chunks and their order (the recorded apply order, or
+   key order for a database that is gone), skipping the chunks the live run rejected whole;
 2. runs ONE Spark job over all of them - ``spark_job.fetch_chunks`` and ``aggregate_chunks``,
    the worker's own fetch / parse / validate / aggregate query, so rows are validated exactly
    as live - which yields every chunk's pair aggregates, the chunks spread over the
    executors. The result stays one compact Arrow table on the driver, turned into one
    chunk's ``ChunkAggregates`` at a time (``spark_job.assemble_batch``) just before that chunk
    is applied, so the driver holds Python objects for two chunks at most;
-3. applies the chunks one by one, in the planned order, with
-   ``detection_state.apply_chunk`` into the target database or schema: the engine's own
+3. settles the numbers the live run settled without their chunk, as it recorded them
+   (``settle_like_live``), then applies the chunks one by one, in the planned order, with
+   ``detection_state.apply_chunk`` into the target database or schema - a chunk applied
+   late live is applied late here too, at its recorded place: the engine's own
    state update, rules at every chunk boundary for the merchants the chunk touched,
    emit-once and detection numbering. The replay is therefore the live semantics by
    construction, not a second implementation of them;
@@ -21,15 +23,15 @@ The chunk archive in S3 is the source of truth. A replay:
    with the live detections (added, removed, fired after another chunk).
 
 It never writes to the live tables or the live detection prefix, except with ``--replace``
-(rebuild the live database after a loss), which refuses while any worker holds the worker
-lock (``db.try_worker_lock``) and keeps every worker out while it runs.
+(rebuild the live database after a loss, ``rebuild.py``), which refuses while any worker
+holds the worker lock (``db.try_worker_lock``), keeps every worker out while it is
+unfinished, and installs its result in one transaction. Every error a replay expects ends it
+with one line and an exit code (``__main__.cmd_replay``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import logging
 import threading
 import time
@@ -53,8 +55,10 @@ from spark_detector.backfill import list_chunks
 from spark_detector.batch_result import BatchResult, assemble_batch, weight_table
 from spark_detector.chunk_aggregates import WeightKey
 from spark_detector.config import WorkerSettings
-from spark_detector.ordering import chunk_seq
+from spark_detector.failpoints import failpoint
+from spark_detector.ordering import OutOfTurn, chunk_seq
 from spark_detector.publish import publish_pending
+from spark_detector.rebuild import ENGINE_TABLES, REBUILD_SCHEMA, LiveRebuild, adopt_live_files
 from spark_detector.reference_weights import compute_weights
 from spark_detector.replay_plan import (
     RECORDED,
@@ -72,20 +76,21 @@ from spark_detector.replay_plan import (
     compare_summary,
     parse_target,
     plan_chunks,
-    redact_url,
     render_compare_csv,
     thresholds_with_rules,
     unsettled_gaps,
 )
 from spark_detector.spark_job import FetchSpec, aggregate_chunks, fetch_chunks
+from spark_detector.spark_session import EXIT_ON_OOM
 from spark_detector.worker import size_rejection
 
 logger = logging.getLogger(__name__)
 
 # A replay's JVM lives for one job. C1-only JIT and the serial collector cut its CPU by a third
 # (bench/bench_replay.py, full data set: 29.9 -> 18.4 CPU-s in the JVM, 1.73 -> 1.43 GiB peak
-# memory); the C2 compiler pays off only in a long-lived worker.
-REPLAY_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+# memory); the C2 compiler pays off only in a long-lived worker. Out of heap, it exits (the
+# replay then fails with one line) instead of hanging.
+REPLAY_JAVA_OPTIONS = f"-XX:TieredStopAtLevel=1 -XX:+UseSerialGC {EXIT_ON_OOM}"
 
 
 def submit_args_for_local_driver(environ: Mapping[str, str]) -> str | None:
@@ -97,16 +102,11 @@ def submit_args_for_local_driver(environ: Mapping[str, str]) -> str | None:
     return f"--driver-java-options='{REPLAY_JAVA_OPTIONS}' pyspark-shell"
 
 
-# The engine's tables, emptied by --reset and --replace (schema_migrations stays).
-ENGINE_TABLES = ("detected_patterns", "outbox_files", "pair_state", "merchant_state",
-                 "processed_chunks", "rejected_chunks", "sequence_marks", "chunk_failures")
-
-
 @dataclass(frozen=True)
 class ReplayOptions:
     into: str | None = None
     replace: bool = False
-    order: str = RECORDED
+    order: str | None = None  # RECORDED, or with --replace the unfinished rebuild's order
     rules: tuple[str, ...] = ()
     importance: str | None = None  # s3://bucket/key or a local path; default: the live one
     publish: str | None = None
@@ -220,9 +220,7 @@ def connect(url: str, *, schema: str | None = None) -> psycopg2.extensions.conne
     options = "-c synchronous_commit=off"
     if schema is not None:
         options += f" -c search_path={schema}"
-    conn = psycopg2.connect(url, options=options)
-    conn.autocommit = False
-    return conn
+    return db.connect(url, options=options)
 
 
 def _with_database(url: str, dbname: str) -> str:
@@ -234,8 +232,8 @@ def ensure_database(url: str) -> None:
     """Create the URL's database on its server if it does not exist."""
     dbname = urlsplit(url).path.lstrip("/")
     if not dbname:
-        raise ReplayError(f"--into {redact_url(url)}: the URL names no database")
-    admin = psycopg2.connect(_with_database(url, "postgres"))
+        raise ReplayError(f"--into {db.redact_dsn(url)}: the URL names no database")
+    admin = db.connect(_with_database(url, "postgres"))
     admin.autocommit = True
     try:
         with admin.cursor() as cur:
@@ -294,11 +292,11 @@ def fired_detections(conn: psycopg2.extensions.connection) -> tuple[FiredDetecti
 
 
 def empty_engine_tables(conn: psycopg2.extensions.connection) -> None:
-    """As after the migrations: no chunks, no state, the stream waiting for chunk 1."""
+    """As after the migrations: no chunks, no state, the stream waiting for chunk 1 (the
+    reference weight cache and schema_migrations stay)."""
     with db.transaction(conn), conn.cursor() as cur:
         cur.execute(sql.SQL("TRUNCATE {}").format(
-            sql.SQL(", ").join(sql.Identifier(t) for t in ENGINE_TABLES)))
-        cur.execute("DELETE FROM stream_position")
+            sql.SQL(", ").join(sql.Identifier(t) for t in (*ENGINE_TABLES, "chunk_failures"))))
         cur.execute("INSERT INTO stream_position (next_seq) VALUES (1)")
 
 
@@ -311,23 +309,14 @@ def _holds_anything(conn: psycopg2.extensions.connection) -> bool:
 
 
 def connect_target(target: Target, live_url: str) -> psycopg2.extensions.connection:
-    """A connection to the target; for --replace it first takes the worker lock exclusively.
-
-    The lock is refused while any worker holds it, and kept until the connection closes, so
-    no worker can start until the rebuild is over.
-    """
-    if target.replace:
-        conn = connect(live_url)
-        if not db.try_rebuild_lock(conn):
-            conn.close()
-            raise ReplayRefused("--replace: a worker is running against the live database"
-                                " (it holds the worker lock); stop every worker first")
-        return conn
-    if target.schema is not None:
-        conn = connect(live_url, schema=target.schema)
+    """A connection to the target: a database (created if missing), or a schema of the live
+    database (created if missing); for --replace, the rebuild's schema beside the live
+    tables (``rebuild.LiveRebuild`` installs it)."""
+    schema = REBUILD_SCHEMA if target.replace else target.schema
+    if schema is not None:
+        conn = connect(live_url, schema=schema)
         with db.transaction(conn), conn.cursor() as cur:
-            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                sql.Identifier(target.schema)))
+            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         return conn
     ensure_database(target.database_url)
     return connect(target.database_url)
@@ -349,24 +338,23 @@ def prepare_target(conn: psycopg2.extensions.connection, target: Target,
 
 def settle_like_live(conn: psycopg2.extensions.connection, live: LiveRun, gaps: list[int]
                      ) -> None:
-    """Settle in the target what the live run settled without applying a chunk: its whole-
-    chunk rejections (reasons included), the numbers an operator skipped, the chunks it
-    dead-lettered - and ``gaps``, numbers neither in the archive nor settled live - so that
-    the engine's production order lets every planned chunk through, as it did live."""
+    """Settle in the target what the live run settled without applying a chunk - the numbers
+    an operator skipped and the chunks it dead-lettered (reasons and who decided included),
+    its whole-chunk rejections, and ``gaps``, numbers neither in the archive nor settled
+    live - so that the engine's production order lets every planned chunk through, as it did
+    live. The marks come first: a chunk that came late (skipped, then rejected when it came)
+    is then recorded as late, as it was live."""
+    for n in live.settled:
+        detection_state.settle_number(conn, n.seq, n.outcome, chunk_key=n.chunk_key,
+                                      reason=n.reason, decided_by=n.decided_by)
     for r in live.rejected:
         detection_state.record_rejected_chunk(
             conn, detection_state.ChunkRef(r.key, r.etag, r.event_time), r.reason,
             r.quarantine_key)
-    for n in live.settled:
-        if n.outcome == "dead_lettered" and n.chunk_key:
-            detection_state.settle_dead_lettered(
-                conn, detection_state.ChunkRef(n.chunk_key), n.reason or "")
-        else:
-            detection_state.skip_seq(conn, n.seq, reason=n.reason or "skipped in the live run",
-                            decided_by=n.decided_by or "replay")
     for seq in gaps:
-        detection_state.skip_seq(conn, seq, reason="not in the chunk archive: the replay went on"
-                        " without it", decided_by="replay")
+        detection_state.settle_number(
+            conn, seq, "skipped", reason="not in the chunk archive: the replay went on without"
+            " it", decided_by="replay")
 
 
 def seal_outbox(conn: psycopg2.extensions.connection) -> None:
@@ -379,51 +367,6 @@ def seal_outbox(conn: psycopg2.extensions.connection) -> None:
     with db.transaction(conn), conn.cursor() as cur:
         cur.execute("UPDATE outbox_files SET written_at = clock_timestamp(), s3_key = NULL"
                     " WHERE written_at IS NULL")
-
-
-def adopt_live_files(conn: psycopg2.extensions.connection, s3, bucket: str, prefix: str
-                     ) -> tuple[int, list[str]]:
-    """--replace: rebuild the outbox from the detection files already in S3.
-
-    The lost run's files need not be 50 each (a drain or an idle flush writes a partial one),
-    so the rebuild's own grouping is dropped and the live files are matched in order instead:
-    file n is adopted (recorded as written, with its key) when it holds exactly the next
-    detections, by seq, with the same keys. The first file that differs stops the matching;
-    the detections after the last adopted file are grouped in files of 50 again, which the
-    worker writes when it starts (rewriting the differing file, reported here). Returns
-    (files adopted, keys of the files that differ).
-    """
-    with db.transaction(conn), conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (db.LOCK_NAMESPACE, db.ENGINE_LOCK))
-        cur.execute("UPDATE detected_patterns SET file_no = NULL, s3_key = NULL")
-        cur.execute("DELETE FROM outbox_files")
-        cur.execute("SELECT seq, pattern_id, customer_name, merchant_id FROM detected_patterns"
-                    " ORDER BY seq")
-        rebuilt = cur.fetchall()
-        position, file_no, differing = 0, 0, []
-        while position < len(rebuilt):
-            key = outbox.file_key(file_no + 1, prefix)
-            try:
-                body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-            except s3.exceptions.NoSuchKey:
-                break
-            rows = list(csv.DictReader(io.StringIO(body.decode("utf-8"))))
-            mine = rebuilt[position:position + len(rows)]
-            if not rows or [(r["patternId"], r["customerName"], r["MerchantId"])
-                            for r in rows] != [tuple(d[1:]) for d in mine]:
-                differing.append(key)
-                break
-            file_no += 1
-            first, last = mine[0][0], mine[-1][0]
-            cur.execute(
-                "INSERT INTO outbox_files (file_no, first_seq, last_seq, detections, s3_key,"
-                " written_at) VALUES (%s, %s, %s, %s, %s, clock_timestamp())",
-                (file_no, first, last, len(mine), key))
-            cur.execute("UPDATE detected_patterns SET file_no = %s, s3_key = %s"
-                        " WHERE seq BETWEEN %s AND %s", (file_no, key, first, last))
-            position += len(rows)
-        outbox.close_full_files(cur, prefix=prefix)
-    return file_no, differing
 
 
 # --- inputs --------------------------------------------------------------------------------
@@ -543,59 +486,74 @@ def run_replay(
         return source, rejected, weights
 
     reference = _Background(parsed_reference, "replay-reference")
-    with clock("target"):
-        conn = connect_target(target, settings.database_url)
+    # --replace: the live database locked against workers; its record is read under the lock
+    rebuild = LiveRebuild.lock(settings.database_url) if target.replace else None
+    order = rebuild.order(options.order) if rebuild else options.order or RECORDED
     try:
-        with clock("live_read"):
-            # --replace reads the record under its lock: no worker can change it meanwhile
-            live, live_identity = (_read_live(settings, options) if not target.replace
-                                   else (read_live_run(conn), identity(conn)))
-        with clock("list"):
-            listed = list_archive(s3, settings)
-        plan = plan_chunks(listed, live.recorded, [r.key for r in live.rejected], options.order)
-        if options.compare is not None and live.recorded is None:
-            raise ReplayError("--compare needs the live run's database, which has no engine"
-                              " tables")
-        logger.info("replay planned", extra={
-            "order": plan.order, "chunks": len(plan.chunks), "target": target.describe(),
-            "skipped_rejected": len(plan.skipped_rejected),
-            "not_applied_live": len(plan.not_applied_live)})
         with clock("target"):
-            prepare_target(conn, target, live_identity, reset=options.reset)
-        with clock("spark_start"):
-            spark = spark_factory()
-        with clock("reference"):
-            source, _, weights = reference.result()  # compute_weights logged any rejects
-        report = ReplayReport(target.describe(), plan, changed_rules(settings.thresholds,
-                                                                       thresholds), source)
-        report.gaps_skipped = unsettled_gaps(
-            plan.keys, {r.seq for r in live.settled} | {chunk_seq(r.key) for r in live.rejected})
-        # As live: a chunk over the byte limit is rejected whole, never read into memory.
-        sizes = {c.key: c.size for c in listed}
-        oversized = {key: reason for key in plan.keys
-                     if (reason := size_rejection(sizes[key], settings.max_chunk_bytes))}
-        with clock("spark_job"):
-            archive = aggregate_archive(
-                spark, replace(fetch_spec, max_rows=settings.max_chunk_rows),
-                [k for k in plan.keys if k not in oversized], weights)
-        with clock("apply"):
-            settle_like_live(conn, live, report.gaps_skipped)
-            _apply_all(conn, plan, archive, oversized, thresholds, started_at, report, clock,
-                       files_prefix=publish_prefix or settings.detections_prefix,
-                       spark_ms=clock.timings["spark_job"])
-        with clock("outbox"):
-            if publish_prefix is not None:
-                outbox.close_partial_file(conn, publish_prefix)
-                report.files_published = publish_pending(conn, s3, settings.bucket,
-                                                         publish_prefix)
-            elif target.replace:
-                report.live_files_adopted, report.live_files_differing = adopt_live_files(
-                    conn, s3, settings.bucket, settings.detections_prefix)
-            else:
-                seal_outbox(conn)
-        replayed = fired_detections(conn)
+            conn = connect_target(target, settings.database_url)
+        try:
+            with clock("live_read"):
+                live, live_identity = (
+                    (read_live_run(rebuild.conn), identity(rebuild.conn)) if rebuild
+                    else _read_live(settings, options, order))
+            with clock("list"):
+                listed = list_archive(s3, settings)
+            plan = plan_chunks(listed, live.recorded, [r.key for r in live.rejected], order)
+            if options.compare is not None and live.recorded is None:
+                raise ReplayError("--compare needs the live run's database, which has no engine"
+                                  " tables")
+            logger.info("replay planned", extra={
+                "order": plan.order, "chunks": len(plan.chunks), "target": target.describe(),
+                "skipped_rejected": len(plan.skipped_rejected),
+                "not_applied_live": len(plan.not_applied_live)})
+            if rebuild is not None:
+                rebuild.begin(plan.order)
+            with clock("target"):
+                prepare_target(conn, target, live_identity, reset=options.reset)
+            with clock("spark_start"):
+                spark = spark_factory()
+            with clock("reference"):
+                source, _, weights = reference.result()  # compute_weights logged any rejects
+            report = ReplayReport(target.describe(), plan, changed_rules(settings.thresholds,
+                                                                           thresholds), source)
+            report.gaps_skipped = unsettled_gaps(
+                plan.keys,
+                {r.seq for r in live.settled} | {chunk_seq(r.key) for r in live.rejected})
+            # As live: a chunk over the byte limit is rejected whole, never read into memory.
+            sizes = {c.key: c.size for c in listed}
+            oversized = {key: reason for key in plan.keys
+                         if (reason := size_rejection(sizes[key], settings.max_chunk_bytes))}
+            with clock("spark_job"):
+                archive = aggregate_archive(
+                    spark, replace(fetch_spec, max_rows=settings.max_chunk_rows),
+                    [k for k in plan.keys if k not in oversized], weights)
+            with clock("apply"):
+                settle_like_live(conn, live, report.gaps_skipped)
+                _apply_all(conn, plan, archive, oversized, thresholds, started_at, report,
+                           clock, files_prefix=publish_prefix or settings.detections_prefix,
+                           spark_ms=clock.timings["spark_job"])
+            with clock("outbox"):
+                if publish_prefix is not None:
+                    outbox.close_partial_file(conn, publish_prefix)
+                    report.files_published = publish_pending(conn, s3, settings.bucket,
+                                                             publish_prefix)
+                elif rebuild is not None:
+                    report.live_files_adopted, report.live_files_differing = adopt_live_files(
+                        conn, s3, settings.bucket, settings.detections_prefix)
+                else:
+                    seal_outbox(conn)
+            if rebuild is None:
+                replayed = fired_detections(conn)
+        finally:
+            conn.close()
+        if rebuild is not None:
+            with clock("install"):
+                rebuild.install()
+            replayed = fired_detections(rebuild.conn)
     finally:
-        conn.close()
+        if rebuild is not None:
+            rebuild.close()
     report.detections = dict(sorted(Counter(d.pattern_id for d in replayed).items()))
     if options.compare is not None:
         with clock("compare"):
@@ -609,16 +567,17 @@ def run_replay(
     return report
 
 
-def _read_live(settings: WorkerSettings, options: ReplayOptions) -> tuple[LiveRun, tuple | None]:
+def _read_live(settings: WorkerSettings, options: ReplayOptions, order: str
+               ) -> tuple[LiveRun, tuple | None]:
     """The live run's record; with --order keys a live database that is unreachable is fine."""
     try:
         conn = db.connect(settings.database_url)
-    except psycopg2.OperationalError as exc:
-        if options.order == RECORDED or options.compare is not None or options.replace:
-            raise ReplayError(f"the live database is unreachable ({str(exc).strip()}); with"
-                              " it gone, replay with --order keys --into another") from exc
+    except db.DatabaseUnreachable as exc:
+        if order == RECORDED or options.compare is not None:
+            raise ReplayError(f"{exc}; with the live database gone, replay with --order keys"
+                              " --into another") from exc
         logger.warning("live database unreachable: replaying without its record",
-                       extra={"error": str(exc).strip()})
+                       extra={"error": str(exc)})
         return LiveRun(None, (), ()), None
     try:
         return read_live_run(conn), identity(conn)
@@ -663,10 +622,16 @@ def _apply_all(conn, plan: ReplayPlan, archive: ArchiveAggregates, oversized: di
                 continue
             aggregates = result.aggregates[chunk.key]
             with clock("apply_chunk"):
-                detection_state.apply_chunk(conn, ref, aggregates, y_start_time=started_at,
-                                   thresholds=thresholds, spark_ms=share,
-                                   detections_prefix=files_prefix,
-                                   prepared=result.prepared[chunk.key])
+                try:
+                    detection_state.apply_chunk(conn, ref, aggregates, y_start_time=started_at,
+                                                thresholds=thresholds, spark_ms=share,
+                                                detections_prefix=files_prefix,
+                                                prepared=result.prepared[chunk.key])
+                except OutOfTurn as exc:
+                    raise ReplayError(
+                        f"{exc}: the live record settles no such number (was it changed by"
+                        " hand?); replay with --order keys") from exc
+            failpoint("replay_apply")
             report.chunks_applied += 1
             report.rows_good += aggregates.rows_good
             report.rows_rejected += aggregates.rows_rejected

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 
+from spark_detector.db import redact_dsn
 from spark_detector.detection_state import THRESHOLD_ENV, Thresholds, thresholds_from_env
 from spark_detector.ordering import chunk_seq
 
@@ -183,7 +184,7 @@ class Target:
             return "the live database (--replace)"
         if self.schema:
             return f"schema {self.schema} of the live database"
-        return "database " + redact_url(self.database_url or "")
+        return "database " + redact_dsn(self.database_url or "")
 
 
 def parse_target(into: str | None, replace: bool) -> Target:
@@ -202,11 +203,6 @@ def parse_target(into: str | None, replace: bool) -> Target:
         raise ReplayError(f"--into {into!r}: a schema name must be lower-case letters, digits"
                           " and _ (not pg_...), or give a postgresql:// URL")
     return Target(schema=into)
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def check_publish_prefix(prefix: str, *, detections_prefix: str, chunk_prefix: str,

@@ -21,8 +21,9 @@ This module holds the start-up ``warm_up`` and ``aggregate_batch`` itself. The k
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from typing import TypeVar
 
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
@@ -40,6 +41,8 @@ from spark_detector.chunk_fetch import (
     warm_up_rows,
 )
 from spark_detector.driver_chunks import DriverChunks
+
+T = TypeVar("T")
 
 
 def warm_up(spark: SparkSession, fetch_spec: FetchSpec, rounds: int = 1,
@@ -114,6 +117,28 @@ def _driver_table(spark: SparkSession, rows: list[tuple]) -> pa.Table:
     return batch_query_over(fetched_frame(spark, rows), coalesce=len(rows) == 1).toArrow()
 
 
+def bounded_groups(items: Sequence[T], weigh: Callable[[T], int], limit: int) -> list[list[T]]:
+    """``items`` in order, cut into groups that weigh ``limit`` at most in all (an item alone
+    may weigh that much): a micro-batch cut into Spark jobs each at most one chunk at the
+    limits, the memory the driver is sized for (docs/configuration.md, "Chunk limits and
+    memory"). A batch of chunks of the producer's size is one group."""
+    groups: list[list[T]] = []
+    total = 0
+    for item in items:
+        weight = weigh(item)
+        if not groups or total + weight > limit:
+            groups.append([])
+            total = 0
+        groups[-1].append(item)
+        total += weight
+    return groups
+
+
+def line_groups(rows: Sequence[tuple], max_lines: int) -> list[list[tuple]]:
+    """``FETCHED_SCHEMA`` rows cut into jobs of at most ``max_lines`` data lines in all."""
+    return bounded_groups(rows, lambda row: row[3], max_lines)  # n_lines
+
+
 def aggregate_batch(
     spark: SparkSession, fetch_spec: FetchSpec, chunk_keys: Iterable[str], weights: pa.Table,
 ) -> BatchResult:
@@ -128,7 +153,8 @@ def aggregate_batch(
         return BatchResult({}, {}, {}, {})
     if fetch_spec.on_driver:
         rows, fetch_ms = fetch_on_driver(fetch_spec, keys)
-        table = _driver_table(spark, rows)
+        table = pa.concat_tables([_driver_table(spark, part)
+                                  for part in line_groups(rows, fetch_spec.max_rows)])
     else:
         accumulator = spark.sparkContext.accumulator(0.0)
         fetched = fetch_chunks(spark, fetch_spec, keys, accumulator)

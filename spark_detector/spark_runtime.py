@@ -30,10 +30,15 @@ from spark_detector.spark_session import (
 logger = logging.getLogger(__name__)
 
 
+def _jvm_process(spark):
+    """The JVM process PySpark launched for this session (None under spark-submit)."""
+    gateway = getattr(spark.sparkContext, "_gateway", None)
+    return getattr(gateway, "proc", None)
+
+
 def jvm_alive(spark) -> bool:
     """False once the JVM that PySpark launched for this session has exited."""
-    gateway = getattr(spark.sparkContext, "_gateway", None)
-    process = getattr(gateway, "proc", None)
+    process = _jvm_process(spark)
     return process is None or process.poll() is None
 
 
@@ -97,6 +102,12 @@ class SparkAggregator:
 
     def alive(self) -> bool:
         return jvm_alive(self.spark)
+
+    def kill(self) -> None:
+        """End the JVM at once: one whose job overran may never answer a polite stop."""
+        process = _jvm_process(self.spark)
+        if process is not None:
+            process.kill()
 
     def aggregate(self, keys: list[str]) -> BatchResult:
         if self._follow_parallelism:

@@ -39,11 +39,15 @@ WORKER_SPARK_DEFAULTS: Mapping[str, str] = {
 # The driver JVM's own settings, which only count when the JVM starts. In local mode the
 # executors live in it too; these keep its heap and footprint to what micro-batches of
 # 10,000-row chunks need (measured RSS 1,058 -> 749 MiB with the same work): Spark's 1 GiB
-# default heap and G1's regions grow the process to ~1.1-1.3 GiB.
+# default heap and G1's regions grow the process to ~1.1-1.3 GiB. The chunk limits
+# (config.DEFAULT_MAX_CHUNK_*) are sized to this heap. A JVM out of heap exits at once
+# rather than going on with threads that died of it (a job that then never ends): the worker
+# notices the exit and gives its messages back.
 JAVA_OPTIONS = "spark.driver.extraJavaOptions"
+EXIT_ON_OOM = "-XX:+ExitOnOutOfMemoryError"
 WORKER_JVM_DEFAULTS: Mapping[str, str] = {
     "spark.driver.memory": "512m",
-    JAVA_OPTIONS: "-XX:+UseSerialGC",
+    JAVA_OPTIONS: f"-XX:+UseSerialGC {EXIT_ON_OOM}",
 }
 CLASS_PATH = "spark.driver.extraClassPath"
 SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
+from spark_detector.db import rebuild_in_progress
 from spark_detector.failures import failing_chunks
 
 
@@ -29,6 +30,8 @@ class PipelineStatus:
     skipped_seqs: list[dict] = field(default_factory=list)
     failing_chunks: list[dict] = field(default_factory=list)  # not yet dead-lettered
     dead_lettered_chunks: int = 0
+    # an unfinished `replay --replace`: workers refuse to start until it is run again
+    rebuild_in_progress: dict | None = None
 
 
 def dlq_url(sqs, queue_url: str) -> str | None:
@@ -73,13 +76,15 @@ def collect_status(conn, sqs, settings, now: datetime | None = None) -> Pipeline
         (unfiled,) = cur.fetchone()
         cur.execute("SELECT next_seq, waiting_since FROM stream_position")
         next_seq, waiting_since = cur.fetchone() or (1, None)
-        cur.execute("SELECT seq, reason, decided_by, marked_at FROM sequence_marks"
-                    " WHERE outcome = 'skipped' ORDER BY seq DESC LIMIT 20")
-        skipped = [{"seq": q, "reason": r, "by": b, "at": a.isoformat()}
-                   for q, r, b, a in cur.fetchall()]
+        cur.execute("SELECT seq, reason, decided_by, marked_at, late_outcome, late_chunk_key"
+                    " FROM sequence_marks WHERE outcome = 'skipped' ORDER BY seq DESC LIMIT 20")
+        skipped = [{"seq": q, "reason": r, "by": b, "at": a.isoformat(), "late": lo,
+                    "late_chunk_key": lk}
+                   for q, r, b, a, lo, lk in cur.fetchall()]
         cur.execute("SELECT count(*) FROM chunk_failures WHERE dead_lettered_at IS NOT NULL")
         (dead,) = cur.fetchone()
     conn.rollback()
+    rebuild = rebuild_in_progress(conn)
     failing = [{"chunk_key": f.chunk_key, "attempts": f.attempts, "last_error": f.last_error,
                 "last_failed_at": f.last_failed_at.isoformat()}
                for f in failing_chunks(conn)]
@@ -94,6 +99,10 @@ def collect_status(conn, sqs, settings, now: datetime | None = None) -> Pipeline
         waiting_since=None if waiting_since is None else waiting_since.isoformat(),
         waiting_s=None if waiting_since is None else (now - waiting_since).total_seconds(),
         skipped_seqs=skipped, failing_chunks=failing, dead_lettered_chunks=dead,
+        rebuild_in_progress=None if rebuild is None else {
+            "started_at": rebuild.started_at.isoformat(), "started_by": rebuild.started_by,
+            "order": rebuild.replay_order, "runs": rebuild.runs,
+            "what_to_do": rebuild.describe()},
     )
 
 
@@ -101,7 +110,10 @@ def format_status(status: PipelineStatus, *, as_json: bool = False) -> str:
     if as_json:
         return json.dumps(asdict(status), indent=2, sort_keys=True)
     age = status.newest_applied_age_s
-    lines = [
+    lines = [] if status.rebuild_in_progress is None else [
+        f"REBUILD IN PROGRESS: {status.rebuild_in_progress['what_to_do']};"
+        " workers refuse to start until then"]
+    lines += [
         f"queue:      {status.queue_visible} waiting, {status.queue_in_flight} in flight",
         f"dlq:        {'n/a' if status.dlq_depth is None else status.dlq_depth}",
         f"chunks:     {status.chunks_applied} applied, {status.chunks_rejected} rejected",
@@ -119,5 +131,7 @@ def format_status(status: PipelineStatus, *, as_json: bool = False) -> str:
     lines += [f"  {f['chunk_key']}: {f['attempts']} failure(s), last: {f['last_error']}"
               for f in status.failing_chunks]
     lines += [f"skipped:    chunk {s['seq']} by {s['by']} at {s['at']}: {s['reason']}"
+              + (f" (its chunk came late: {s['late']}, {s['late_chunk_key']})" if s["late"]
+                 else "")
               for s in status.skipped_seqs]
     return "\n".join(lines)

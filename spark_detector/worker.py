@@ -27,7 +27,10 @@ chunk at once, and only a chunk that fails on its own is counted (``failures``);
 budget it is moved to the DLQ by the worker, and the stream goes on without it. An outage of
 PostgreSQL is no chunk's failure: the worker gives its messages back and receives nothing
 until the database answers. A dead Spark runtime ends the process (exit code 3) after its
-messages are given back, so the container platform restarts it.
+messages are given back, so the container platform restarts it: a JVM that exited (an
+OutOfMemoryError ends it: ``-XX:+ExitOnOutOfMemoryError``), or a Spark job that ran longer
+than ``WORKER_SPARK_JOB_TIMEOUT_SECONDS`` (a JVM thrashing in its garbage collector, a stuck
+task), which a watchdog thread notices even while the loop waits for that job.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import psycopg2
 from chunk_contract.message import ChunkMessage
 from spark_detector import db, detection_state, failures, outbox
 from spark_detector.backfill import backfill
+from spark_detector.batch_result import merged_results
 from spark_detector.chunk_queue import (
     InFlight,
     Received,
@@ -63,12 +67,17 @@ from spark_detector.ordering import OutOfTurn, chunk_seq, consecutive_from, list
 from spark_detector.ordering import ready_run as plan_ready_run
 from spark_detector.publish import publish_pending, quarantine_chunk, quarantine_rows
 from spark_detector.retry import backoff_delays, retry
-from spark_detector.spark_job import BatchResult
+from spark_detector.spark_job import BatchResult, bounded_groups
 
 logger = logging.getLogger(__name__)
 
 TRANSIENT_DB_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
-EXIT_SPARK_LOST = 3
+# Exit codes of `run` besides 0 and 2 (a setting): docs/worker.md
+EXIT_SPARK_LOST = 3  # the JVM died or a job overran: the messages were given back
+EXIT_REBUILD_IN_PROGRESS = db.EXIT_REBUILD_IN_PROGRESS  # `replay --replace` has not finished
+# A JVM whose gateway connection broke is usually exiting: how long to wait for it to be gone
+# before a job's error is taken for the chunk's own.
+JVM_EXIT_GRACE_SECONDS = 5.0
 MAX_HELD_CHUNKS = 1000  # beyond this, early messages go back to the queue for a while
 WAIT_WHILE_HOLDING_SECONDS = 1  # long poll while chunks wait: others may settle the gap
 
@@ -202,6 +211,19 @@ class Overlapped:
     future: Future
 
 
+def _broken_gateway(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is py4j's broken connection to the JVM;
+    not any socket's (an S3 connection refused says nothing about the JVM)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if any(kind.__name__ == "Py4JNetworkError" for kind in type(seen).__mro__):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _ping(conn) -> None:
     with conn.cursor() as cur:
         cur.execute("SELECT 1")
@@ -220,6 +242,7 @@ class Worker:
         connect: Callable[[], object],
         aggregate: Callable[[list[str]], BatchResult],
         runtime_alive: Callable[[], bool] = lambda: True,
+        kill_runtime: Callable[[], None] = lambda: None,
         warm_up: Callable[[], object] | None = None,
         y_start_time: datetime | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -231,7 +254,12 @@ class Worker:
         self._connect = connect
         self._aggregate = aggregate
         self._runtime_alive = runtime_alive
+        self._kill_runtime = kill_runtime
         self._warm_up = warm_up
+        # The Spark job running now (one at a time): its chunks, and since when (monotonic);
+        # read by the watchdog, which ends the process when it overruns.
+        self._job: tuple[list[str], float] | None = None
+        self._stopped = threading.Event()  # run() is over: the watchdog has nothing to watch
         self._conn = None
         self.y_start_time = y_start_time or datetime.now(UTC)
         self._clock = clock
@@ -267,7 +295,12 @@ class Worker:
             # Held for the session's life, so `replay --replace` refuses while we run.
             if not db.try_worker_lock(conn):
                 conn.close()
-                raise db.RebuildInProgress("`replay --replace` is rebuilding the database")
+                raise db.RebuildInProgress("`replay --replace` is rebuilding the database"
+                                           " right now")
+            unfinished = db.rebuild_in_progress(conn)
+            if unfinished is not None:  # interrupted, or failed: its state is not to be used
+                conn.close()
+                raise db.RebuildInProgress(unfinished.describe())
             self._conn = conn
         return self._conn
 
@@ -343,34 +376,56 @@ class Worker:
         self.start()
         if self._warm_up is not None:
             # warmed up while the first receive waits; the first Spark job waits for it
-            self._overlapped = Overlapped([], self._spark_thread.submit(self._warm_up))
+            self._overlapped = Overlapped([], self._spark_thread.submit(
+                self._bounded, [], self._warm_up))
         watchdog = threading.Thread(target=self._watch_runtime, name="spark-watchdog",
                                     daemon=True)
         watchdog.start()
-        with self.inflight:
-            try:
-                code = self._loop()
-            finally:
-                self._drop_overlapped()
-                self._spark_thread.shutdown(wait=True)
-            self._give_back_all("stopping")
+        try:
+            with self.inflight:
+                try:
+                    code = self._loop()
+                finally:
+                    self._drop_overlapped()
+                    self._spark_thread.shutdown(wait=True)
+                self._give_back_all("stopping")
+        finally:
+            self._stopped.set()
         if code == 0 and drain:
             self.flush_partial("drain")
         logger.info("worker stopped", extra={"drain": drain, "exit_code": code})
         return code
 
     def _watch_runtime(self) -> None:
-        """Notice a dead Spark JVM within a second, even while the loop waits on a long poll:
-        give the held messages back and end the process, for the platform to restart it.
-        Nothing is lost by ending abruptly: every effect is committed or redone (see top)."""
-        while not self.stop_event.wait(1.0):
-            if self._runtime_alive():
+        """Notice a dead Spark runtime within a second, even while the loop waits on a long
+        poll or on the very job that hangs: give the held messages back, end the JVM and the
+        process, for the platform to restart it. Nothing is lost by ending abruptly: every
+        effect is committed or redone (see top). It watches until ``run`` is over, through a
+        graceful stop's last batch too."""
+        while not self._stopped.wait(1.0):
+            lost = self.runtime_lost(time.monotonic())
+            if lost is None:
                 continue
-            logger.error("spark runtime lost: messages given back, exiting",
-                         extra={"exit_code": EXIT_SPARK_LOST})
+            logger.error("spark runtime lost: messages given back, exiting", extra={
+                "error": lost, "exit_code": EXIT_SPARK_LOST,
+                "chunk_keys": self._job[0] if self._job else []})
             with contextlib.suppress(Exception):
                 self.inflight.release_all()
+            with contextlib.suppress(Exception):  # a JVM stuck in its collector, say
+                self._kill_runtime()
             os._exit(EXIT_SPARK_LOST)
+
+    def runtime_lost(self, now: float) -> str | None:
+        """Why the Spark runtime counts as dead at ``now`` (monotonic), or None."""
+        if not self._runtime_alive():
+            return "the Spark JVM has exited"
+        job = self._job
+        limit = self.settings.spark_job_timeout_seconds
+        if job is not None and now - job[1] > limit:
+            what = "the warm-up job" if not job[0] else f"the Spark job of {len(job[0])} chunk(s)"
+            return (f"{what} ran longer than WORKER_SPARK_JOB_TIMEOUT_SECONDS={limit:g}:"
+                    " the runtime is taken for dead")
+        return None
 
     def _loop(self) -> int:
         while not self.stop_event.is_set():
@@ -382,6 +437,11 @@ class Worker:
                     continue
                 summary = self.run_batch()
                 self.idle_work(summary)
+            except db.RebuildInProgress as exc:
+                logger.error("rebuild in progress: messages given back, exiting", extra={
+                    "error": str(exc), "exit_code": EXIT_REBUILD_IN_PROGRESS})
+                self._give_back_all("rebuild in progress")
+                return EXIT_REBUILD_IN_PROGRESS
             except DatabaseUnavailable as exc:
                 self._database_down = True
                 logger.error("database unavailable: messages given back, receiving nothing"
@@ -683,11 +743,27 @@ class Worker:
 
     def _spark_job(self, keys: list[str]) -> BatchResult:
         """The Spark job of ``keys``, with each aggregated chunk's pairs as COPY text
-        (``BatchResult.prepared``): built on the Spark thread, all the apply needs."""
+        (``BatchResult.prepared``): built on the Spark thread, all the apply needs. Chunks
+        larger in all than ``WORKER_MAX_CHUNK_BYTES`` are aggregated in several jobs, one
+        after the other (``spark_job.bounded_groups``)."""
         failpoint("before_spark")
-        result = self._aggregate(keys)
+        # on the Spark thread too, while the main thread may forget chunks: one lookup each
+        sizes = {key: message.size for key in keys
+                 if (message := self.chunks.get(key)) is not None}
+        result = merged_results([
+            self._bounded(group, lambda g=group: self._aggregate(g))
+            for group in bounded_groups(keys, lambda k: sizes.get(k, 0),
+                                        self.settings.max_chunk_bytes)])
         failpoint("after_spark")
         return result
+
+    def _bounded(self, keys: list[str], job: Callable[[], object]):
+        """Run one Spark job under the watchdog's eye (``WORKER_SPARK_JOB_TIMEOUT_SECONDS``)."""
+        self._job = (keys, time.monotonic())
+        try:
+            return job()
+        finally:
+            self._job = None
 
     def _keep(self, keys: list[str], result: BatchResult, summary: BatchSummary | None) -> None:
         if summary is not None and result.fetch_ms is not None:
@@ -827,6 +903,13 @@ class Worker:
     # --- failures ---------------------------------------------------------------------------
 
     def _raise_if_runtime_lost(self, exc: BaseException) -> None:
+        """``SparkRuntimeLost`` when ``exc`` came from a JVM that is gone. The gateway's
+        socket breaks a moment before the JVM's process is reaped: an error that says so is
+        given that moment, not charged to the chunk at once."""
+        if _broken_gateway(exc):
+            deadline = time.monotonic() + JVM_EXIT_GRACE_SECONDS
+            while self._runtime_alive() and time.monotonic() < deadline:
+                time.sleep(0.1)
         if not self._runtime_alive():
             raise SparkRuntimeLost(failure_text(exc)) from exc
 

@@ -87,6 +87,26 @@ def test_a_number_skipped_ahead_is_stepped_over_later(conn):
     assert next_seq(conn) == 4
 
 
+def migrate_before(cur, version: int) -> None:
+    """The schema as the migrations before ``version`` left it, recorded as applied."""
+    older = [m for m in db.available_migrations() if m.version < version]
+    for m in older:
+        cur.execute(m.sql)
+    cur.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
+                " name text NOT NULL, applied_at timestamptz DEFAULT now())")
+    cur.executemany("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                    [(m.version, m.name) for m in older])
+
+
+def late_marks(conn) -> list[tuple]:
+    with conn.cursor() as cur:
+        cur.execute("SELECT seq, late_outcome, late_chunk_key FROM sequence_marks"
+                    " WHERE late_outcome IS NOT NULL ORDER BY seq")
+        rows = cur.fetchall()
+    conn.rollback()
+    return rows
+
+
 def test_a_dead_lettered_chunk_redriven_later_is_applied_late(conn):
     apply(conn, key(1))
     detection_state.settle_dead_lettered(conn, ChunkRef(key(2)), "kept failing")
@@ -96,8 +116,48 @@ def test_a_dead_lettered_chunk_redriven_later_is_applied_late(conn):
         cur.execute("SELECT chunk_key FROM processed_chunks ORDER BY apply_order")
         assert [k for (k,) in cur.fetchall()] == [key(1), key(3), key(2)]
     conn.rollback()
-    assert marks(conn)[1][:2] == (2, "applied")
+    # the dead-letter stays on record, the late apply beside it
+    assert marks(conn)[1] == (2, "dead_lettered", key(2), "kept failing", None)
+    assert late_marks(conn) == [(2, "applied", key(2))]
     assert next_seq(conn) == 4
+
+
+def test_a_chunk_arriving_after_skip_seq_keeps_the_skips_audit_trail(conn):
+    apply(conn, key(1))
+    detection_state.skip_seq(conn, 2, reason="producer crashed", decided_by="alice")
+    detection_state.skip_seq(conn, 3, reason="producer crashed", decided_by="alice")
+    apply(conn, key(4))
+    apply(conn, key(2))  # it turned up after all: applied late
+    detection_state.record_rejected_chunk(conn, ChunkRef(key(3)), "no header", "q/3")
+    assert marks(conn)[1:3] == [(2, "skipped", None, "producer crashed", "alice"),
+                                (3, "skipped", None, "producer crashed", "alice")]
+    assert late_marks(conn) == [(2, "applied", key(2)), (3, "rejected", key(3))]
+    with pytest.raises(detection_state.SeqAlreadySettled, match="came late and was applied"):
+        detection_state.skip_seq(conn, 2, reason="again", decided_by="bob")
+    assert next_seq(conn) == 5
+
+
+def test_the_migration_keeps_a_late_apply_recorded_before_it_apart_from_its_number(database_url):
+    """Before migration 0006 a late apply overwrote its number's mark with 'applied'."""
+    conn = db.connect(database_url)
+    try:
+        with conn.cursor() as cur:
+            migrate_before(cur, 6)
+            # applied 1, 2, 4, then 3 late (skipped meanwhile), as the old code left them
+            for order, seq in enumerate((1, 2, 4, 3), start=1):
+                cur.execute("INSERT INTO processed_chunks (chunk_key, apply_order, rows_good,"
+                            " rows_rejected, pairs, seq) VALUES (%s, %s, 1, 0, 1, %s)",
+                            (key(seq), order, seq))
+                cur.execute("INSERT INTO sequence_marks (seq, outcome, chunk_key)"
+                            " VALUES (%s, 'applied', %s)", (seq, key(seq)))
+            cur.execute("UPDATE stream_position SET next_seq = 5")
+        conn.commit()
+        db.migrate(conn)
+        assert [m[:3] for m in marks(conn)] == [(1, "applied", key(1)), (2, "applied", key(2)),
+                                                (3, "skipped", None), (4, "applied", key(4))]
+        assert late_marks(conn) == [(3, "applied", key(3))]
+    finally:
+        conn.close()
 
 
 def test_hand_uploaded_chunks_need_no_turn(conn):
@@ -109,14 +169,8 @@ def test_hand_uploaded_chunks_need_no_turn(conn):
 def test_the_migration_settles_chunks_applied_before_it(database_url):
     conn = db.connect(database_url)
     try:
-        older = [m for m in db.available_migrations() if m.version < 4]
         with conn.cursor() as cur:
-            for m in older:
-                cur.execute(m.sql)
-            cur.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
-                        " name text NOT NULL, applied_at timestamptz DEFAULT now())")
-            cur.executemany("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                            [(m.version, m.name) for m in older])
+            migrate_before(cur, 4)
             for n, seq in enumerate((1, 2, 3, 5), start=1):
                 cur.execute("INSERT INTO processed_chunks (chunk_key, apply_order, rows_good,"
                             " rows_rejected, pairs) VALUES (%s, %s, 1, 0, 1)", (key(seq), n))

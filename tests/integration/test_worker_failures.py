@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import signal
 import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,25 +25,13 @@ from tests.integration.worker_support import (
     assert_applied_in_production_order,
     log_lines,
     split_chunks,
+    stage,
     start_worker,
+    stop,
     worker_env,
 )
 
 pytestmark = pytest.mark.spark
-
-REFERENCE_KEY = "reference/CustomerImportance.csv"
-
-
-def stage(resources: AwsResources, chunks: dict[str, bytes], importance: bytes) -> None:
-    resources.upload(chunks)
-    resources.s3.put_object(Bucket=resources.bucket, Key=REFERENCE_KEY, Body=importance)
-
-
-def stop(process, log: Path) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=120) == 0, log.read_text()[-3000:]
-
 
 PLACES = ("spark_fetch", "apply_chunk", "quarantine")
 MILLISECOND = timedelta(milliseconds=1)  # log timestamps have milliseconds

@@ -17,8 +17,8 @@ from tests.integration.worker_support import (
     AwsResources,
     applied_order,
     assert_applied_in_production_order,
+    command,
     make_worker,
-    run_command,
     run_until,
     split_chunks,
     worker_env,
@@ -196,7 +196,7 @@ def test_skip_seq_refuses_a_chunk_that_exists_unless_forced_and_skips_ranges_who
     env = worker_env(resources, migrated_database_url)
 
     def skip(*args: str) -> subprocess.CompletedProcess:
-        return run_command(env, "skip-seq", *args, "--reason", "lost upstream", "--by", "ops")
+        return command(env, "skip-seq", *args, "--reason", "lost upstream", "--by", "ops")
 
     refused = skip("2")
     assert refused.returncode == 2 and f"chunk 2 exists in S3 ({keys[1]})" in refused.stderr

@@ -5,7 +5,7 @@ real PostgreSQL and the session's SparkSession. What it must have done comes fro
 ``tests/reference_model.py`` replaying the chunks in PRODUCTION order - the producer's
 sequence numbers, never the order PostgreSQL recorded, which is what is under test
 (``assert_applied_in_production_order``). Only hand-uploaded chunks, which have no number,
-are replayed in the recorded order (``expected_detections_in_recorded_order``).
+are replayed in the recorded order (``expected_detections_in_order``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -120,15 +121,17 @@ class AwsResources:
                             "ApproximateNumberOfMessagesDelayed"])["Attributes"]
         return sum(int(count) for count in attrs.values())
 
-    def redrive(self) -> int:
-        """Move every DLQ message back to the chunk queue, body and message attributes
-        kept, as ``aws sqs start-message-move-task`` does (moto has no message move task);
-        how many were moved."""
+    def redrive(self, key: str | None = None) -> int:
+        """Move the DLQ's messages (those for chunk ``key``, if given) back to the chunk
+        queue, body and message attributes kept, as ``aws sqs start-message-move-task`` does
+        (moto has no message move task); how many were moved."""
         moved = 0
         while messages := self.sqs.receive_message(
                 QueueUrl=self.dlq_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"],
                 VisibilityTimeout=30).get("Messages", []):
             for message in messages:
+                if key is not None and json.loads(message["Body"]).get("key") != key:
+                    continue
                 self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=message["Body"],
                                       MessageAttributes=message.get("MessageAttributes", {}))
                 self.sqs.delete_message(QueueUrl=self.dlq_url,
@@ -210,11 +213,12 @@ def expected_detections(chunks: dict[str, bytes], importance: bytes,
     return reference_run(chunks, importance, production_order(chunks), thresholds).detections
 
 
-def expected_detections_in_recorded_order(chunks: dict[str, bytes], importance: bytes,
-                                          order: list[str],
-                                          thresholds: Thresholds = THRESHOLDS) -> list[tuple]:
-    """The reference model's detections for chunks applied in ``order`` as recorded: only for
-    runs with hand-uploaded chunks, whose place in the order is delivery timing."""
+def expected_detections_in_order(chunks: dict[str, bytes], importance: bytes,
+                                 order: list[str],
+                                 thresholds: Thresholds = THRESHOLDS) -> list[tuple]:
+    """The reference model's detections for chunks applied in ``order``, which is not the
+    production order: only where the test knows that order for itself (late chunks applied
+    where they arrived) or where delivery decides it (hand-uploaded chunks, recorded)."""
     return reference_run(chunks, importance, order, thresholds).detections
 
 
@@ -322,10 +326,30 @@ def share_the_stream(database_url: str, total: int, enqueue: Callable[[], None],
     assert stop_first() == 0, first[1].read_text()[-3000:]
 
 
-def run_command(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    """``python -m spark_detector *args`` (an operator's command), run to its end."""
+def command(env: dict[str, str], *args: str, timeout: float = 300
+            ) -> subprocess.CompletedProcess:
+    """``python -m spark_detector ARGS`` as an operator runs it, to its end."""
     return subprocess.run([sys.executable, "-m", "spark_detector", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    """stderr without the JSON log lines: what the command says to the operator."""
+    return [line for line in result.stderr.splitlines() if line and not line.startswith("{")]
+
+
+def stage(resources: AwsResources, chunks: dict[str, bytes], importance: bytes) -> None:
+    """The chunks and CustomerImportance in the bucket."""
+    resources.upload(chunks)
+    resources.s3.put_object(Bucket=resources.bucket, Key="reference/CustomerImportance.csv",
+                            Body=importance)
+
+
+def stop(process: subprocess.Popen, log: Path) -> None:
+    """SIGTERM the worker process (unless it ended) and require exit code 0."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0, log.read_text()[-3000:]
 
 
 def applied_count(database_url: str) -> int:

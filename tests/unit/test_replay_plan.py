@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 
+from spark_detector.db import redact_dsn
 from spark_detector.detection_state import Thresholds
 from spark_detector.replay_plan import (
     ADDED,
@@ -28,7 +29,6 @@ from spark_detector.replay_plan import (
     compare_summary,
     parse_target,
     plan_chunks,
-    redact_url,
     render_compare_csv,
     thresholds_with_rules,
 )
@@ -108,7 +108,17 @@ def test_targets_are_a_database_url_a_schema_or_the_live_database():
             parse_target(bad, False)
     with pytest.raises(ReplayError):
         parse_target("x", True)
-    assert redact_url("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
+
+
+def test_a_database_named_in_a_message_has_no_password():
+    assert redact_dsn("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert redact_dsn("postgresql://u:p%40ss@h/db?sslmode=verify-full") == (
+        "postgresql://u:***@h/db?sslmode=verify-full")
+    assert redact_dsn("postgresql://h/db?user=u&password=secret") == (
+        "postgresql://h/db?user=u&password=***")
+    assert redact_dsn("host=h user=u password='se cret' dbname=d") == (
+        "host=h user=u password=*** dbname=d")
+    assert redact_dsn("postgresql://u@h/db") == "postgresql://u@h/db"
 
 
 def test_publishing_is_refused_under_the_live_or_the_chunk_prefix():
@@ -170,3 +180,16 @@ def test_numbers_missing_from_the_archive_and_not_settled_are_the_gaps():
     keys = [P + f"chunk-{n:08d}-20261127T000000.000Z.csv" for n in (1, 2, 5, 7)]
     assert unsettled_gaps([*keys, P + "by-hand.csv"], [3, None]) == [4, 6]
     assert unsettled_gaps([P + "by-hand.csv"], []) == []
+
+
+def test_a_rebuild_run_again_keeps_its_order_unless_told_another():
+    from datetime import UTC, datetime
+
+    from spark_detector.db import RebuildState
+    from spark_detector.rebuild import LiveRebuild
+
+    unfinished = RebuildState(datetime(2026, 12, 1, tzinfo=UTC), "alice", KEYS, 1)
+    assert LiveRebuild(None, unfinished).order(None) == KEYS
+    assert LiveRebuild(None, unfinished).order(RECORDED) == RECORDED
+    assert LiveRebuild(None, None).order(None) == RECORDED
+    assert "run `python -m spark_detector replay --replace` again" in unfinished.describe()

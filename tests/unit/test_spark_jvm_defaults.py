@@ -16,6 +16,8 @@ NO_ARCHIVE = {ARCHIVE_ENV: "", **NO_JAR}
 
 def test_a_plain_start_gets_every_jvm_default():
     assert jvm_defaults(NO_ARCHIVE, set()) == dict(WORKER_JVM_DEFAULTS)
+    # a JVM out of heap exits: the worker notices, rather than waiting on a job that died
+    assert "-XX:+ExitOnOutOfMemoryError" in WORKER_JVM_DEFAULTS[JAVA_OPTIONS].split()
 
 
 def test_the_class_archive_is_mapped_when_it_exists(tmp_path):

@@ -127,6 +127,8 @@ def test_a_secret_url_verifies_the_server_and_a_database_url_keeps_its_own_sslmo
     ("WORKER_MAX_CHUNK_FAILURES", "0", "[1, 100]"),
     ("WORKER_MAX_CHUNK_BYTES", "0", "[1, inf)"),
     ("WORKER_MAX_CHUNK_ROWS", "0", "[1, inf)"),
+    ("WORKER_SPARK_JOB_TIMEOUT_SECONDS", "1", "[5, 86400]"),
+    ("WORKER_SPARK_JOB_TIMEOUT_SECONDS", "100000", "[5, 86400]"),
     ("WORKER_MAX_REFERENCE_BYTES", "-1", "[1, inf)"),
     ("WORKER_DB_RETRY_ATTEMPTS", "0", "[1, 100]"),
     ("WORKER_GAP_ALERT_SECONDS", "0", "(0, inf)"),
