@@ -176,8 +176,16 @@ def test_the_reference_and_the_parser_reject_the_same_chunks_whole(data):
     assert reference_verdicts(data) == production_verdicts(data)
 
 
+# any text of number-like characters, and numbers of every form (signs, points, exponents)
+AMOUNT_TEXTS = st.one_of(
+    st.text(alphabet="0123456789+-.eE_ '\"\t,x\u0663\u00b2", max_size=12),
+    st.from_regex(r"[ ']?[+-]?[0-9]{0,18}[.]?[0-9]{0,4}([eE][+-]?[0-9]{1,3})?[ ']?",
+                  fullmatch=True),
+)
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet="0123456789+-.eE_ '\"\t,x\u0663\u00b2", max_size=12))
+@given(AMOUNT_TEXTS)
 def test_any_amount_text_gets_the_same_verdict(amount):
     data = f"{HEADER}\n0,'C1','4','F','1','M1','1','x',{amount},0\n".encode()
     assert reference_verdicts(data) == production_verdicts(data)
