@@ -84,13 +84,16 @@ class AwsResources:
 
     def enqueue(self, keys: Iterable[str], *, bucket: str | None = None,
                 delay_seconds: int = 0) -> None:
-        """A chunk message per key, as the trigger sends it (the object's size, if there)."""
+        """A chunk message per key, as the trigger sends it (the object's size and ETag, if
+        it is there)."""
         for key in keys:
             try:
-                size = self.s3.head_object(Bucket=self.bucket, Key=key)["ContentLength"]
+                head = self.s3.head_object(Bucket=self.bucket, Key=key)
+                size, etag = head["ContentLength"], head["ETag"].strip('"')
             except self.s3.exceptions.ClientError:
-                size = 1
+                size, etag = 1, ""
             self.send_raw(ChunkMessage(bucket=bucket or self.bucket, key=key, size=size,
+                                       etag=etag,
                                        event_time=datetime.now(UTC).isoformat()).to_json(),
                           delay_seconds=delay_seconds)
 
