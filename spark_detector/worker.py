@@ -1,7 +1,9 @@
 """The long-running loop of Mechanism Y: SQS in, Spark micro-batches, exactly-once out.
 
-Each loop: receive messages (they join the chunks the worker holds), drop chunks already
-done, pick the chunks that may be applied now (``ordering.ready_run``: production order,
+Each loop: receive messages (they join the chunks the worker holds, up to
+``WORKER_MAX_HELD_CHUNKS``), drop chunks already done (recording another version of such a
+key as a conflict), reject whole the chunks whose sequence number another chunk holds, pick
+the chunks that may be applied now (``ordering.ready_run``: production order,
 a predecessor looked up in S3 when its event is late or lost), aggregate them in ONE Spark
 job, then settle each chunk in order. Effects for one chunk, and why a crash between any two
 of them is safe:
@@ -650,11 +652,11 @@ class Worker:
         """Record as conflicts the versions of settled ``key`` its messages in hand name,
         other than ``settled_etag`` (the key was uploaded again with other content); whether
         there were any. A version not known on either side ("") is none."""
+        if not settled_etag:
+            return False
         others = {_message_etag(m) for m in self.inflight.messages(key)}
         others.add(self.chunks[key].etag)
         others -= {"", settled_etag}
-        if not settled_etag:
-            return False
         for etag in sorted(others):
             record = self.db(lambda conn, e=etag: conflicts.record_conflict(
                 conn, key, e, conflicts.OVERWRITTEN, settled_etag))
@@ -935,7 +937,6 @@ class Worker:
         self.db(lambda conn: detection_state.record_rejected_chunk(
             conn, chunk, reason, qkey, duplicate_of=duplicate_of))
         if duplicate_of is not None:
-            # "duplicate sequence number" is the alarm's metric filter (docs/operations.md)
             logger.warning("duplicate sequence number", extra={
                 "chunk_key": key, "seq": chunk.seq, "holder": duplicate_of,
                 "quarantine_key": qkey})
