@@ -38,7 +38,8 @@ def test_a_replay_rejects_a_duplicate_number_as_the_live_run_did(
     keys = sorted(chunks)
     # the copy sorts before the original: in key order it is the one that takes number 2
     copy = chunk_key(CHUNK_PREFIX, 2, datetime(2026, 1, 1, tzinfo=UTC))
-    resources.upload({**chunks, copy: chunks[keys[1]]})
+    resources.upload({**chunks, copy: chunks[keys[1]],
+                      "reference/CustomerImportance.csv": importance})
     resources.enqueue(keys)
     worker = make_worker(resources, migrated_database_url, spark, weights)
     run_until_idle(worker)
