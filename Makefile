@@ -1,5 +1,6 @@
-# The README's commands. Each target creates .venv on first use and installs the project
-# with its dev and local extras, so a fresh clone needs only Python 3.11+ and Java 17+.
+# The README's commands. Each target creates .venv on first use and installs the locked
+# dependencies (requirements/dev.txt, with hashes: the worker image installs the same pins from
+# requirements/worker.txt) and the project, so a fresh clone needs only Python 3.11 and Java 17+.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -13,14 +14,56 @@ CLASS_ARCHIVE := $(VENV)/share/spark_detector/spark-classes.jsa
 DRIVER_CHUNKS_JAR := $(VENV)/share/spark_detector/driver-chunks.jar
 ARGS   ?=
 
-.PHONY: test lint demo up down bench clean check-java build-TriggerFunction
+LOCKS  := requirements/build.txt requirements/worker.txt requirements/dev.txt
+IMAGE  ?= txn-worker:latest
+IMAGE_ARGS ?=
 
-$(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found " + sys.version.split()[0] + ")")'
+.PHONY: test lint demo up down bench clean check-java build-TriggerFunction lock audit image push image-test
+
+# pip installs exactly the lock (--require-hashes, --no-deps); the build backend is locked
+# too and used without build isolation, so nothing unpinned is fetched to build pyspark.
+$(STAMP): pyproject.toml $(LOCKS)
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, the Python of the lock, the image and the Lambda (found " + sys.version.split()[0] + "): make PYTHON=python3.11 ...")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,local]'
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements/build.txt
+	$(PY) -m pip install --quiet --require-hashes --no-deps --no-build-isolation --use-pep517 -r requirements/dev.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
+
+# Re-resolve the lock files after a change to pyproject.toml's dependencies (or to take new
+# releases): the worker's first, then the dev venv's constrained to it, so both hold the same
+# version of every package they share (tests/unit/test_lock_files.py checks it).
+UV_COMPILE := $(VENV)/bin/uv pip compile --quiet --python-version 3.11 --generate-hashes
+lock: $(STAMP)
+	$(UV_COMPILE) requirements/build.in -o requirements/build.txt
+	$(UV_COMPILE) pyproject.toml -o requirements/worker.txt
+	$(UV_COMPILE) --extra trigger --extra local --extra dev -c requirements/worker.txt pyproject.toml -o requirements/dev.txt
+
+# Known vulnerabilities in the locked packages. pip-audit asks PyPI's and OSV's vulnerability
+# databases, so it runs where they are reachable (the GitHub workflow does).
+AUDIT_VENV := .venv-audit
+audit:
+	@test -x $(AUDIT_VENV)/bin/pip-audit || { $(PYTHON) -m venv $(AUDIT_VENV) && $(AUDIT_VENV)/bin/pip install --quiet 'pip-audit==2.10.1'; }
+	$(AUDIT_VENV)/bin/pip-audit --strict --disable-pip --require-hashes -r requirements/worker.txt
+	$(AUDIT_VENV)/bin/pip-audit --strict --disable-pip --require-hashes -r requirements/dev.txt
+
+# The worker image (infra/worker.Dockerfile) as $(IMAGE): docker where a Docker engine runs,
+# else buildah (no daemon; `python -m infra.image tools` installs it as root). Build arguments:
+# make image IMAGE_ARGS="--build-arg BASE_IMAGE=..." (docs/deploy.md).
+image:
+	$(PYTHON) -m infra.image build --tag $(IMAGE) $(IMAGE_ARGS)
+
+# The image, pushed to the stack's ECR repository under the commit's tag (docs/deploy.md):
+#   make push REPOSITORY=<the stack's WorkerRepositoryUri output>
+push: image $(STAMP)
+	@test -n "$(REPOSITORY)" || { echo "REPOSITORY is not set: the stack's WorkerRepositoryUri output"; exit 2; }
+	$(PY) -m infra.image push --repository $(REPOSITORY) --image $(IMAGE)
+
+# The image built from a stand-in base (Debian packages, cached) and run against moto and
+# PostgreSQL (tests/image/). Needs root for buildah and debootstrap, which it installs.
+image-test: $(STAMP)
+	$(PYTHON) -m infra.image tools
+	$(PY) -m pytest -m image tests/image $(ARGS)
 
 check-java:
 	@$(PY) -m infra.java_check
@@ -67,4 +110,4 @@ build-TriggerFunction:
 	done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(AUDIT_VENV) .pytest_cache .ruff_cache .hypothesis

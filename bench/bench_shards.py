@@ -8,7 +8,7 @@ the state can be split by merchant: this bench splits each chunk's pair aggregat
 ``crc32(merchant) % shards``, gives each shard its own database (its own engine schema and
 advisory lock), and lets one process per shard apply its part of every chunk, in chunk
 order, in parallel with the other shards. Same chunks for every shard count: the synthetic
-BankSim-shaped stream of ``spark_detector.bench_apply`` (10,000 rows a chunk, two merchants
+BankSim-shaped stream of ``bench.bench_apply`` (10,000 rows a chunk, two merchants
 holding ~85% of the rows, as in BankSim).
 
 It prints one JSON object: per shard count and shard map, each shard's pairs; each shard's
@@ -36,8 +36,8 @@ from datetime import UTC, datetime
 from multiprocessing import Manager
 from typing import Any
 
-from spark_detector.bench_apply import _fresh_database, _server_url, synthetic_stream
-
+from bench.bench_apply import synthetic_stream
+from infra.local import postgres
 from spark_detector import db
 from spark_detector.chunk_aggregates import ChunkAggregates
 from spark_detector.detection_state import ChunkRef, apply_chunk
@@ -108,7 +108,7 @@ def apply_concurrently(server_url: str, parts: list[list[ChunkAggregates]]) -> l
 
 def migrated_databases(stack: ExitStack, server_url: str, count: int) -> Iterator[str]:
     for _ in range(count):
-        url = stack.enter_context(_fresh_database(server_url))
+        url = stack.enter_context(postgres.scratch_database(server_url, "shard"))
         conn = db.connect(url)
         try:
             db.migrate(conn)
@@ -133,7 +133,7 @@ def run(chunk_count: int, shard_counts: list[int], seed: int) -> dict:
     load_before = os.getloadavg()
     cases = [(shards, how) for shards in shard_counts
              for how in (["balanced", "hashed"] if shards > 1 else ["one"])]
-    with _server_url() as server_url:
+    with postgres.scratch_server("bench-shards") as server_url:
         for shards, how in cases:
             shard_map = (balanced_shards(chunks, shards) if how == "balanced"
                          else hashed_shards(merchants, shards))

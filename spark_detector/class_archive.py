@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from spark_detector.config import build_target, optional_path
+from spark_detector.config import build_command_target, optional_path
 
 ARCHIVE_ENV = "SPARK_CLASS_ARCHIVE"
 # Beside the installed pyspark it was built from: a virtual environment or the image's Python.
@@ -93,7 +93,8 @@ def build_archive(path: Path) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    path = build_target(sys.argv[1:] if argv is None else argv, ARCHIVE_ENV, archive_path())
+    path = build_command_target(argv, "spark_detector.class_archive", __doc__, "the class archive",
+                                ARCHIVE_ENV, archive_path())
     if path is None:
         return 0
     started = time.perf_counter()

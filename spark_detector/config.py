@@ -5,6 +5,7 @@ Every variable, its default and meaning is listed in docs/configuration.md.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -81,6 +82,17 @@ def build_target(argv: list[str], name: str, default: Path | None) -> Path | Non
     if default is None:
         print(f"{name} is set empty: nothing to build", file=sys.stderr)
     return default
+
+
+def build_command_target(argv: list[str] | None, module: str, doc: str, what: str, name: str,
+                         default: Path | None) -> Path | None:
+    """``python -m MODULE [PATH]`` of a build command (with ``--help``): ``build_target``."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}",
+                                     description=doc.split("\n\n")[0].replace("\n", " "))
+    parser.add_argument("path", nargs="?", help=f"where to write {what} (default: ${name}, "
+                        "else under this Python's prefix)")
+    args = parser.parse_args(argv)
+    return build_target([args.path] if args.path else [], name, default)
 
 
 def _thresholds(env: Mapping[str, str]) -> Thresholds:
@@ -187,6 +199,8 @@ class WorkerSettings:
     flush_partial_after_seconds: float | None = None
     backfill_every_seconds: float | None = None
     dlq_url: str | None = None
+    # CloudWatch namespace of the metrics in the worker's log lines (spark_detector/emf.py)
+    metrics_namespace: str = "TxnPipeline/Worker"
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     @classmethod
@@ -224,6 +238,7 @@ class WorkerSettings:
             flush_partial_after_seconds=_optional_seconds(env, "WORKER_FLUSH_PARTIAL_AFTER"),
             backfill_every_seconds=_optional_seconds(env, "WORKER_BACKFILL_EVERY"),
             dlq_url=env.get("DLQ_URL", "").strip() or None,
+            metrics_namespace=_get(env, "WORKER_METRICS_NAMESPACE", "TxnPipeline/Worker"),
             thresholds=_thresholds(env),
         )
         validate(settings)

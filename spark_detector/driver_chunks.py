@@ -38,7 +38,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
 from spark_detector.chunk_fetch import FETCHED_SCHEMA
-from spark_detector.config import build_target, optional_path
+from spark_detector.config import build_command_target, optional_path
 
 JAR_ENV = "SPARK_DRIVER_CHUNKS_JAR"
 # Beside the installed pyspark it was compiled against: a virtual environment or the image's.
@@ -148,7 +148,8 @@ class DriverChunks:
 
 
 def main(argv: list[str] | None = None) -> int:
-    path = build_target(sys.argv[1:] if argv is None else argv, JAR_ENV, jar_path())
+    path = build_command_target(argv, "spark_detector.driver_chunks", __doc__,
+                                "the driver chunks jar", JAR_ENV, jar_path())
     if path is None:
         return 0
     started = time.perf_counter()

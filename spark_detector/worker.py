@@ -53,7 +53,7 @@ import psycopg2
 from chunk_contract.layout import chunk_seq, start_after_seq
 from chunk_contract.listing import list_chunks
 from chunk_contract.message import ChunkMessage, InvalidChunkMessage
-from spark_detector import conflicts, db, detection_state, failures, outbox
+from spark_detector import conflicts, db, detection_state, emf, failures, outbox
 from spark_detector.backfill import backfill
 from spark_detector.batch_result import merged_results
 from spark_detector.chunk_queue import (
@@ -567,7 +567,9 @@ class Worker:
         summary.batch_ms = _ms_since(batch_started)
         self._made_progress = summary.chunks > 0
         if received or summary.chunks or summary.failures or summary.rejected_chunks:
-            logger.info("batch done", extra=summary.__dict__)
+            fields = summary.__dict__
+            logger.info("batch done", extra={**fields, **emf.metric_directive(
+                self.settings.metrics_namespace, fields, emf.BATCH_METRICS)})
         return summary
 
     # --- the chunks in hand -----------------------------------------------------------------
@@ -730,10 +732,12 @@ class Worker:
             return
         self._last_gap_alert = now
         # "stream gap" is the alarm's metric filter (template.yaml, StreamGapAlarm)
-        logger.error("stream gap", extra={
+        fields = {
             "waiting_for_seq": next_seq, "waiting_s": round(waited, 1),
             "chunks_waiting": waiting, "failing": sorted(blocked),
-            "hint": "a chunk that will never come: python -m spark_detector skip-seq N"})
+            "hint": "a chunk that will never come: python -m spark_detector skip-seq N"}
+        logger.error("stream gap", extra={**fields, **emf.metric_directive(
+            self.settings.metrics_namespace, fields, emf.GAP_METRICS)})
 
     def _reject_oversized(self, ready: list[str], summary: BatchSummary) -> list[str]:
         kept = []

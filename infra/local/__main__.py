@@ -39,15 +39,21 @@ def exports(stack: LocalServices) -> str:
     return "\n".join(f"export {name}={shlex.quote(env[name])}" for name in EXPORTED)
 
 
+# Where `make demo` generates the full-size data set (infra/local/demo.py); `make up` names it.
+DEMO_DATA = ".local/data/banksim-594643"
+
+
 def instructions(stack: LocalServices) -> str:
     r = stack.resources
     return "\n".join([
         "# the local stack is up; paste these into your shell:",
         exports(stack),
         "",
-        "# then, for example:",
-        "#   .venv/bin/python -m producer stream .local/data/banksim-594643/transactions.csv"
-        " --importance .local/data/banksim-594643/CustomerImportance.csv",
+        "# then, for example (the generate step makes the data set once; `make demo` makes",
+        "# the same one):",
+        f"#   .venv/bin/python -m producer generate --out {DEMO_DATA}",
+        f"#   .venv/bin/python -m producer stream {DEMO_DATA}/transactions.csv"
+        f" --importance {DEMO_DATA}/CustomerImportance.csv",
         "#   .venv/bin/python -m spark_detector run --drain",
         "#   .venv/bin/python -m spark_detector status",
         "#   aws s3 ls s3://$BUCKET/ --recursive          (honours AWS_ENDPOINT_URL)",

@@ -1,4 +1,5 @@
-"""template.yaml, checked offline: cfn-lint, and the SAM transform's wiring.
+"""template.yaml, checked offline: cfn-lint (informational checks too), and the SAM
+transform's wiring.
 
 The SAM translator runs locally with a fixed managed-policy map (no IAM calls). Its output
 is the CloudFormation that `sam deploy` would create, so the assertions below are about the
@@ -9,22 +10,29 @@ worker's task role.
 from __future__ import annotations
 
 import copy
+import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from chunk_contract import layout
+from spark_detector import emf
 from tests.conftest import REPO_ROOT
 
 TEMPLATE = REPO_ROOT / "template.yaml"
 PARAMETERS = {
     "DataBucketName": "txn-pipeline-data",
-    "WorkerImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/worker:1",
-    "DatabaseSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-AbCdEf",
-    "SubnetIds": ["subnet-0123456789abcdef0"],
-    "SecurityGroupIds": ["sg-0123456789abcdef0"],
+    "WorkerImageTag": "0123456789ab",
+    "VpcId": "vpc-0123456789abcdef0",
+    "SubnetIds": ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"],
 }
+SECRET_ARN = {"Fn::If": ["CreateRdsInstance", {"Ref": "DatabaseInstanceSecretAttachment"},
+                         {"Fn::If": ["CreateAuroraCluster",
+                                     {"Ref": "DatabaseClusterSecretAttachment"},
+                                     {"Ref": "DatabaseSecretArn"}]}]}
+ALARM_ACTIONS = {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], [{"Ref": "AlarmTopic"}]]}
 
 
 # The worker's environment variable for each S3 layout parameter (chunk_contract.layout).
@@ -77,12 +85,11 @@ def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def test_cfn_lint_reports_no_errors():
-    from cfnlint.api import lint_file
+def test_cfn_lint_reports_nothing_not_even_informational_checks():
+    from cfnlint.api import ManualArgs, lint_file
 
-    matches = lint_file(Path(TEMPLATE))
-    errors = [str(m) for m in matches if m.rule.id.startswith("E")]
-    assert errors == []
+    matches = lint_file(Path(TEMPLATE), config=ManualArgs(include_checks=["I"]))
+    assert [str(m) for m in matches] == []
 
 
 def test_bucket_is_private_encrypted_and_expires_old_chunks(resources):
@@ -109,7 +116,9 @@ def test_only_new_chunk_files_notify_the_function(resources):
 
 def test_function_may_only_send_to_the_chunk_queue_and_its_failure_destination(resources):
     function = resources["TriggerFunction"]["Properties"]
-    assert runtime_version(function["Runtime"]) >= (3, 12)
+    assert runtime_version(function["Runtime"]) == (3, 11)  # the lock's, the image's
+    [layer] = function["Layers"]
+    assert "AWSLambdaPowertoolsPythonV3-python311-x86_64" in layer["Fn::Sub"]
     assert function["Handler"] == "lambda_trigger.app.handler"
     env = function["Environment"]["Variables"]
     assert env["QUEUE_URL"] == {"Ref": "ChunkQueue"}
@@ -182,22 +191,161 @@ def test_worker_task_runs_the_image_with_the_secret_and_settings(resources):
     task = resources["WorkerTaskDefinition"]["Properties"]
     assert task["RequiresCompatibilities"] == ["FARGATE"]
     [container] = task["ContainerDefinitions"]
-    assert container["Image"] == {"Ref": "WorkerImageUri"}
+    repository = "${WorkerRepository.RepositoryUri}"
+    assert container["Image"] == {"Fn::If": ["HasImageUri", {"Ref": "WorkerImageUri"}, {
+        "Fn::If": ["HasImageTag", {"Fn::Sub": repository + ":${WorkerImageTag}"},
+                   {"Fn::Sub": repository + ":no-image-yet"}]}]}
     assert container["Command"] == ["python", "-m", "spark_detector", "run"]
     env = {e["Name"]: e["Value"] for e in container["Environment"]}
-    assert env["SPARK_MASTER"] == "local[2]"
+    assert env["SPARK_MASTER"] == {"Fn::FindInMap": ["SparkMasterByCpu", {"Ref": "WorkerCpu"},
+                                                     "Master"]}
+    assert env["WORKER_METRICS_NAMESPACE"] == {"Fn::Sub": "${AWS::StackName}/Worker"}
     assert env["QUEUE_URL"] == {"Ref": "ChunkQueue"}
     # The same parameters as the task role's resources, so the two cannot disagree.
     assert {name: env[name] for name in LAYOUT_PARAMETERS} == {
         name: {"Ref": parameter} for name, parameter in LAYOUT_PARAMETERS.items()}
-    assert container["Secrets"] == [
-        {"Name": "DB_SECRET", "ValueFrom": {"Ref": "DatabaseSecretArn"}}]
+    assert container["Secrets"] == [{"Name": "DB_SECRET", "ValueFrom": SECRET_ARN}]
     assert container["LogConfiguration"]["Options"]["awslogs-group"] == {"Ref": "WorkerLogGroup"}
     secret_read = statements(resources["WorkerExecutionRole"])
     assert secret_read == [{"Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
-                            "Resource": {"Ref": "DatabaseSecretArn"}}]
+                            "Resource": SECRET_ARN}]
     network = resources["WorkerService"]["Properties"]["NetworkConfiguration"]
     assert network["AwsvpcConfiguration"]["Subnets"] == {"Ref": "SubnetIds"}
+    groups = network["AwsvpcConfiguration"]["SecurityGroups"]
+    assert groups["Fn::If"][0] == "HasExtraSecurityGroups"
+    assert groups["Fn::If"][2] == [{"Ref": "WorkerSecurityGroup"}]
+    # no image yet (first deploy): the service runs no task
+    assert resources["WorkerService"]["Properties"]["DesiredCount"] == {
+        "Fn::If": ["HasWorkerImage", {"Ref": "WorkerDesiredCount"}, 0]}
+
+
+def test_spark_master_follows_the_task_cpu(sam_template):
+    parameter = sam_template["Parameters"]["WorkerCpu"]
+    masters = sam_template["Mappings"]["SparkMasterByCpu"]
+    assert set(masters) == set(parameter["AllowedValues"])
+    assert {cpu: entry["Master"] for cpu, entry in masters.items()} == {
+        cpu: f"local[{int(cpu) // 1024}]" for cpu in parameter["AllowedValues"]}
+
+
+def test_the_image_repository_keeps_its_tags_and_scans_pushes(resources):
+    repository = resources["WorkerRepository"]
+    assert repository["DeletionPolicy"] == repository["UpdateReplacePolicy"] == "Retain"
+    properties = repository["Properties"]
+    assert properties["ImageTagMutability"] == "IMMUTABLE"
+    assert properties["ImageScanningConfiguration"] == {"ScanOnPush": True}
+    rules = json.loads(properties["LifecyclePolicy"]["LifecyclePolicyText"])["rules"]
+    assert rules[0]["selection"]["countNumber"] >= 10
+
+
+def test_without_a_secret_the_stack_creates_a_private_encrypted_postgresql(resources,
+                                                                         sam_template):
+    assert sam_template["Conditions"]["CreateDatabase"] == {
+        "Fn::Equals": [{"Ref": "DatabaseSecretArn"}, ""]}
+    assert sam_template["Parameters"]["DatabaseSecretArn"]["Default"] == ""
+    secret = resources["DatabaseSecret"]
+    template = json.loads(secret["Properties"]["GenerateSecretString"]["SecretStringTemplate"][
+        "Fn::Sub"].replace("${DatabaseName}", "pipeline"))
+    assert template == {"username": "pipeline", "dbname": "pipeline"}
+    for name, condition in (("DatabaseInstance", "CreateRdsInstance"),
+                            ("DatabaseCluster", "CreateAuroraCluster")):
+        database = resources[name]
+        assert database["Condition"] == condition
+        assert database["DeletionPolicy"] == database["UpdateReplacePolicy"] == "Snapshot"
+        properties = database["Properties"]
+        assert properties["StorageEncrypted"] is True
+        assert properties["DeletionProtection"] is True
+        assert properties.get("PubliclyAccessible", False) is False
+        assert properties["EngineVersion"] == {"Ref": "DatabaseEngineVersion"}
+    cluster = resources["DatabaseCluster"]["Properties"]
+    assert cluster["Engine"] == "aurora-postgresql"
+    assert cluster["ServerlessV2ScalingConfiguration"]["MaxCapacity"] == {
+        "Ref": "AuroraMaxCapacity"}
+    assert resources["DatabaseClusterInstance"]["Properties"]["DBInstanceClass"] == (
+        "db.serverless")
+    # the secret gets the server's host and port once it exists: the RDS secret format
+    for attachment, target in (("DatabaseInstanceSecretAttachment", "DatabaseInstance"),
+                               ("DatabaseClusterSecretAttachment", "DatabaseCluster")):
+        properties = resources[attachment]["Properties"]
+        assert properties["SecretId"] == {"Ref": "DatabaseSecret"}
+        assert properties["TargetId"] == {"Ref": target}
+    # only the worker's tasks reach it, on PostgreSQL's port
+    [ingress] = resources["DatabaseSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+    assert (ingress["FromPort"], ingress["ToPort"], ingress["SourceSecurityGroupId"]) == (
+        5432, 5432, {"Ref": "WorkerSecurityGroup"})
+
+
+def test_queues_and_log_groups_outlive_the_stack(resources):
+    for name in ("ChunkQueue", "ChunkDeadLetterQueue", "TriggerFailureQueue",
+                 "TriggerLogGroup", "WorkerLogGroup", "DataBucket"):
+        assert resources[name]["DeletionPolicy"] == "Retain", name
+        assert resources[name]["UpdateReplacePolicy"] == "Retain", name
+
+
+def test_the_bucket_is_versioned_and_old_versions_expire(resources):
+    bucket = resources["DataBucket"]["Properties"]
+    assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
+    rules = {r["Id"]: r for r in bucket["LifecycleConfiguration"]["Rules"]}
+    assert rules["ExpireNoncurrentVersions"]["NoncurrentVersionExpiration"] == {
+        "NoncurrentDays": {"Ref": "NoncurrentVersionRetentionDays"}}
+
+
+def test_every_alarm_notifies_the_alarm_topic(resources):
+    alarms = [r for r in resources.values() if r["Type"] == "AWS::CloudWatch::Alarm"]
+    assert len(alarms) == 8
+    for alarm in alarms:
+        assert alarm["Properties"]["AlarmActions"] == ALARM_ACTIONS
+
+
+def test_alarms_watch_running_tasks_the_trigger_and_the_workers_failures(resources):
+    missing = resources["WorkerTasksBelowDesiredAlarm"]["Properties"]
+    metrics = {m["Id"]: m for m in missing["Metrics"]}
+    assert metrics["missing"]["Expression"] == "desired - running"
+    for metric_id, name in (("desired", "DesiredTaskCount"), ("running", "RunningTaskCount")):
+        metric = metrics[metric_id]["MetricStat"]["Metric"]
+        assert (metric["Namespace"], metric["MetricName"]) == ("ECS/ContainerInsights", name)
+        assert {d["Name"]: d["Value"] for d in metric["Dimensions"]} == {
+            "ClusterName": {"Ref": "WorkerCluster"},
+            "ServiceName": {"Fn::GetAtt": ["WorkerService", "Name"]}}
+    assert (missing["ComparisonOperator"], missing["Threshold"]) == ("GreaterThanThreshold", 0)
+    for alarm, metric in (("TriggerErrorsAlarm", "Errors"), ("TriggerThrottlesAlarm",
+                                                              "Throttles")):
+        properties = resources[alarm]["Properties"]
+        assert (properties["Namespace"], properties["MetricName"]) == ("AWS/Lambda", metric)
+        assert properties["Dimensions"] == [{"Name": "FunctionName",
+                                             "Value": {"Ref": "TriggerFunction"}}]
+    failures = resources["ChunkFailuresAlarm"]["Properties"]
+    assert failures["Namespace"] == {"Fn::Sub": "${AWS::StackName}/Worker"}
+    assert failures["MetricName"] in emf.BATCH_METRICS  # a figure the worker publishes
+
+
+def dashboard(resources: dict[str, Any]) -> dict[str, Any]:
+    """The dashboard's body, its substitutions filled in with made-up values."""
+    body, names = resources["PipelineDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    filled = re.sub(r"\$\{([^}]+)\}", lambda m: "stack/Worker" if m.group(1) == "Namespace"
+                    else f"<{m.group(1)}>", body)
+    assert set(names) == {"Namespace", "ServiceName"}
+    return json.loads(filled)
+
+
+def test_the_dashboard_shows_every_figure_the_operations_guide_names(resources):
+    widgets = dashboard(resources)["widgets"]
+    metrics = [m for w in widgets for m in w["properties"]["metrics"]]
+    named = {part for metric in metrics for part in metric if isinstance(part, str)}
+    for figure in ("ApproximateNumberOfMessagesVisible", "ApproximateAgeOfOldestMessage",
+                   "<ChunkDeadLetterQueue.QueueName>", "rows_good", "apply_ms", "spark_ms",
+                   "detections", "failures", "waiting_s", "StreamGap", "MemoryUtilized"):
+        assert figure in named, figure
+    # every figure of the worker's namespace is one the worker publishes
+    published = set(emf.BATCH_METRICS) | set(emf.GAP_METRICS) | {"StreamGap"}
+    worker_metrics = {m[1] for m in metrics if m and m[0] in ("stack/Worker", ".")
+                      and len(m) > 1 and isinstance(m[1], str) and m[1][0].islower()}
+    assert worker_metrics <= published
+
+
+def test_every_parameter_is_documented(sam_template):
+    documented = (REPO_ROOT / "docs" / "deploy.md").read_text()
+    for name in sam_template["Parameters"]:
+        assert f"`{name}`" in documented, name
 
 
 def test_alarms_watch_the_dlq_the_oldest_message_and_stream_gaps(resources):
@@ -205,6 +353,7 @@ def test_alarms_watch_the_dlq_the_oldest_message_and_stream_gaps(resources):
         (r["Properties"]["MetricName"], r["Properties"]["Dimensions"][0]["Value"]["Fn::GetAtt"][0])
         for r in resources.values()
         if r["Type"] == "AWS::CloudWatch::Alarm" and "Dimensions" in r["Properties"]
+        and "Fn::GetAtt" in r["Properties"]["Dimensions"][0]["Value"]
     }
     assert ("ApproximateNumberOfMessagesVisible", "ChunkDeadLetterQueue") in watched
     assert ("ApproximateAgeOfOldestMessage", "ChunkQueue") in watched

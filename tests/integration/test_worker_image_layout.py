@@ -1,10 +1,11 @@
 """The worker image without Docker: its files, its pinned dependencies, its CMD, run for real.
 
-There is no Docker engine here, so the test builds the image's equivalent: a folder holding
+It runs in ``make test`` without root or buildah (tests/image/ builds and runs the real
+image, ``make image-test``). It builds the image's equivalent: a folder holding
 exactly what ``infra/worker.Dockerfile`` COPYs, where it copies it, and a venv made from the
 copied requirements file alone. The Dockerfile's ENV and CMD then run from its WORKDIR
 against moto and PostgreSQL. A file the image forgets, or a dependency that is missing from
-the pins, fails here. (The image's Python is 3.12, this machine's 3.11.)
+the pins, fails here. (The image's Python is 3.11, like this machine's.)
 """
 
 from __future__ import annotations
@@ -64,26 +65,34 @@ def image_env(root: Path) -> dict[str, str]:
     return env
 
 
+def queued_stream(folder: Path, endpoint: str) -> tuple[dict[str, bytes], bytes, AwsResources]:
+    """3,000 generated rows as three chunks in a new bucket, their messages queued, and the
+    CustomerImportance at the reference key: what an image's worker is given to apply."""
+    generate(folder, rows=3_000, seed=3)
+    chunks = split_chunks((folder / "transactions.csv").read_bytes(), 1000)
+    importance = (folder / "CustomerImportance.csv").read_bytes()
+    resources = AwsResources.create(endpoint)
+    resources.upload(chunks)
+    resources.s3.put_object(Bucket=resources.bucket, Key="reference/CustomerImportance.csv",
+                            Body=importance)
+    resources.enqueue(sorted(chunks))
+    return chunks, importance, resources
+
+
 def test_the_image_layout_runs_the_worker_from_its_own_files_and_pins(
         moto_endpoint, migrated_database_url, tmp_path):
     root = image_root(tmp_path / "image")
     [workdir] = [args for op, args in instructions() if op == "WORKDIR"]
     [cmd] = [json.loads(args) for op, args in instructions() if op == "CMD"]
-    # the image installs the requirements file it copied, so the venv does too
-    [requirements] = [shlex.split(args)[-1] for op, args in instructions()
-                      if op == "COPY" and args.split()[0].endswith("requirements.txt")]
-    venv_python = create_venv(tmp_path / "venv", root / requirements.lstrip("/"))
+    # the image installs the lock file it copied, so the venv does too
+    [destination] = [shlex.split(args)[-1] for op, args in instructions()
+                     if op == "COPY" and "requirements/worker.txt" in shlex.split(args)]
+    venv_python = create_venv(tmp_path / "venv",
+                              root / destination.lstrip("/") / "worker.txt")
     assert not (root / "app" / "tests").exists()
     assert not (root / "app" / "producer").exists()  # the contract is chunk_contract
 
-    generate(tmp_path / "data", rows=3_000, seed=3)
-    chunks = split_chunks((tmp_path / "data" / "transactions.csv").read_bytes(), 1000)
-    importance = (tmp_path / "data" / "CustomerImportance.csv").read_bytes()
-    resources = AwsResources.create(moto_endpoint)
-    resources.upload(chunks)
-    resources.s3.put_object(Bucket=resources.bucket, Key="reference/CustomerImportance.csv",
-                            Body=importance)
-    resources.enqueue(sorted(chunks))
+    chunks, importance, resources = queued_stream(tmp_path / "data", moto_endpoint)
 
     env = {name: value for name, value in worker_env(resources, migrated_database_url).items()
            if name not in ("PYTHONPATH", "VIRTUAL_ENV", "PYSPARK_PYTHON", "SPARK_MASTER")}

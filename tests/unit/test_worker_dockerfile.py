@@ -1,4 +1,5 @@
-"""The worker image's Dockerfile: what it copies and runs exists (no Docker engine here)."""
+"""The worker image's Dockerfile: what it copies and runs exists, and every download is
+pinned (tests/image/ builds and runs it)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from infra.local.template import load_template
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "infra" / "worker.Dockerfile"
-REQUIREMENTS = REPO / "infra" / "worker-requirements.txt"
+REQUIREMENTS = REPO / "requirements" / "worker.txt"
+DOCKERIGNORE = REPO / ".dockerignore"
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -22,9 +24,18 @@ def instructions() -> list[tuple[str, str]]:
     return [tuple(line.split(None, 1)) for line in lines if line and not line.startswith("#")]
 
 
+def lock_pins(path: Path) -> dict[str, str]:
+    """``name -> version`` of a lock file (requirements/*.txt, hashes on continuation lines)."""
+    return dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^\s;\\]+)", path.read_text(), re.MULTILINE))
+
+
 def pins() -> dict[str, str]:
-    lines = [line.strip() for line in REQUIREMENTS.read_text().splitlines()]
-    return dict(line.split("==") for line in lines if line and not line.startswith("#"))
+    return lock_pins(REQUIREMENTS)
+
+
+def build_args() -> dict[str, str]:
+    """Each ``ARG NAME=default`` (a pin a build can override)."""
+    return dict(args.split("=", 1) for op, args in instructions() if op == "ARG" and "=" in args)
 
 
 def test_every_copied_path_exists():
@@ -44,13 +55,42 @@ def test_it_runs_the_worker_module_the_template_runs():
     assert container["Command"] == cmd
 
 
-def test_it_is_slim_with_java_17_and_a_non_root_user():
+def test_it_is_slim_python_3_11_pinned_by_digest_with_java_17_and_a_non_root_user():
     ops = instructions()
+    assert ops[0] == ("ARG", "BASE_IMAGE=" + build_args()["BASE_IMAGE"])  # before FROM
     [base] = [args for op, args in ops if op == "FROM"]
-    assert base.startswith("python:3.1") and "slim" in base
+    assert base == "${BASE_IMAGE}"
+    assert re.fullmatch(r"python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}",
+                        build_args()["BASE_IMAGE"])
     assert any("openjdk-17-jre-headless" in args for op, args in ops if op == "RUN")
     [user] = [args for op, args in ops if op == "USER"]
     assert user not in ("root", "0")
+
+
+def test_every_debian_package_it_installs_is_pinned_to_a_version():
+    installs = [args for op, args in instructions() if op == "RUN" and "apt-get install" in args]
+    assert installs
+    for install in installs:
+        packages = [word for word in shlex.split(install.split("apt-get install", 1)[1])
+                    if not word.startswith("-")]
+        packages = packages[:packages.index("&&")] if "&&" in packages else packages
+        assert packages
+        for package in packages:
+            name, sep, version = package.partition("=")
+            assert sep and version.startswith("${"), f"{name} is not pinned"
+            assert build_args()[version[2:-1]], name
+
+
+def test_pip_installs_only_the_hashed_lock_with_the_locked_build_backend():
+    installs = [args for op, args in instructions() if op == "RUN" and "pip install" in args]
+    [run] = installs
+    commands = [c for c in run.split("&&") if "pip install" in c]
+    assert len(commands) == 2
+    for command in commands:
+        assert "--require-hashes" in command and "--no-deps" in command
+    assert commands[0].split()[-1].endswith("/build.txt")
+    assert commands[1].split()[-1].endswith("/worker.txt")
+    assert "--no-build-isolation" in commands[1]  # pyspark is built with the locked setuptools
 
 
 def test_the_worker_dependencies_are_pinned():
@@ -58,8 +98,6 @@ def test_the_worker_dependencies_are_pinned():
     pinned = pins()
     for requirement in project["dependencies"]:
         name, lower = re.match(r"([A-Za-z0-9_.-]+)(?:\[[^]]*\])?>=([\d.]+)", requirement).groups()
-        if name == "aws-lambda-powertools":
-            continue  # the trigger's, from its Lambda layer; the worker logs with json_logs
         assert name in pinned, f"{name} is not pinned in {REQUIREMENTS.name}"
         version = tuple(int(p) for p in re.findall(r"\d+", pinned[name])[:3])
         assert version >= tuple(int(p) for p in lower.split(".")), name
@@ -85,13 +123,27 @@ def test_the_module_it_runs_exists():
     assert (REPO / "spark_detector" / "__main__.py").exists()
 
 
-def test_it_ships_the_rds_ca_bundle_where_the_worker_looks_for_it():
+def test_it_ships_the_rds_ca_bundle_where_the_worker_looks_for_it_checked_by_its_hash():
     from spark_detector.config import RDS_CA_BUNDLE
 
-    adds = [line.split() for line in DOCKERFILE.read_text().splitlines()
-            if line.startswith("ADD ")]
-    assert any(a[-1] == RDS_CA_BUNDLE and a[-2].startswith("https://truststore.pki.rds")
-               for a in adds)
+    [add] = [args.split() for op, args in instructions() if op == "ADD"]
+    assert add[-2:] == ["${RDS_CA_URL}", RDS_CA_BUNDLE]
+    assert build_args()["RDS_CA_URL"].startswith("https://truststore.pki.rds.amazonaws.com/")
+    assert re.fullmatch(r"[0-9a-f]{64}", build_args()["RDS_CA_SHA256"])
+    ops = instructions()
+    check = ops[ops.index(("ADD", " ".join(add))) + 1]
+    assert check[0] == "RUN" and "sha256sum --check" in check[1]
+    assert f"${{RDS_CA_SHA256}}  {RDS_CA_BUNDLE}" in check[1]
+
+
+def test_the_build_context_holds_what_it_copies_and_nothing_else():
+    rules = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert rules[0] == "*"  # everything out (.venv, data, caches), then what is copied back in
+    admitted = {rule[1:] for rule in rules if rule.startswith("!")}
+    copied = {source for op, args in instructions() if op == "COPY"
+              for source in shlex.split(args)[:-1]}
+    assert admitted == copied
 
 
 def test_the_executor_requirements_are_a_pinned_subset_of_the_workers():
