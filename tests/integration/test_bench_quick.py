@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from chunk_contract.layout import chunk_seq
+from chunk_contract.layout import CHUNK_PREFIX, chunk_seq
 from infra.local import postgres
 from infra.local.stack import REPO_ROOT
 from tests.integration.worker_support import log_lines
@@ -39,7 +39,8 @@ def processed(server_url: str, phase: str) -> list[tuple]:
 
 
 def in_production_order(keys: list[str]) -> bool:
-    return keys == sorted(keys, key=chunk_seq) and len(set(keys)) == len(keys)
+    seqs = [chunk_seq(key, CHUNK_PREFIX) for key in keys]
+    return None not in seqs and seqs == sorted(set(seqs))
 
 
 def test_quick_bench_writes_every_figure_and_plot(tmp_path, postgres_server_url):

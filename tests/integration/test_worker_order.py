@@ -10,7 +10,6 @@ import subprocess
 import psycopg2
 import pytest
 
-from spark_detector import worker as worker_module
 from spark_detector.chunk_queue import MAX_HOLD_SECONDS, InFlight, Received
 from spark_detector.status import collect_status
 from tests.integration.worker_support import (
@@ -213,33 +212,6 @@ def test_skip_seq_refuses_a_chunk_that_exists_unless_forced_and_skips_ranges_who
     assert skip("4").stdout.strip() == "skipped 4; the stream now waits for chunk 5"
     assert sequence_marks(migrated_database_url) == [
         (n, "skipped", "lost upstream", "ops") for n in (1, 2, 3, 4)]
-
-
-def test_beyond_max_held_chunks_early_messages_go_back_to_the_queue_for_a_while(
-        spark, weights, dataset, resources, migrated_database_url, monkeypatch):
-    """The worker holds at most MAX_HELD_CHUNKS chunks that wait (here 3): the messages of
-    more are made invisible again for the visibility timeout, neither held nor lost, and
-    the stream completes in production order once the gap closes."""
-    monkeypatch.setattr(worker_module, "MAX_HELD_CHUNKS", 3)
-    chunks = dict(list(split_chunks(dataset[0], 300).items())[:8])
-    keys = sorted(chunks)
-    resources.upload({k: chunks[k] for k in keys[1:]})  # chunk 1 is not there yet
-    resources.enqueue(keys[1:])
-    worker = make_worker(resources, migrated_database_url, spark, weights, max_batch_chunks=10,
-                         visibility_timeout_seconds=2, heartbeat_after_seconds=1)
-
-    worker.run_batch()
-
-    assert len(worker.chunks) == 3 and len(worker.inflight.keys()) == 3
-    assert resources.depth() == 7  # the other four went back to the queue
-    assert applied_order(migrated_database_url) == []
-
-    resources.upload({keys[0]: chunks[keys[0]]})
-    resources.enqueue(keys[:1])
-    run_until(worker, lambda: len(applied_order(migrated_database_url)) == 8
-              and resources.depth() == 0)
-    assert_applied_in_production_order(migrated_database_url, chunks, dataset[1])
-    worker.close()
 
 
 def test_the_heartbeat_lets_go_of_a_message_before_sqs_12_hour_limit(resources):

@@ -98,13 +98,16 @@ class AwsResources:
 
     def enqueue(self, keys: Iterable[str], *, bucket: str | None = None,
                 delay_seconds: int = 0) -> None:
-        """A chunk message per key, as the trigger sends it (the object's size, if there)."""
+        """A chunk message per key, as the trigger sends it (the object's size and ETag, if
+        it is there)."""
         for key in keys:
             try:
-                size = self.s3.head_object(Bucket=self.bucket, Key=key)["ContentLength"]
+                head = self.s3.head_object(Bucket=self.bucket, Key=key)
+                size, etag = head["ContentLength"], head["ETag"].strip('"')
             except self.s3.exceptions.ClientError:
-                size = 1
+                size, etag = 1, ""
             self.send_raw(ChunkMessage(bucket=bucket or self.bucket, key=key, size=size,
+                                       etag=etag,
                                        event_time=datetime.now(UTC).isoformat()).to_json(),
                           delay_seconds=delay_seconds)
 
@@ -173,12 +176,13 @@ def committed_detections(database_url: str) -> list[tuple]:
         return cur.fetchall()
 
 
-def production_order(keys: Iterable[str]) -> list[str]:
-    """The producer's chunks in production order: by the sequence number in their names."""
-    keys = list(keys)
-    unnumbered = [k for k in keys if chunk_seq(k) is None]
+def production_order(keys: Iterable[str], prefix: str = CHUNK_PREFIX) -> list[str]:
+    """The producer's chunks in production order: by the sequence number in their keys
+    (under ``prefix``; "" for bare file names)."""
+    seqs = {key: chunk_seq(key, prefix) for key in keys}
+    unnumbered = [k for k, seq in seqs.items() if seq is None]
     assert not unnumbered, f"no production order for hand-uploaded chunks: {unnumbered}"
-    return sorted(keys, key=chunk_seq)
+    return sorted(seqs, key=seqs.__getitem__)
 
 
 @dataclass
@@ -208,9 +212,11 @@ def reference_run(chunks: dict[str, bytes], importance: bytes, order: Iterable[s
 
 
 def expected_detections(chunks: dict[str, bytes], importance: bytes,
-                        thresholds: Thresholds = THRESHOLDS) -> list[tuple]:
+                        thresholds: Thresholds = THRESHOLDS, prefix: str = CHUNK_PREFIX
+                        ) -> list[tuple]:
     """The reference model's detections for the producer's ``chunks`` in production order."""
-    return reference_run(chunks, importance, production_order(chunks), thresholds).detections
+    return reference_run(chunks, importance, production_order(chunks, prefix),
+                         thresholds).detections
 
 
 def expected_detections_in_order(chunks: dict[str, bytes], importance: bytes,
