@@ -5,7 +5,8 @@ It is written as such a solution would be (plain DataFrame code), with two favou
 the CustomerImportance means are computed once and cached (a typical solution re-reads the
 file per chunk), and percentiles are Spark's exact ``percentile`` (same definition as the
 rules') rather than ``percentile_approx``. Emit-once is a set of keys on the driver. Its
-detections are counted so the run can show it computes the same thing as the worker.
+detections are returned (key and the chunk after which each fired) so a test can show it
+computes the same thing as the worker's rules.
 """
 
 from __future__ import annotations
@@ -87,7 +88,9 @@ def detections(spark: SparkSession, chunk_paths: Sequence[str], weights: DataFra
 
 def run_baseline(spark: SparkSession, chunk_paths: Sequence[Path], importance: Path,
                  thresholds: Thresholds, last_repeats: int = 3) -> dict:
-    """Recompute after each chunk; the wall time of each recompute (ms) and the detections.
+    """Recompute after each chunk; the wall time of each recompute (ms) and the detections:
+    ``fired`` maps each (pattern_id, merchant, customer) to the name of the chunk file after
+    which it first held.
 
     The recompute after the last chunk runs ``last_repeats`` times in all (the same work
     each time, emitting nothing new): one recompute's time swings by +-15% from chunk to
@@ -95,7 +98,7 @@ def run_baseline(spark: SparkSession, chunk_paths: Sequence[Path], importance: P
     """
     weights = load_weights(spark, importance)
     weights.count()
-    emitted: set[tuple[str, str, str]] = set()
+    fired: dict[tuple[str, str, str], str] = {}
     per_chunk_ms: list[float] = []
     per_pattern: dict[str, int] = {}
 
@@ -105,8 +108,8 @@ def run_baseline(spark: SparkSession, chunk_paths: Sequence[Path], importance: P
                                   thresholds)
         for row in found.collect():
             key = (row.pattern_id, row.merchant, row.customer)
-            if key not in emitted:
-                emitted.add(key)
+            if key not in fired:
+                fired[key] = Path(chunk_paths[n - 1]).name
                 per_pattern[row.pattern_id] = per_pattern.get(row.pattern_id, 0) + 1
         pairs.unpersist()
         return round((time.perf_counter() - started) * 1000, 1)
@@ -118,4 +121,4 @@ def run_baseline(spark: SparkSession, chunk_paths: Sequence[Path], importance: P
     weights.unpersist()
     return {"per_chunk_ms": per_chunk_ms, "last_chunk_runs_ms": last,
             "last_chunk_ms": statistics.median(last),
-            "detections_per_pattern": dict(sorted(per_pattern.items()))}
+            "detections_per_pattern": dict(sorted(per_pattern.items())), "fired": fired}

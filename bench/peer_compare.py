@@ -70,7 +70,8 @@ def reference_detections(batches: Sequence[Sequence[str]], chunks_dir: Path, imp
     weights = read_weights(importance.read_bytes())
     model = ReferenceEngine(thresholds)
     for files in batches:
-        rows = [row for name in files for row in read_chunk((chunks_dir / name).read_bytes())]
+        rows = [row for name in files
+                for row in read_chunk((chunks_dir / name).read_bytes()).rows]
         model.apply_rows(files[-1], rows, weights)
     return model.fired_keys()
 

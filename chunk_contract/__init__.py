@@ -1,6 +1,8 @@
 """What the producer, the trigger and the worker agree on, written once.
 
-- ``layout``: where things live in the data bucket, and how a chunk key is named;
+- ``layout``: where things live in the data bucket, and how a chunk key is named (and read
+  back: which keys carry a producer sequence number);
+- ``listing``: the chunks under the chunk prefix as an S3 listing shows them;
 - ``message``: the chunk message (the SQS body), versioned;
 - ``sqs_batch``: sending chunk messages with SendMessageBatch (the trigger and the backfill).
 

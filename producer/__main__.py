@@ -17,6 +17,7 @@ import json_logs
 from producer import banksim_profile, growing
 from producer.config import InvalidSetting, MissingSetting, ProducerSettings
 from producer.generate import generate
+from producer.lease import LeaseLost, StreamLeased
 from producer.sources import SourceError
 from producer.state import BadState, SourceChanged
 from producer.store import LocalStore, S3Store, StoreError
@@ -24,6 +25,7 @@ from producer.stream import ChunkReport, StreamOptions, run_stream
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
+EXIT_STREAM_LEASED = 3  # another producer holds the stream, or took it over
 
 # Not __name__: run as `python -m producer` this module is "__main__".
 logger = logging.getLogger("producer")
@@ -103,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "possible (env CHUNK_INTERVAL_SECONDS, default 1.0)")
     st.add_argument("--max-chunks", type=int, help="stop after this many chunks")
     st.add_argument("--from-start", action="store_true", help="ignore the saved position")
+    st.add_argument("--take-over", action="store_true",
+                    help="take the stream although another producer's lease has not expired"
+                         " (only when that producer is known to be gone: it crashed)")
     st.add_argument("--passes", type=int, default=1, help="send the file this many times: each "
                     "pass after the first starts again at its top, with the next sequence "
                     "numbers, on the same schedule (default 1)")
@@ -179,7 +184,7 @@ def run_stream_command(args: argparse.Namespace, err: TextIO) -> int:
     stop = threading.Event()
     reporter = ChunkReporter(err, settings.interval, progress=err.isatty())
     options = StreamOptions(args.source, args.importance, args.max_chunks, args.from_start,
-                            args.passes)
+                            args.passes, args.take_over)
 
     def started(next_row: int, next_seq: int) -> None:
         logger.info("stream_started", extra={
@@ -215,6 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except (StreamLeased, LeaseLost) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_STREAM_LEASED
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ class ProducerSettings:
     state_prefix: str = layout.STATE_PREFIX  # STATE_PREFIX
     rows_per_chunk: int = 10_000  # ROWS_PER_CHUNK
     interval: float = 1.0  # CHUNK_INTERVAL_SECONDS; 0 = as fast as possible
+    # PRODUCER_LEASE_SECONDS: how long past its next chunk's due time a producer that stopped
+    # renewing (crashed) keeps the stream from another (producer/lease.py)
+    lease_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ProducerSettings:
@@ -41,6 +44,7 @@ class ProducerSettings:
             state_prefix=env.get("STATE_PREFIX", defaults.state_prefix),
             rows_per_chunk=_parse(env, "ROWS_PER_CHUNK", int, defaults.rows_per_chunk),
             interval=_parse(env, "CHUNK_INTERVAL_SECONDS", float, defaults.interval),
+            lease_seconds=_parse(env, "PRODUCER_LEASE_SECONDS", float, defaults.lease_seconds),
         )
         settings.validate()
         return settings
@@ -56,6 +60,9 @@ class ProducerSettings:
             raise InvalidSetting(f"rows per chunk must be at least 1, got {self.rows_per_chunk}")
         if not self.interval >= 0:  # also rejects NaN
             raise InvalidSetting(f"interval must be >= 0 seconds, got {self.interval}")
+        if not 1 <= self.lease_seconds <= 86_400:
+            raise InvalidSetting(f"PRODUCER_LEASE_SECONDS must be within [1, 86400], got"
+                                 f" {self.lease_seconds}")
 
     def require_bucket(self) -> str:
         if not self.bucket:

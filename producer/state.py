@@ -1,9 +1,11 @@
-"""The producer's resume position, one small JSON object under ``$STATE_PREFIX``."""
+"""The producer's resume position and its lease on the stream, one small JSON object under
+``$STATE_PREFIX`` (``producer.lease``)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from datetime import datetime
 
 STATE_VERSION = 1
 
@@ -20,6 +22,8 @@ class ProducerState:
     source: str = ""  # where it was read from last time (informational)
     updated_at: str = ""
     version: int = STATE_VERSION
+    lease_owner: str = ""  # the producer writing the stream now ("": none)
+    lease_expires_at: str = ""  # ISO-8601 UTC; a crashed owner's lease ends then
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -30,13 +34,18 @@ class ProducerState:
             data = json.loads(body)
             if data.get("version") != STATE_VERSION:
                 raise BadState(f"unsupported state version {data.get('version')!r}")
-            return cls(
+            state = cls(
                 source_fingerprint=str(data["source_fingerprint"]),
                 next_row=int(data["next_row"]),
                 next_seq=int(data["next_seq"]),
                 source=str(data.get("source", "")),
                 updated_at=str(data.get("updated_at", "")),
+                lease_owner=str(data.get("lease_owner", "")),
+                lease_expires_at=str(data.get("lease_expires_at", "")),
             )
+            if state.lease_owner:
+                datetime.fromisoformat(state.lease_expires_at)  # a ValueError if it is not
+            return state
         except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, BadState):
                 raise

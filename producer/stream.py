@@ -6,6 +6,7 @@ clock, sleep, stop flag, reporter), so tests drive it directly with moto or a lo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import tempfile
@@ -20,7 +21,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError
 
-from chunk_contract.layout import chunk_key, chunk_seq
+from chunk_contract.layout import chunk_key, chunk_seq, seq_key_prefix
 from producer.chunks import (
     IMPORTANCE_COLUMNS,
     BadHeader,
@@ -30,10 +31,11 @@ from producer.chunks import (
     skip_rows,
 )
 from producer.config import ProducerSettings
+from producer.lease import Lease, StreamLeased, new_owner, refusal
 from producer.pacing import FixedRateSchedule
 from producer.sources import OpenSource, SourceError, open_source
 from producer.state import ProducerState, starting_position
-from producer.store import ObjectStore
+from producer.store import ObjectStore, StoreError, WriteConflict
 
 META_FINGERPRINT = "source-fingerprint"
 META_FIRST_ROW = "first-row"
@@ -50,6 +52,7 @@ class StreamOptions:
     # Times the file is sent: each pass after the first starts again at its top, with the
     # next sequence numbers, on the same schedule (a longer stream from one file, for benches).
     passes: int = 1
+    take_over: bool = False  # take the stream although another producer's lease is valid
 
 
 @dataclass(frozen=True)
@@ -126,15 +129,18 @@ def upload_reference(store: ObjectStore, key: str, importance: PreparedImportanc
     return True
 
 
-def load_state(store: ObjectStore, key: str, from_start: bool) -> ProducerState | None:
-    body = store.get(key)
-    if body is None:
-        return None
+def load_state(store: ObjectStore, key: str,
+               from_start: bool) -> tuple[ProducerState | None, str | None]:
+    """The saved state, and the ETag of the object it was read from (None: there is none)."""
+    found = store.get_versioned(key)
+    if found is None:
+        return None, None
+    body, etag = found
     try:
-        return ProducerState.from_json(body)
+        return ProducerState.from_json(body), etag
     except ValueError:
         if from_start:
-            return None  # starting over anyway; the broken state gets overwritten
+            return None, etag  # starting over anyway; the broken state gets overwritten
         raise
 
 
@@ -147,7 +153,8 @@ def reconcile_with_store(
     one we are about to send, we move past it instead of sending its rows again.
     """
     while True:
-        keys = store.keys(f"{prefix}chunk-{next_seq:08d}-")
+        keys = [k for k in store.keys(prefix + seq_key_prefix(next_seq))
+                if chunk_seq(k, prefix) == next_seq]
         if not keys:
             return next_row, next_seq
         stored = store.head(keys[0])
@@ -158,7 +165,7 @@ def reconcile_with_store(
 
 
 def _last_seq(store: ObjectStore, prefix: str) -> int:
-    seqs = [chunk_seq(key) for key in store.keys(prefix)]
+    seqs = [chunk_seq(key, prefix) for key in store.keys(prefix)]
     return max((s for s in seqs if s is not None), default=0)
 
 
@@ -223,7 +230,11 @@ def run_stream(
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="producer-")))
             importance = prepare_importance(options.importance, s3, workdir)
 
-        saved = load_state(store, settings.state_key, options.from_start)
+        saved, state_etag = load_state(store, settings.state_key, options.from_start)
+        held_by = refusal(saved, now(), options.take_over)
+        if held_by is not None:
+            raise StreamLeased(f"another producer holds the stream"
+                               f" {store.location}{settings.chunk_prefix}: {held_by}")
         next_row, next_seq = starting_position(
             saved, source.fingerprint, options.from_start, _last_seq(store, settings.chunk_prefix)
         )
@@ -247,6 +258,12 @@ def run_stream(
             raise SourceError(options.source, "has a header but no data rows")
 
         # Nothing has been written so far: every input has been checked first.
+        lease = Lease(store, settings.state_key, etag=state_etag, owner=new_owner(),
+                      seconds=settings.lease_seconds, interval=settings.interval, now=now)
+        state = ProducerState(source.fingerprint, next_row, next_seq, options.source,
+                              now().isoformat())
+        lease.take(state)
+        stack.callback(lambda: _let_go(lease, state))
         on_start(next_row, next_seq)
         reference_uploaded = False
         if importance is not None:
@@ -275,7 +292,7 @@ def run_stream(
             state = ProducerState(
                 source.fingerprint, next_row, next_seq, options.source, now().isoformat()
             )
-            store.put(settings.state_key, state.to_json())
+            lease.renew(state)
             sent += 1
             rows_sent += chunk.rows
             finished = clock()
@@ -297,5 +314,12 @@ def run_stream(
                 break
             pending = next(chunks, None)
     return StreamResult(sent, rows_sent, next_row, next_seq, stop.is_set(), reference_uploaded)
+
+
+def _let_go(lease: Lease, state: ProducerState) -> None:
+    """Release the lease at the end, whatever ended the stream. A failing store (the very
+    error that ended it, often) leaves it held: it expires, or ``--take-over`` takes it."""
+    with contextlib.suppress(StoreError, WriteConflict):
+        lease.release(state)
 
 

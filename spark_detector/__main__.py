@@ -138,12 +138,12 @@ def migrated_connection(settings: WorkerSettings) -> Iterator[object]:
         conn.close()
 
 
-def cmd_backfill(settings: WorkerSettings, _args: argparse.Namespace) -> int:
+def cmd_backfill(settings: WorkerSettings, args: argparse.Namespace) -> int:
     from spark_detector.backfill import backfill
 
     s3, sqs = aws_clients()
     with migrated_connection(settings) as conn:
-        keys = backfill(conn, s3, sqs, settings)
+        keys = backfill(conn, s3, sqs, settings, full=args.full)
     print(f"enqueued {len(keys)} chunk(s) that were neither applied nor rejected")
     return 0
 
@@ -161,6 +161,8 @@ def cmd_status(settings: WorkerSettings, args: argparse.Namespace) -> int:
 def cmd_skip_seq(settings: WorkerSettings, args: argparse.Namespace) -> int:
     import getpass
 
+    from chunk_contract.layout import seq_key_prefix
+    from chunk_contract.listing import list_chunks
     from spark_detector import detection_state
 
     who = args.by or os.environ.get("USER") or getpass.getuser()
@@ -169,24 +171,27 @@ def cmd_skip_seq(settings: WorkerSettings, args: argparse.Namespace) -> int:
         print("spark_detector: --through must not be below SEQ", file=sys.stderr)
         return 2
     s3, _ = aws_clients()
+    # every number checked before any is skipped: a refused range changes nothing
+    for seq in range(args.seq, last + 1):
+        present = [c.key for c in list_chunks(
+            s3, settings.bucket, settings.chunk_prefix, settings.chunk_suffix,
+            within=seq_key_prefix(seq)) if c.seq == seq]
+        if present and not args.force:
+            print(f"spark_detector: chunk {seq} exists in S3 ({present[0]})"
+                  ": it will be applied; skipping it would lose it (--force to insist)",
+                  file=sys.stderr)
+            return 2
     with migrated_connection(settings) as conn:
         unfinished = db.rebuild_in_progress(conn)
         if unfinished is not None:  # the rebuild would not see the skip: finish it first
             print(f"spark_detector: refused: {unfinished.describe()}", file=sys.stderr)
             return db.EXIT_REBUILD_IN_PROGRESS
-        for seq in range(args.seq, last + 1):
-            present = s3.list_objects_v2(Bucket=settings.bucket, MaxKeys=1,
-                                         Prefix=f"{settings.chunk_prefix}chunk-{seq:08d}-")
-            if present.get("KeyCount", 0) and not args.force:
-                print(f"spark_detector: chunk {seq} exists in S3 ({present['Contents'][0]['Key']})"
-                      ": it will be applied; skipping it would lose it (--force to insist)",
-                      file=sys.stderr)
-                return 2
-            try:
-                next_seq = detection_state.skip_seq(conn, seq, reason=args.reason, decided_by=who)
-            except (detection_state.SeqAlreadySettled, ValueError) as exc:
-                print(f"spark_detector: {exc}", file=sys.stderr)
-                return 2
+        try:
+            next_seq = detection_state.skip_seq(conn, args.seq, through=last, reason=args.reason,
+                                                decided_by=who)
+        except (detection_state.SeqAlreadySettled, ValueError) as exc:
+            print(f"spark_detector: {exc}", file=sys.stderr)
+            return 2
     print(f"skipped {args.seq}" + (f"-{last}" if last != args.seq else "")
           + f"; the stream now waits for chunk {next_seq}")
     return 0
@@ -257,8 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backfill-every", type=float, metavar="SECONDS",
                      help="also enqueue chunks whose S3 event was lost, this often")
     run.set_defaults(func=cmd_run)
-    sub.add_parser("backfill", help="enqueue every chunk neither applied nor rejected"
-                   ).set_defaults(func=cmd_backfill)
+    backfill = sub.add_parser("backfill", help="enqueue every chunk neither applied nor"
+                              " rejected, listed from the chunk the stream waits for")
+    backfill.add_argument("--full", action="store_true",
+                          help="list the whole chunk prefix (hand uploads whose event was lost)")
+    backfill.set_defaults(func=cmd_backfill)
     status = sub.add_parser("status", help="queue depths, chunks, detections, outbox")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)

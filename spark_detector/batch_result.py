@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from spark_detector.batch_query import PAIR, REJECTED_ROW
 from spark_detector.chunk_aggregates import KEY_WEIGHT_PLACES, ChunkAggregates, WeightKey
-from spark_detector.chunk_fetch import MISSING, REJECTED
+from spark_detector.chunk_fetch import MISSING, REJECTED, SUPERSEDED
 from spark_detector.pair_copy import COPY_COLUMNS, ESCAPES, PreparedPairs
 from spark_detector.parsing import WEIGHT_INTEGER_DIGITS, RejectedRow
 
@@ -44,7 +44,10 @@ class BatchResult:
     - ``rejected_chunks``: chunks rejected whole ("Bad input" in docs/detection-semantics.md),
       with the reason;
     - ``missing_chunks``: keys whose object could not be found, with the reason (a failure
-      of that chunk, not a bad chunk: it may appear, or the role may be fixed).
+      of that chunk, not a bad chunk: it may appear, or the role may be fixed);
+    - ``superseded_chunks``: keys whose version named by the message was overwritten before
+      it was read, with the reason (neither a bad chunk nor a failure: the newer version's
+      own event follows).
     """
 
     aggregates: dict[str, ChunkAggregates]
@@ -55,6 +58,7 @@ class BatchResult:
     prepared: dict[str, PreparedPairs] = field(default_factory=dict)
     # S3 GET + whole-chunk checks on the executors, summed over tasks (part of the job's time)
     fetch_ms: float | None = None
+    superseded_chunks: dict[str, str] = field(default_factory=dict)
 
 
 def merged_results(results: Sequence[BatchResult]) -> BatchResult:
@@ -66,7 +70,8 @@ def merged_results(results: Sequence[BatchResult]) -> BatchResult:
         *({key: value for r in results for key, value in getattr(r, name).items()}
           for name in ("aggregates", "rejected_rows", "rejected_chunks", "missing_chunks",
                        "prepared")),
-        fetch_ms=sum(fetch_ms) if fetch_ms else None)
+        fetch_ms=sum(fetch_ms) if fetch_ms else None,
+        superseded_chunks={k: v for r in results for k, v in r.superseded_chunks.items()})
 
 
 def weight_table(weights: Mapping[WeightKey, Decimal]) -> pa.Table:
@@ -106,12 +111,16 @@ def assemble_batch(keys: list[str], table: pa.Table, weights: pa.Table) -> Batch
     rejected_rows: dict[str, tuple[RejectedRow, ...]] = {}
     rejected_chunks: dict[str, str] = {}
     missing: dict[str, str] = {}
+    superseded: dict[str, str] = {}
     for key in keys:
         if key not in status:
             raise BatchIntegrityError(f"{key}: no result from the Spark job")
         state, reason, n_lines = status[key]
         if state == MISSING:
             missing[key] = reason or "object does not exist"
+            continue
+        if state == SUPERSEDED:
+            superseded[key] = reason or "overwritten"
             continue
         if state == REJECTED:
             rejected_chunks[key] = reason or ""
@@ -125,7 +134,8 @@ def assemble_batch(keys: list[str], table: pa.Table, weights: pa.Table) -> Batch
         aggregates[key] = ChunkAggregates(key, rows_good, len(chunk_rejects), ())
         prepared[key] = PreparedPairs(key, n_pairs, copy_text)
         rejected_rows[key] = chunk_rejects
-    return BatchResult(aggregates, rejected_rows, rejected_chunks, missing, prepared)
+    return BatchResult(aggregates, rejected_rows, rejected_chunks, missing, prepared,
+                       superseded_chunks=superseded)
 
 
 def _column(table: pa.Table, name: str) -> list:

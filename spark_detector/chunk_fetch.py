@@ -38,7 +38,8 @@ from spark_detector.parsing import ChunkRejected, prepare_chunk
 
 # What an executor emits per chunk: its status, and for a readable chunk its column layout
 # and its data lines as one string (split in the JVM, which is cheaper than shipping rows).
-OK, REJECTED, MISSING = "ok", "rejected", "missing"
+# SUPERSEDED: the version the chunk's message named was overwritten before it was read.
+OK, REJECTED, MISSING, SUPERSEDED = "ok", "rejected", "missing", "superseded"
 FETCHED_SCHEMA = StructType([
     StructField("chunk_key", StringType(), False),
     StructField("status", StringType(), False),
@@ -100,15 +101,25 @@ def s3_client(spec: FetchSpec) -> Any:
     )
 
 
-def fetch_chunk(s3: Any, bucket: str, key: str, max_rows: int = 200_000) -> tuple:
-    """One ``FETCHED_SCHEMA`` row: the chunk read and checked whole, or why it was not."""
+def fetch_chunk(s3: Any, bucket: str, key: str, max_rows: int = 200_000,
+                etag: str = "") -> tuple:
+    """One ``FETCHED_SCHEMA`` row: the chunk read and checked whole, or why it was not.
+
+    ``etag``: the version the chunk's message names; the GET reads that one or none
+    (If-Match), never what an overwrite put there after the message's event. Empty: the
+    object as it is."""
     failpoint("spark_fetch", key)
+    pinned = {"IfMatch": f'"{etag}"'} if etag else {}
     try:
-        data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        data = s3.get_object(Bucket=bucket, Key=key, **pinned)["Body"].read()
     except s3.exceptions.NoSuchKey:
         return (key, MISSING, "object does not exist", 0, *([None] * 7))
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "AccessDenied":
+        code = exc.response.get("Error", {}).get("Code")
+        if code == "PreconditionFailed":
+            return (key, SUPERSEDED, f"the object is no longer version {etag}: it was"
+                    " overwritten after its event", 0, *([None] * 7))
+        if code != "AccessDenied":
             raise
         # S3 answers 403, not 404, for a missing key when the caller may not list the bucket
         return (key, MISSING, "access denied: the object is missing, or the worker's role "
@@ -127,12 +138,12 @@ def fetch_chunk(s3: Any, bucket: str, key: str, max_rows: int = 200_000) -> tupl
 
 
 def _fetch_partition(
-    spec: FetchSpec, fetch_ms: Accumulator | None, keys: Iterable[str]
+    spec: FetchSpec, fetch_ms: Accumulator | None, chunks: Iterable[tuple[str, str]]
 ) -> Iterator[tuple]:
     s3 = s3_client(spec)
-    for key in keys:
+    for key, etag in chunks:
         started = time.perf_counter()
-        row = fetch_chunk(s3, spec.bucket, key, spec.max_rows)
+        row = fetch_chunk(s3, spec.bucket, key, spec.max_rows, etag)
         if fetch_ms is not None:
             fetch_ms.add((time.perf_counter() - started) * 1000)
         yield row
@@ -140,14 +151,17 @@ def _fetch_partition(
 
 def fetch_chunks(
     spark: SparkSession, spec: FetchSpec, chunk_keys: list[str],
-    fetch_ms: Accumulator | None = None,
+    fetch_ms: Accumulator | None = None, etags: Mapping[str, str] | None = None,
 ) -> DataFrame:
     """A ``FETCHED_SCHEMA`` row per chunk, fetched by the executors, chunks spread over tasks.
 
-    ``fetch_ms``, when given, receives the executors' S3 GET + ``prepare_chunk`` time.
+    ``fetch_ms``, when given, receives the executors' S3 GET + ``prepare_chunk`` time;
+    ``etags``: the version to read of each key that has one (``fetch_chunk``).
     """
+    etags = etags or {}
     slices = max(1, min(len(chunk_keys), spark.sparkContext.defaultParallelism))
-    rdd = spark.sparkContext.parallelize(chunk_keys, slices).mapPartitions(
+    rdd = spark.sparkContext.parallelize(
+        [(key, etags.get(key, "")) for key in chunk_keys], slices).mapPartitions(
         functools.partial(_fetch_partition, spec, fetch_ms)
     )
     return spark.createDataFrame(rdd, FETCHED_SCHEMA, verifySchema=False)
@@ -180,20 +194,22 @@ def fetched_frame(spark: SparkSession, rows: Sequence[tuple]) -> DataFrame:
     return spark.createDataFrame(pa.Table.from_batches(batches, schema=schema), FETCHED_SCHEMA)
 
 
-def fetch_on_driver(spec: FetchSpec, chunk_keys: Sequence[str]) -> tuple[list[tuple], float]:
-    """A ``FETCHED_SCHEMA`` row per chunk, fetched by the driver, in ``chunk_keys``' order;
-    and the S3 GET + ``prepare_chunk`` time summed over the chunks (ms), as ``fetch_chunks``
-    reports it.
+def fetch_on_driver(spec: FetchSpec, chunk_keys: Sequence[str],
+                    etags: Mapping[str, str] | None = None) -> tuple[list[tuple], float]:
+    """A ``FETCHED_SCHEMA`` row per chunk, fetched by the driver, in ``chunk_keys``' order
+    (each key's version in ``etags``, if it has one); and the S3 GET + ``prepare_chunk`` time
+    summed over the chunks (ms), as ``fetch_chunks`` reports it.
 
     A failing GET (after botocore's retries) or failpoint raises here, on the driver, and
     fails the batch exactly as a failed Spark task would.
     """
     s3 = s3_client(spec)
+    etags = etags or {}
     spent: list[float] = []
 
     def fetch(key: str) -> tuple:
         started = time.perf_counter()
-        row = fetch_chunk(s3, spec.bucket, key, spec.max_rows)
+        row = fetch_chunk(s3, spec.bucket, key, spec.max_rows, etags.get(key, ""))
         spent.append((time.perf_counter() - started) * 1000)
         return row
 

@@ -223,6 +223,17 @@ class InFlight:
         for key in keys:
             self.pop(key)
 
+    def delete_some(self, key: str, messages: Sequence[Received]) -> None:
+        """Delete some of a chunk's messages (those of a version not to be read); the others
+        stay held."""
+        delete_messages(self._sqs, self._queue_url, messages)
+        with self._lock:
+            left = [m for m in self._held.get(key, ()) if m not in messages]
+            if left:
+                self._held[key] = left
+            else:
+                self._held.pop(key, None)
+
     def release(self, key: str, delay_seconds: int = 0) -> None:
         messages = self.pop(key)
         if messages:

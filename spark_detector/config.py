@@ -193,6 +193,9 @@ class WorkerSettings:
     # database answers again, however long that takes.
     db_retry_attempts: int = 5
     gap_alert_seconds: float = 120.0
+    # Chunks the worker holds at most (early ones waiting for a predecessor, mostly); with a
+    # full hand it receives nothing until the stream moves on (docs/operations.md).
+    max_held_chunks: int = 1000
     flush_partial_after_seconds: float | None = None
     backfill_every_seconds: float | None = None
     dlq_url: str | None = None
@@ -231,6 +234,7 @@ class WorkerSettings:
                                         str(512 * 1024 * 1024), int),
             db_retry_attempts=_number(env, "WORKER_DB_RETRY_ATTEMPTS", "5", int),
             gap_alert_seconds=_number(env, "WORKER_GAP_ALERT_SECONDS", "120"),
+            max_held_chunks=_number(env, "WORKER_MAX_HELD_CHUNKS", "1000", int),
             flush_partial_after_seconds=_optional_seconds(env, "WORKER_FLUSH_PARTIAL_AFTER"),
             backfill_every_seconds=_optional_seconds(env, "WORKER_BACKFILL_EVERY"),
             dlq_url=env.get("DLQ_URL", "").strip() or None,
@@ -267,6 +271,7 @@ _LIMITS: tuple[tuple[str, str, float | None, float | None, bool, bool], ...] = (
     ("max_reference_bytes", "WORKER_MAX_REFERENCE_BYTES", 1, None, False, False),
     ("db_retry_attempts", "WORKER_DB_RETRY_ATTEMPTS", 1, 100, False, False),
     ("gap_alert_seconds", "WORKER_GAP_ALERT_SECONDS", 0, None, True, False),
+    ("max_held_chunks", "WORKER_MAX_HELD_CHUNKS", 1, 100_000, False, False),
 )
 
 

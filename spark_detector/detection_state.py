@@ -36,27 +36,30 @@ from decimal import Decimal
 
 import psycopg2.extensions
 
-from chunk_contract.layout import DETECTIONS_PREFIX
+from chunk_contract.layout import CHUNK_PREFIX, DETECTIONS_PREFIX, chunk_seq
 from spark_detector import rule_evaluation
 from spark_detector.chunk_aggregates import ChunkAggregates
 from spark_detector.db import ENGINE_LOCK, LOCK_NAMESPACE, transaction
 from spark_detector.detection import Detection, detection_from_row
 from spark_detector.failpoints import failpoint
-from spark_detector.ordering import OutOfTurn, Turn, chunk_seq, turn_of
+from spark_detector.ordering import DuplicateNumber, OutOfTurn, Turn, number_holder, turn_of
 from spark_detector.outbox import close_full_files
 from spark_detector.pair_copy import COPY_COLUMNS, PreparedPairs, pairs_copy_text
 
 __all__ = [
     "ChunkRef",
     "Detection",
+    "DuplicateNumber",
     "InvalidAggregates",
     "OutOfTurn",
     "Thresholds",
     "apply_chunk",
     "chunk_status",
     "done_chunk_keys",
+    "number_holders",
     "record_rejected_chunk",
     "settle_number",
+    "settled_etags",
     "thresholds_from_env",
     "try_apply_chunk",
 ]
@@ -108,11 +111,12 @@ class ChunkRef:
     key: str
     etag: str = ""
     event_time: datetime | None = None  # S3 event time, kept for latency figures
+    prefix: str = CHUNK_PREFIX  # the chunk prefix the key was found under
 
     @property
     def seq(self) -> int | None:
         """The producer's sequence number in the key; None for a hand-uploaded chunk."""
-        return chunk_seq(self.key)
+        return chunk_seq(self.key, self.prefix)
 
 
 class InvalidAggregates(ValueError):
@@ -211,8 +215,8 @@ def try_apply_chunk(
     """Apply one chunk and return the detections it fired, in seq order; commits.
 
     A chunk already applied or rejected (by another worker, say) returns None and changes
-    nothing. A sequenced chunk
-    whose predecessor is not settled yet raises ``OutOfTurn`` and changes nothing. A
+    nothing. A sequenced chunk whose predecessor is not settled yet raises ``OutOfTurn``, one
+    whose number another chunk holds raises ``DuplicateNumber``; neither changes anything. A
     sequenced chunk whose number was settled without it (skipped or dead-lettered, then
     redriven) is applied late, where it arrives: its number's mark keeps that settlement
     and records the late apply beside it. ``detections_prefix`` names the S3 keys
@@ -236,7 +240,7 @@ def try_apply_chunk(
         if _is_done(cur, chunk.key):
             log.info("chunk already done", extra={"chunk_key": chunk.key})
             return None
-        turn = _check_turn(cur, chunk)
+        turn = _claim_turn(cur, chunk)
         cur.execute(
             _CLAIM_SQL,
             {
@@ -307,39 +311,49 @@ def chunk_status(conn: psycopg2.extensions.connection, key: str) -> str | None:
     return row[0] if row else None
 
 
-def done_chunk_keys(conn: psycopg2.extensions.connection, keys: Iterable[str]) -> set[str]:
-    """Those of ``keys`` already applied or rejected (one query, for the backfill)."""
+def settled_etags(conn: psycopg2.extensions.connection, keys: Iterable[str]) -> dict[str, str]:
+    """Those of ``keys`` already applied or rejected, with the ETag of the version that was
+    ("" when its message named none); one query."""
     wanted = list(dict.fromkeys(keys))
     if not wanted:
-        return set()
+        return {}
     with transaction(conn), conn.cursor() as cur:
         cur.execute(
             """
-            SELECT k.key
-            FROM unnest(%(keys)s::text[]) AS k(key)
-            WHERE EXISTS (SELECT 1 FROM processed_chunks p WHERE p.chunk_key = k.key)
-               OR EXISTS (SELECT 1 FROM rejected_chunks r WHERE r.chunk_key = k.key)
+            SELECT chunk_key, etag FROM processed_chunks WHERE chunk_key = ANY(%(keys)s)
+            UNION ALL
+            SELECT chunk_key, etag FROM rejected_chunks WHERE chunk_key = ANY(%(keys)s)
             """,
             {"keys": wanted},
         )
-        done = {row[0] for row in cur.fetchall()}
-    return done
+        return {key: etag or "" for key, etag in cur.fetchall()}
+
+
+def done_chunk_keys(conn: psycopg2.extensions.connection, keys: Iterable[str]) -> set[str]:
+    """Those of ``keys`` already applied or rejected."""
+    return set(settled_etags(conn, keys))
 
 
 def record_rejected_chunk(
-    conn: psycopg2.extensions.connection, chunk: ChunkRef, reason: str, quarantine_key: str
+    conn: psycopg2.extensions.connection, chunk: ChunkRef, reason: str, quarantine_key: str,
+    *, duplicate_of: str | None = None,
 ) -> bool:
     """Record a chunk rejected whole; True if newly recorded, False if already applied/rejected.
 
-    Takes the engine lock, so a chunk can never end up both applied and rejected.
+    Takes the engine lock, so a chunk can never end up both applied and rejected. A chunk
+    whose number another chunk holds (``duplicate_of``, or found in its number's mark)
+    settles nothing; any other sequenced chunk settles its number.
     """
     with transaction(conn), conn.cursor() as cur:
         _lock(cur)
+        if duplicate_of is None and chunk.seq is not None:
+            duplicate_of = _holder(cur, chunk)
         cur.execute(
             """
             INSERT INTO rejected_chunks
-                (chunk_key, reason, quarantine_key, etag, event_time, seq)
-            SELECT %(key)s, %(reason)s, %(quarantine_key)s, %(etag)s, %(event_time)s, %(seq)s
+                (chunk_key, reason, quarantine_key, etag, event_time, seq, duplicate_of)
+            SELECT %(key)s, %(reason)s, %(quarantine_key)s, %(etag)s, %(event_time)s, %(seq)s,
+                   %(duplicate_of)s
             WHERE NOT EXISTS (SELECT 1 FROM processed_chunks WHERE chunk_key = %(key)s)
             ON CONFLICT (chunk_key) DO NOTHING
             """,
@@ -350,15 +364,17 @@ def record_rejected_chunk(
                 "etag": chunk.etag,
                 "event_time": chunk.event_time,
                 "seq": chunk.seq,
+                "duplicate_of": duplicate_of,
             },
         )
         recorded = cur.rowcount == 1
-        if recorded and chunk.seq is not None:
+        if recorded and chunk.seq is not None and duplicate_of is None:
             # A chunk rejected whole settles its number whenever it comes: it adds nothing
             # to the state, so rejecting it early cannot change what the others detect.
             _settle(cur, chunk.seq, "rejected", chunk.key, reason)
     if recorded:
-        log.info("chunk rejected", extra={"chunk_key": chunk.key, "reason": reason})
+        log.info("chunk rejected", extra={"chunk_key": chunk.key, "reason": reason,
+                                          "duplicate_of": duplicate_of})
     return recorded
 
 
@@ -399,7 +415,38 @@ def _next_seq(cur: psycopg2.extensions.cursor) -> int:
     return 1 if row is None else row[0]
 
 
-def _check_turn(cur: psycopg2.extensions.cursor, chunk: ChunkRef) -> Turn:
+_MARKS_SQL = ("SELECT seq, outcome, chunk_key, late_chunk_key FROM sequence_marks"
+              " WHERE seq = ANY(%s)")
+
+
+def _holder(cur: psycopg2.extensions.cursor, chunk: ChunkRef) -> str | None:
+    """The chunk that holds ``chunk``'s number, when it is another one (``number_holder``)."""
+    cur.execute(_MARKS_SQL, ([chunk.seq],))
+    row = cur.fetchone()
+    return None if row is None else number_holder(chunk.key, *row[1:])
+
+
+def number_holders(conn: psycopg2.extensions.connection,
+                   chunks: Mapping[str, int]) -> dict[str, str]:
+    """Of ``chunks`` (key -> sequence number), those whose number another chunk holds, with
+    that chunk: duplicates, to be rejected whole (one query)."""
+    if not chunks:
+        return {}
+    with transaction(conn), conn.cursor() as cur:
+        cur.execute(_MARKS_SQL, (sorted(set(chunks.values())),))
+        marks = {seq: mark for seq, *mark in cur.fetchall()}
+    holders = {key: number_holder(key, *marks[seq]) for key, seq in chunks.items()
+               if seq in marks}
+    return {key: holder for key, holder in holders.items() if holder is not None}
+
+
+def _claim_turn(cur: psycopg2.extensions.cursor, chunk: ChunkRef) -> Turn:
+    """The chunk's turn; ``DuplicateNumber`` when its number is another chunk's,
+    ``OutOfTurn`` when a predecessor is not settled yet."""
+    if chunk.seq is not None:
+        holder = _holder(cur, chunk)
+        if holder is not None:
+            raise DuplicateNumber(chunk.key, chunk.seq, holder)
     waiting_for = _next_seq(cur)
     turn = turn_of(chunk.seq, waiting_for)
     if turn is Turn.EARLY:
@@ -423,7 +470,7 @@ def settle_dead_lettered(conn: psycopg2.extensions.connection, chunk: ChunkRef,
         return
     with transaction(conn), conn.cursor() as cur:
         _lock(cur)
-        if not _is_done(cur, chunk.key):
+        if not _is_done(cur, chunk.key) and _holder(cur, chunk) is None:
             _settle(cur, chunk.seq, "dead_lettered", chunk.key, reason)
 
 
@@ -445,37 +492,41 @@ class SeqAlreadySettled(ValueError):
 
 
 def skip_seq(conn: psycopg2.extensions.connection, seq: int, *, reason: str,
-             decided_by: str) -> int:
-    """Record an operator's decision that chunk ``seq`` will never come; the new next_seq.
+             decided_by: str, through: int | None = None) -> int:
+    """Record an operator's decision that chunk ``seq`` (to ``through``) will never come; the
+    new next_seq. A range is skipped whole or not at all.
 
     A dead-lettered number may be skipped too (the operator decides its chunk will not be
     redriven): the decision replaces the dead-letter in its mark (the chunk's last error stays
     in ``chunk_failures``), unless that chunk has come back and been applied or rejected."""
-    if seq < 1:
-        raise ValueError(f"sequence number must be >= 1, got {seq}")
+    last = seq if through is None else through
+    if seq < 1 or last < seq:
+        raise ValueError(f"sequence numbers must be >= 1 and in order, got {seq}..{last}")
     if not reason.strip():
         raise ValueError("a reason is required")
     with transaction(conn), conn.cursor() as cur:
         _lock(cur)
-        cur.execute("SELECT outcome, chunk_key, late_outcome, late_chunk_key FROM sequence_marks"
-                    " WHERE seq = %s", (seq,))
-        existing = cur.fetchone()
-        if existing is not None:
+        for n in range(seq, last + 1):
+            cur.execute("SELECT outcome, chunk_key, late_outcome, late_chunk_key"
+                        " FROM sequence_marks WHERE seq = %s", (n,))
+            existing = cur.fetchone()
+            if existing is None:
+                _settle(cur, n, "skipped", None, reason.strip(), decided_by)
+                continue
             outcome, key, late_outcome, late_key = existing
             if late_outcome in ("applied", "rejected"):
-                raise SeqAlreadySettled(f"sequence number {seq} is {outcome}, and its chunk"
+                raise SeqAlreadySettled(f"sequence number {n} is {outcome}, and its chunk"
                                         f" came late and was {late_outcome} ({late_key})")
             if outcome != "dead_lettered":
-                raise SeqAlreadySettled(f"sequence number {seq} is already {outcome}"
+                raise SeqAlreadySettled(f"sequence number {n} is already {outcome}"
                                         + (f" ({key})" if key else ""))
             cur.execute("UPDATE sequence_marks SET outcome = 'skipped', chunk_key = NULL,"
                         " reason = %s, decided_by = %s, marked_at = clock_timestamp()"
-                        " WHERE seq = %s", (reason.strip(), decided_by, seq))
-        else:
-            _settle(cur, seq, "skipped", None, reason.strip(), decided_by)
+                        " WHERE seq = %s", (reason.strip(), decided_by, n))
         new_next = _next_seq(cur)
     log.warning("sequence number skipped by an operator", extra={
-        "seq": seq, "reason": reason, "decided_by": decided_by, "next_seq": new_next})
+        "seq": seq, "through": last, "reason": reason, "decided_by": decided_by,
+        "next_seq": new_next})
     return new_next
 
 

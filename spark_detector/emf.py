@@ -26,6 +26,8 @@ BATCH_METRICS: Mapping[str, str] = {
     "detections": "Count",
     "failures": "Count",
     "dead_lettered": "Count",
+    "duplicate_numbers": "Count",
+    "conflicts": "Count",
     "waiting": "Count",
     "spark_ms": "Milliseconds",
     "apply_ms": "Milliseconds",

@@ -1,10 +1,12 @@
 """Production order: which chunks may be applied now, as pure functions.
 
-The producer names its chunks ``chunk-<seq>-<time>.csv`` with a gap-free ``seq``. A chunk is
-applied only when every smaller number is settled (applied, rejected whole, dead-lettered or
-skipped); the database's ``stream_position.next_seq`` is the first number not settled. The
-engine enforces the rule inside the apply transaction (``OutOfTurn``); the worker uses the
-functions here to pick what to aggregate, so that it rarely meets that error.
+The producer names its chunks ``chunk-<seq>-<time>.csv`` with a gap-free ``seq``
+(``chunk_contract.layout.chunk_seq`` reads it). A chunk is applied only when every smaller
+number is settled (applied, rejected whole, dead-lettered or skipped); the database's
+``stream_position.next_seq`` is the first number not settled. A number is settled once: a
+second chunk carrying it is a duplicate (``number_holder``). The engine enforces both rules
+inside the apply transaction (``OutOfTurn``, ``DuplicateNumber``); the worker uses the
+functions here to pick what to aggregate, so that it rarely meets those errors.
 """
 
 from __future__ import annotations
@@ -13,9 +15,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from chunk_contract.layout import chunk_seq
-
-__all__ = ["OutOfTurn", "Turn", "chunk_seq", "ready_run", "turn_of"]
+__all__ = ["DuplicateNumber", "OutOfTurn", "Turn", "number_holder", "ready_run", "turn_of"]
 
 
 class Turn(enum.Enum):
@@ -39,6 +39,35 @@ class OutOfTurn(RuntimeError):
     def __init__(self, key: str, seq: int, next_seq: int) -> None:
         super().__init__(f"{key}: chunk {seq} must wait for chunk {next_seq}")
         self.key, self.seq, self.next_seq = key, seq, next_seq
+
+
+class DuplicateNumber(RuntimeError):
+    """A chunk carries a sequence number another chunk settled (nothing changed)."""
+
+    def __init__(self, key: str, seq: int, holder: str) -> None:
+        super().__init__(duplicate_reason(seq, holder))
+        self.key, self.seq, self.holder = key, seq, holder
+
+
+def number_holder(key: str, outcome: str, chunk_key: str | None,
+                  late_chunk_key: str | None) -> str | None:
+    """The chunk that holds a settled number, when it is not ``key``: ``key`` is then a
+    duplicate of it (two producers, a copy, a re-upload under another name).
+
+    ``outcome``, ``chunk_key`` and ``late_chunk_key`` are the number's ``sequence_marks`` row.
+    The chunk it was settled with keeps it (a dead-lettered chunk redriven is applied late),
+    and so does the one chunk that came late for it; a number skipped by an operator is
+    taken by the first chunk that turns up after all.
+    """
+    if key in (chunk_key, late_chunk_key):
+        return None
+    if late_chunk_key is not None:
+        return late_chunk_key
+    return None if outcome == "skipped" else chunk_key
+
+
+def duplicate_reason(seq: int, holder: str) -> str:
+    return f"duplicate sequence number {seq}: the number belongs to {holder}"
 
 
 @dataclass(frozen=True)
@@ -85,12 +114,13 @@ def ready_run(held: Mapping[str, int | None], next_seq: int, limit: int,
     return ReadyPlan(tuple(ready), waiting, look_from)
 
 
-def consecutive_from(first: int, keys: Iterable[str], limit: int) -> list[str]:
-    """Keys (sorted S3 listing) forming the run ``first, first+1, ...``, at most ``limit``."""
+def consecutive_from(first: int, listed: Mapping[str, int | None], limit: int) -> list[str]:
+    """Keys of a listing (key -> seq) forming the run ``first, first+1, ...``, at most
+    ``limit``; of two keys with one number, the first in key order."""
     run: list[str] = []
     expected = first
-    for key in sorted(keys):
-        seq = chunk_seq(key)
+    for key in sorted(listed):
+        seq = listed[key]
         if seq is None or seq < expected:
             continue
         if seq != expected or len(run) == limit:
@@ -98,8 +128,3 @@ def consecutive_from(first: int, keys: Iterable[str], limit: int) -> list[str]:
         run.append(key)
         expected += 1
     return run
-
-
-def listing_start_after(prefix: str, seq: int) -> str:
-    """An S3 ``StartAfter`` that lists chunk ``seq`` and later: keys sort by number."""
-    return f"{prefix}chunk-{seq - 1:08d}-~" if seq > 1 else f"{prefix}chunk-"

@@ -204,6 +204,18 @@ def parse_amount(text: str) -> Decimal | str:
     return value
 
 
+def parse_weight(text: str) -> Decimal | str:
+    """A CustomerImportance Weight rounded half-up to 6 places, or the reason it is left out.
+    The rounded value must still fit decimal(22,10), the type key weights are kept in."""
+    value = parse_decimal(text, "Weight", WEIGHT_INTEGER_DIGITS)
+    if isinstance(value, str):
+        return value.replace("is too large", "is too large for decimal(22,10)")
+    value = quantize(value, WEIGHT_INPUT_PLACES)
+    if value.adjusted() >= WEIGHT_INTEGER_DIGITS:  # 999999999999.9999995 rounds up past it
+        return f"Weight {text} is too large for decimal(22,10)"
+    return value
+
+
 def parse_row(layout: ChunkLayout, row: int, line: str) -> Transaction | RejectedRow:
     """One data line of a chunk: a valid transaction or the first reason it is rejected."""
     if not line:
@@ -293,8 +305,8 @@ def _weight_rows(names: list[str], at: dict[str, int], body: str | None
         if not customer or not merchant:
             yield RejectedRow(row, "empty Source" if not customer else "empty Target", line)
             continue
-        weight = parse_decimal(clean_field(fields[at["Weight"]]), "Weight", WEIGHT_INTEGER_DIGITS)
+        weight = parse_weight(clean_field(fields[at["Weight"]]))
         if isinstance(weight, str):
             yield RejectedRow(row, weight, line)
             continue
-        yield (customer, merchant, category), quantize(weight, WEIGHT_INPUT_PLACES)
+        yield (customer, merchant, category), weight

@@ -29,6 +29,7 @@ def publish_pending(conn, s3, bucket: str, prefix: str) -> list[str]:
         failpoint("before_s3_write")
         s3.put_object(Bucket=bucket, Key=file.s3_key, Body=outbox.render_csv(file.detections),
                       ContentType="text/csv")
+        failpoint("after_s3_write")
         outbox.mark_written(conn, file.file_no, file.s3_key)
         written.append(file.s3_key)
     return written

@@ -50,13 +50,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg2 import sql
 
+from chunk_contract.layout import chunk_seq
+from chunk_contract.listing import list_chunks
 from spark_detector import db, detection_state, outbox
-from spark_detector.backfill import list_chunks
 from spark_detector.batch_result import BatchResult, assemble_batch, weight_table
 from spark_detector.chunk_aggregates import WeightKey
 from spark_detector.config import WorkerSettings
 from spark_detector.failpoints import failpoint
-from spark_detector.ordering import OutOfTurn, chunk_seq
+from spark_detector.ordering import DuplicateNumber, OutOfTurn
 from spark_detector.publish import publish_pending
 from spark_detector.rebuild import ENGINE_TABLES, REBUILD_SCHEMA, LiveRebuild, adopt_live_files
 from spark_detector.reference_weights import compute_weights
@@ -121,6 +122,7 @@ class RejectedRecord:
     quarantine_key: str
     etag: str
     event_time: datetime | None
+    duplicate_of: str | None = None  # the chunk holding its sequence number
 
 
 @dataclass(frozen=True)
@@ -267,8 +269,12 @@ def read_live_run(conn: psycopg2.extensions.connection) -> LiveRun:
         cur.execute("SELECT chunk_key, apply_order, etag, event_time FROM processed_chunks"
                     " ORDER BY apply_order")
         recorded = tuple(RecordedChunk(*row) for row in cur.fetchall())
-        cur.execute("SELECT chunk_key, reason, quarantine_key, etag, event_time"
-                    " FROM rejected_chunks ORDER BY chunk_key")
+        cur.execute("SELECT count(*) = 1 FROM information_schema.columns WHERE table_name ="
+                    " 'rejected_chunks' AND column_name = 'duplicate_of'"
+                    " AND table_schema = current_schema()")
+        duplicate_of = "duplicate_of" if cur.fetchone()[0] else "NULL"  # before migration 8
+        cur.execute("SELECT chunk_key, reason, quarantine_key, etag, event_time,"
+                    f" {duplicate_of} FROM rejected_chunks ORDER BY chunk_key")
         rejected = tuple(RejectedRecord(*row) for row in cur.fetchall())
         detections = _fired_detections(cur)
         settled: tuple[SettledNumber, ...] = ()
@@ -336,21 +342,22 @@ def prepare_target(conn: psycopg2.extensions.connection, target: Target,
                           " --reset to empty it first, or choose another target")
 
 
-def settle_like_live(conn: psycopg2.extensions.connection, live: LiveRun, gaps: list[int]
-                     ) -> None:
+def settle_like_live(conn: psycopg2.extensions.connection, live: LiveRun, gaps: list[int],
+                     prefix: str) -> None:
     """Settle in the target what the live run settled without applying a chunk - the numbers
     an operator skipped and the chunks it dead-lettered (reasons and who decided included),
     its whole-chunk rejections, and ``gaps``, numbers neither in the archive nor settled
     live - so that the engine's production order lets every planned chunk through, as it did
     live. The marks come first: a chunk that came late (skipped, then rejected when it came)
-    is then recorded as late, as it was live."""
+    is then recorded as late, as it was live. A duplicate sequence number is recorded as
+    one, settling nothing: the number is its holder's, applied in its turn."""
     for n in live.settled:
         detection_state.settle_number(conn, n.seq, n.outcome, chunk_key=n.chunk_key,
                                       reason=n.reason, decided_by=n.decided_by)
     for r in live.rejected:
         detection_state.record_rejected_chunk(
-            conn, detection_state.ChunkRef(r.key, r.etag, r.event_time), r.reason,
-            r.quarantine_key)
+            conn, detection_state.ChunkRef(r.key, r.etag, r.event_time, prefix), r.reason,
+            r.quarantine_key, duplicate_of=r.duplicate_of)
     for seq in gaps:
         detection_state.settle_number(
             conn, seq, "skipped", reason="not in the chunk archive: the replay went on without"
@@ -392,7 +399,7 @@ def read_importance(s3, settings: WorkerSettings, uri: str | None) -> tuple[str,
 
 def list_archive(s3, settings: WorkerSettings) -> list[ArchivedChunk]:
     return [
-        ArchivedChunk(c.key, c.etag, datetime.fromisoformat(c.last_modified), c.size)
+        ArchivedChunk(c.key, c.etag, c.last_modified, c.size)
         for c in list_chunks(s3, settings.bucket, settings.chunk_prefix, settings.chunk_suffix)
     ]
 
@@ -517,9 +524,11 @@ def run_replay(
                 source, _, weights = reference.result()  # compute_weights logged any rejects
             report = ReplayReport(target.describe(), plan, changed_rules(settings.thresholds,
                                                                            thresholds), source)
+            prefix = settings.chunk_prefix
             report.gaps_skipped = unsettled_gaps(
-                plan.keys,
-                {r.seq for r in live.settled} | {chunk_seq(r.key) for r in live.rejected})
+                [chunk_seq(k, prefix) for k in plan.keys],
+                {r.seq for r in live.settled} | {chunk_seq(r.key, prefix) for r in live.rejected
+                                                 if r.duplicate_of is None})
             # As live: a chunk over the byte limit is rejected whole, never read into memory.
             sizes = {c.key: c.size for c in listed}
             oversized = {key: reason for key in plan.keys
@@ -529,10 +538,10 @@ def run_replay(
                     spark, replace(fetch_spec, max_rows=settings.max_chunk_rows),
                     [k for k in plan.keys if k not in oversized], weights)
             with clock("apply"):
-                settle_like_live(conn, live, report.gaps_skipped)
+                settle_like_live(conn, live, report.gaps_skipped, prefix)
                 _apply_all(conn, plan, archive, oversized, thresholds, started_at, report,
                            clock, files_prefix=publish_prefix or settings.detections_prefix,
-                           spark_ms=clock.timings["spark_job"])
+                           spark_ms=clock.timings["spark_job"], chunk_prefix=prefix)
             with clock("outbox"):
                 if publish_prefix is not None:
                     outbox.close_partial_file(conn, publish_prefix)
@@ -587,7 +596,7 @@ def _read_live(settings: WorkerSettings, options: ReplayOptions, order: str
 
 def _apply_all(conn, plan: ReplayPlan, archive: ArchiveAggregates, oversized: dict[str, str],
                thresholds: detection_state.Thresholds, started_at: datetime, report: ReplayReport,
-               clock: _Stopwatch, *, files_prefix: str, spark_ms: int) -> None:
+               clock: _Stopwatch, *, files_prefix: str, spark_ms: int, chunk_prefix: str) -> None:
     """Apply the chunks in plan order; chunk n+1 is assembled while chunk n is in PostgreSQL.
 
     ``apply_chunk`` spends most of its time waiting for the server (psycopg2 releases the GIL
@@ -608,7 +617,7 @@ def _apply_all(conn, plan: ReplayPlan, archive: ArchiveAggregates, oversized: di
             if i + 1 < len(plan.chunks):
                 upcoming.append(pool.submit(assembled, plan.chunks[i + 1].key))
             upcoming[i] = None  # this chunk's objects go as soon as it is applied
-            ref = detection_state.ChunkRef(chunk.key, chunk.etag, chunk.event_time)
+            ref = detection_state.ChunkRef(chunk.key, chunk.etag, chunk.event_time, chunk_prefix)
             if result.missing_chunks:
                 raise ReplayError(f"{chunk.key}: the chunk vanished from the archive during"
                                   " the replay")
@@ -631,6 +640,13 @@ def _apply_all(conn, plan: ReplayPlan, archive: ArchiveAggregates, oversized: di
                     raise ReplayError(
                         f"{exc}: the live record settles no such number (was it changed by"
                         " hand?); replay with --order keys") from exc
+                except DuplicateNumber as exc:  # --order keys: a copy, as live would see it
+                    detection_state.record_rejected_chunk(conn, ref, str(exc), "",
+                                                          duplicate_of=exc.holder)
+                    logger.warning("duplicate sequence number", extra={
+                        "chunk_key": chunk.key, "holder": exc.holder})
+                    report.chunks_rejected += 1
+                    continue
             failpoint("replay_apply")
             report.chunks_applied += 1
             report.rows_good += aggregates.rows_good

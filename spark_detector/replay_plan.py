@@ -17,7 +17,6 @@ from datetime import datetime
 
 from spark_detector.db import redact_dsn
 from spark_detector.detection_state import THRESHOLD_ENV, Thresholds, thresholds_from_env
-from spark_detector.ordering import chunk_seq
 
 RECORDED, KEYS = "recorded", "keys"
 ORDERS = (RECORDED, KEYS)
@@ -151,10 +150,11 @@ def plan_chunks(
     return ReplayPlan(order, chunks, _sorted(rejected_keys & by_key.keys()), pending, changed)
 
 
-def unsettled_gaps(keys: Iterable[str], settled: Iterable[int | None]) -> list[int]:
-    """Sequence numbers below the highest planned one that no planned chunk carries and
-    that are not ``settled`` already: the engine would wait for them forever."""
-    planned = {seq for seq in (chunk_seq(k) for k in keys) if seq is not None}
+def unsettled_gaps(seqs: Iterable[int | None], settled: Iterable[int | None]) -> list[int]:
+    """Sequence numbers below the highest planned one (``seqs``: the planned chunks') that
+    no planned chunk carries and that are not ``settled`` already: the engine would wait for
+    them forever."""
+    planned = {seq for seq in seqs if seq is not None}
     if not planned:
         return []
     known = planned | {seq for seq in settled if seq is not None}

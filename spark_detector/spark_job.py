@@ -21,7 +21,7 @@ This module holds the start-up ``warm_up`` and ``aggregate_batch`` itself. The k
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import TypeVar
 
@@ -141,9 +141,11 @@ def line_groups(rows: Sequence[tuple], max_lines: int) -> list[list[tuple]]:
 
 def aggregate_batch(
     spark: SparkSession, fetch_spec: FetchSpec, chunk_keys: Iterable[str], weights: pa.Table,
+    etags: Mapping[str, str] | None = None,
 ) -> BatchResult:
     """Fetch, parse, validate and aggregate a micro-batch of chunks in one Spark query.
-    ``weights``: the key weights as ``batch_result.weight_table`` gives them.
+    ``weights``: the key weights as ``batch_result.weight_table`` gives them; ``etags``: the
+    version to read of each key that has one (a key overwritten since is ``superseded``).
 
     A duplicated key is fetched once. Transient S3 errors are retried by botocore; when they
     persist, the Spark job fails and the whole batch may be retried by the caller.
@@ -152,12 +154,12 @@ def aggregate_batch(
     if not keys:
         return BatchResult({}, {}, {}, {})
     if fetch_spec.on_driver:
-        rows, fetch_ms = fetch_on_driver(fetch_spec, keys)
+        rows, fetch_ms = fetch_on_driver(fetch_spec, keys, etags)
         table = pa.concat_tables([_driver_table(spark, part)
                                   for part in line_groups(rows, fetch_spec.max_rows)])
     else:
         accumulator = spark.sparkContext.accumulator(0.0)
-        fetched = fetch_chunks(spark, fetch_spec, keys, accumulator)
+        fetched = fetch_chunks(spark, fetch_spec, keys, accumulator, etags)
         table = batch_query_over(fetched, coalesce=len(keys) == 1).toArrow()
         fetch_ms = accumulator.value
     return replace(assemble_batch(keys, table, weights), fetch_ms=fetch_ms)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
@@ -109,10 +109,11 @@ class SparkAggregator:
         if process is not None:
             process.kill()
 
-    def aggregate(self, keys: list[str]) -> BatchResult:
+    def aggregate(self, chunks: Mapping[str, str]) -> BatchResult:
+        """One micro-batch: ``chunks`` maps each key to the version (ETag) to read."""
         if self._follow_parallelism:
             follow_parallelism(self.spark)
-        return aggregate_batch(self.spark, self.fetch_spec, keys, self.weights)
+        return aggregate_batch(self.spark, self.fetch_spec, list(chunks), self.weights, chunks)
 
     def stop(self) -> None:
         self.spark.stop()

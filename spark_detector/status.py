@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
+from spark_detector.conflicts import OVERWRITTEN, recent_conflicts
 from spark_detector.db import rebuild_in_progress
 from spark_detector.failures import failing_chunks
 
@@ -32,6 +33,12 @@ class PipelineStatus:
     dead_lettered_chunks: int = 0
     # an unfinished `replay --replace`: workers refuse to start until it is run again
     rebuild_in_progress: dict | None = None
+    # chunks rejected whole because another chunk holds their sequence number
+    duplicate_chunks: int = 0
+    duplicates: list[dict] = field(default_factory=list)
+    # versions of chunk keys not applied (chunk_conflicts): overwritten, superseded
+    conflicts_total: int = 0
+    conflicts: list[dict] = field(default_factory=list)
 
 
 def dlq_url(sqs, queue_url: str) -> str | None:
@@ -83,6 +90,12 @@ def collect_status(conn, sqs, settings, now: datetime | None = None) -> Pipeline
                    for q, r, b, a, lo, lk in cur.fetchall()]
         cur.execute("SELECT count(*) FROM chunk_failures WHERE dead_lettered_at IS NOT NULL")
         (dead,) = cur.fetchone()
+        cur.execute("SELECT chunk_key, seq, duplicate_of, rejected_at FROM rejected_chunks"
+                    " WHERE duplicate_of IS NOT NULL ORDER BY rejected_at DESC")
+        duplicates = [{"chunk_key": k, "seq": q, "holder": h, "at": a.isoformat()}
+                      for k, q, h, a in cur.fetchall()]
+        cur.execute("SELECT count(*) FROM chunk_conflicts")
+        (conflicts_total,) = cur.fetchone()
     conn.rollback()
     rebuild = rebuild_in_progress(conn)
     failing = [{"chunk_key": f.chunk_key, "attempts": f.attempts, "last_error": f.last_error,
@@ -103,6 +116,12 @@ def collect_status(conn, sqs, settings, now: datetime | None = None) -> Pipeline
             "started_at": rebuild.started_at.isoformat(), "started_by": rebuild.started_by,
             "order": rebuild.replay_order, "runs": rebuild.runs,
             "what_to_do": rebuild.describe()},
+        duplicate_chunks=len(duplicates), duplicates=duplicates[:20],
+        conflicts_total=conflicts_total,
+        conflicts=[{"chunk_key": c.chunk_key, "etag": c.etag, "kind": c.kind,
+                    "settled_etag": c.settled_etag, "seen": c.seen,
+                    "last_seen_at": c.last_seen_at.isoformat()}
+                   for c in recent_conflicts(conn)],
     )
 
 
@@ -134,4 +153,18 @@ def format_status(status: PipelineStatus, *, as_json: bool = False) -> str:
               + (f" (its chunk came late: {s['late']}, {s['late_chunk_key']})" if s["late"]
                  else "")
               for s in status.skipped_seqs]
+    if status.duplicate_chunks:
+        lines.append(f"duplicates: {status.duplicate_chunks} chunk(s) rejected whole: another"
+                     " chunk holds their sequence number")
+        lines += [f"  {d['chunk_key']} duplicates chunk {d['seq']} ({d['holder']})"
+                  for d in status.duplicates]
+    if status.conflicts_total:
+        lines.append(f"conflicts:  {status.conflicts_total} version(s) of chunk keys not"
+                     " applied")
+        lines += [f"  {c['chunk_key']}: " + (
+            f"uploaded again with other content (ETag {c['etag']}; the version settled is"
+            f" {c['settled_etag']})" if c["kind"] == OVERWRITTEN else
+            f"version {c['etag']} was overwritten before it was read (the current one is"
+            " applied)") + f", seen {c['seen']} time(s)"
+                  for c in status.conflicts]
     return "\n".join(lines)

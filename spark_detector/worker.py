@@ -1,7 +1,9 @@
 """The long-running loop of Mechanism Y: SQS in, Spark micro-batches, exactly-once out.
 
-Each loop: receive messages (they join the chunks the worker holds), drop chunks already
-done, pick the chunks that may be applied now (``ordering.ready_run``: production order,
+Each loop: receive messages (they join the chunks the worker holds, up to
+``WORKER_MAX_HELD_CHUNKS``), drop chunks already done (recording another version of such a
+key as a conflict), reject whole the chunks whose sequence number another chunk holds, pick
+the chunks that may be applied now (``ordering.ready_run``: production order,
 a predecessor looked up in S3 when its event is late or lost), aggregate them in ONE Spark
 job, then settle each chunk in order. Effects for one chunk, and why a crash between any two
 of them is safe:
@@ -48,14 +50,15 @@ from datetime import UTC, datetime
 
 import psycopg2
 
-from chunk_contract.message import ChunkMessage
-from spark_detector import db, detection_state, emf, failures, outbox
+from chunk_contract.layout import chunk_seq, start_after_seq
+from chunk_contract.listing import list_chunks
+from chunk_contract.message import ChunkMessage, InvalidChunkMessage
+from spark_detector import conflicts, db, detection_state, emf, failures, outbox
 from spark_detector.backfill import backfill
 from spark_detector.batch_result import merged_results
 from spark_detector.chunk_queue import (
     InFlight,
     Received,
-    change_visibility,
     delete_messages,
     plan_batch,
     receive_batch,
@@ -63,7 +66,7 @@ from spark_detector.chunk_queue import (
 )
 from spark_detector.config import WorkerSettings
 from spark_detector.failpoints import failpoint
-from spark_detector.ordering import OutOfTurn, chunk_seq, consecutive_from, listing_start_after
+from spark_detector.ordering import DuplicateNumber, OutOfTurn, consecutive_from, duplicate_reason
 from spark_detector.ordering import ready_run as plan_ready_run
 from spark_detector.publish import publish_pending, quarantine_chunk, quarantine_rows
 from spark_detector.retry import backoff_delays, retry
@@ -78,7 +81,6 @@ EXIT_REBUILD_IN_PROGRESS = db.EXIT_REBUILD_IN_PROGRESS  # `replay --replace` has
 # A JVM whose gateway connection broke is usually exiting: how long to wait for it to be gone
 # before a job's error is taken for the chunk's own.
 JVM_EXIT_GRACE_SECONDS = 5.0
-MAX_HELD_CHUNKS = 1000  # beyond this, early messages go back to the queue for a while
 WAIT_WHILE_HOLDING_SECONDS = 1  # long poll while chunks wait: others may settle the gap
 
 
@@ -99,8 +101,10 @@ class BatchSummary:
     """One line per loop in the log: what a dashboard needs."""
 
     chunks: int = 0
-    duplicates: int = 0
+    duplicates: int = 0  # messages of chunks already done
     rejected_chunks: int = 0
+    duplicate_numbers: int = 0  # of rejected_chunks: a number another chunk holds
+    conflicts: int = 0  # versions of a chunk key not applied: overwritten, superseded
     poison: int = 0
     failures: int = 0
     dead_lettered: int = 0
@@ -177,11 +181,19 @@ class Unavailable:
     reason: str
 
 
-ChunkOutcome = Apply | RejectWhole | Unavailable
+@dataclass(frozen=True)
+class Superseded:
+    key: str
+    reason: str
+
+
+ChunkOutcome = Apply | RejectWhole | Unavailable | Superseded
 
 
 def chunk_outcome(key: str, result: BatchResult) -> ChunkOutcome:
     """What the Spark job's result means for one chunk."""
+    if key in result.superseded_chunks:
+        return Superseded(key, result.superseded_chunks[key])
     if key in result.missing_chunks:
         return Unavailable(key, result.missing_chunks[key])
     if key in result.rejected_chunks:
@@ -224,6 +236,13 @@ def _broken_gateway(exc: BaseException) -> bool:
     return False
 
 
+def _message_etag(received: Received) -> str:
+    try:
+        return ChunkMessage.from_json(received.body).etag
+    except InvalidChunkMessage:
+        return ""
+
+
 def _ping(conn) -> None:
     with conn.cursor() as cur:
         cur.execute("SELECT 1")
@@ -240,7 +259,7 @@ class Worker:
         s3,
         sqs,
         connect: Callable[[], object],
-        aggregate: Callable[[list[str]], BatchResult],
+        aggregate: Callable[[dict[str, str]], BatchResult],
         runtime_alive: Callable[[], bool] = lambda: True,
         kill_runtime: Callable[[], None] = lambda: None,
         warm_up: Callable[[], object] | None = None,
@@ -266,6 +285,7 @@ class Worker:
         self._last_activity = clock()
         self._last_backfill: float | None = None
         self._last_gap_alert: float | None = None
+        self._last_full_hand_note: float | None = None
         self.stop_event = stop_event or threading.Event()
         self.dlq_url = settings.dlq_url
         self.inflight = InFlight(
@@ -277,6 +297,8 @@ class Worker:
         # Spark results of chunks in hand, aggregated ahead of their turn (one batch's result
         # is shared by its chunks); dropped with the chunk.
         self._aggregated: dict[str, BatchResult] = {}
+        # those of them aggregated by an overlapped job, not yet counted in a batch summary
+        self._ahead: set[str] = set()
         self._overlapped: Overlapped | None = None
         self._spark_thread = ThreadPoolExecutor(1, thread_name_prefix="spark-overlap")
         self._redriven: set[str] = set()
@@ -463,6 +485,7 @@ class Worker:
         self._drop_overlapped()
         self.chunks.clear()
         self._aggregated.clear()
+        self._ahead.clear()
         self._redriven.clear()
         try:
             released = self.inflight.release_all()
@@ -502,9 +525,22 @@ class Worker:
         return self.db(lambda conn: publish_pending(conn, self.s3, s.bucket, s.detections_prefix))
 
     def receive(self, wait_time_seconds: int) -> list[Received]:
+        """At most as many messages as there is room for in hand (``WORKER_MAX_HELD_CHUNKS``).
+
+        With a full hand - early chunks waiting for a predecessor that does not come - the
+        worker receives nothing: the other messages stay in the queue untouched, instead of
+        being received again and again until SQS's backstop dead-letters them without a
+        reason. The stream's next chunks are still looked up in S3 (``_ready``), so the gap
+        closes as soon as its chunk is there or an operator skips its number.
+        """
         s = self.settings
+        room = min(s.max_batch_chunks, s.max_held_chunks - len(self.chunks))
+        if room <= 0:
+            self._note_full_hand()
+            self.stop_event.wait(wait_time_seconds)
+            return []
         return receive_batch(
-            self.sqs, s.queue_url, max_messages=s.max_batch_chunks,
+            self.sqs, s.queue_url, max_messages=room,
             wait_time_seconds=wait_time_seconds, window_seconds=s.batch_window_seconds,
             should_stop=self.stop_event.is_set)
 
@@ -524,6 +560,7 @@ class Worker:
         self._take(received, summary)
         with _timed(summary, "dedup_ms"):
             records = self._drop_settled(summary)
+            self._reject_duplicate_numbers(summary)
         ready = self._ready(summary, records)
         if ready:
             self._process(ready, summary)
@@ -547,25 +584,22 @@ class Worker:
             self._dead_letter_poison(poison.received, poison.reason)
         for key, message in plan.chunks.items():
             messages = plan.receipts[key]
-            if key not in self.chunks and len(self.chunks) >= MAX_HELD_CHUNKS:
-                # far ahead of the stream: come back later rather than hold without bound
-                change_visibility(self.sqs, self.settings.queue_url, messages,
-                                  self.settings.visibility_timeout_seconds)
-                continue
             self.inflight.add(key, messages)
             self.chunks.setdefault(key, message)
             if any(m.dead_letter_reason for m in messages):
                 self._redriven.add(key)
 
     def _drop_settled(self, summary: BatchSummary) -> dict[str, failures.ChunkFailure]:
-        """Delete the messages of chunks done already, and stale ones of dead-lettered chunks;
-        the failure records of the chunks still in hand."""
+        """Delete the messages of chunks done already (another version of such a key is
+        recorded as a conflict), and stale ones of dead-lettered chunks; the failure records
+        of the chunks still in hand."""
         keys = list(self.chunks)
-        done = self.db(lambda conn: detection_state.done_chunk_keys(conn, keys))
-        for key in sorted(done):
-            summary.duplicates += 1
-            logger.info("chunk already done: its messages are deleted",
-                        extra={"chunk_key": key})
+        settled = self.db(lambda conn: detection_state.settled_etags(conn, keys))
+        for key, etag in sorted(settled.items()):
+            if not self._record_other_versions(key, etag, summary):
+                summary.duplicates += 1
+                logger.info("chunk already done: its messages are deleted",
+                            extra={"chunk_key": key})
             self._forget(key)
         failed = self.db(lambda conn: failures.failures_of(conn, list(self.chunks)))
         for key, record in failed.items():
@@ -604,7 +638,40 @@ class Worker:
             self._applied_unacked.append(key)
         self.chunks.pop(key, None)
         self._aggregated.pop(key, None)
+        self._ahead.discard(key)
         self._redriven.discard(key)
+
+    def _reject_duplicate_numbers(self, summary: BatchSummary) -> None:
+        """Reject whole, without reading them, the chunks in hand whose sequence number
+        another chunk holds (two producers, a copy, a re-upload under another name)."""
+        numbered = {key: seq for key in self.chunks if (seq := self._seq(key)) is not None}
+        if not numbered:
+            return
+        holders = self.db(lambda conn: detection_state.number_holders(conn, numbered))
+        for key, holder in sorted(holders.items()):
+            reason = duplicate_reason(numbered[key], holder)
+            self._run_for_chunk(key, summary, lambda k=key, r=reason, h=holder:
+                                self._reject_whole(k, r, summary, duplicate_of=h))
+
+    def _record_other_versions(self, key: str, settled_etag: str,
+                               summary: BatchSummary) -> bool:
+        """Record as conflicts the versions of settled ``key`` its messages in hand name,
+        other than ``settled_etag`` (the key was uploaded again with other content); whether
+        there were any. A version not known on either side ("") is none."""
+        if not settled_etag:
+            return False
+        others = {_message_etag(m) for m in self.inflight.messages(key)}
+        others.add(self.chunks[key].etag)
+        others -= {"", settled_etag}
+        for etag in sorted(others):
+            record = self.db(lambda conn, e=etag: conflicts.record_conflict(
+                conn, key, e, conflicts.OVERWRITTEN, settled_etag))
+            summary.conflicts += 1
+            logger.warning("chunk key uploaded again with other content", extra={
+                "chunk_key": key, "etag": etag, "settled_etag": settled_etag,
+                "seen": record.seen,
+                "hint": "a chunk key is applied once: upload the new content under a new key"})
+        return bool(others)
 
     def _ready(self, summary: BatchSummary,
                records: dict[str, failures.ChunkFailure]) -> list[str]:
@@ -615,7 +682,7 @@ class Worker:
         now = datetime.now(UTC)
         blocked = {k for k, r in records.items() if r.retry_after and r.retry_after > now}
         self._failed_before = set(records)
-        held = {key: chunk_seq(key) for key in self.chunks}
+        held = {key: self._seq(key) for key in self.chunks}
         plan = plan_ready_run(held, next_seq, s.max_batch_chunks, blocked)
         ready = list(plan.ready)
         if plan.look_from is not None:
@@ -627,7 +694,7 @@ class Worker:
                     ready.append(key)
                     summary.pulled += 1
         summary.waiting = sum(1 for k in plan.waiting if k not in ready)
-        if summary.waiting and not any(chunk_seq(k) == next_seq for k in ready):
+        if summary.waiting and not any(self._seq(k) == next_seq for k in ready):
             self._note_gap(next_seq, summary.waiting, blocked)
         suspects = [k for k in ready if k in records]
         if suspects:  # a chunk that failed before goes alone, so it cannot fail others
@@ -640,22 +707,25 @@ class Worker:
         if limit <= 0:
             return []
         s = self.settings
-        response = self.s3.list_objects_v2(
-            Bucket=s.bucket, Prefix=s.chunk_prefix, MaxKeys=limit + 10,
-            StartAfter=listing_start_after(s.chunk_prefix, first_seq))
-        listed = {o["Key"]: o for o in response.get("Contents", [])
-                  if o["Key"].endswith(s.chunk_suffix)}
-        found = consecutive_from(first_seq, listed, limit)
+        listed = {c.key: c for c in list_chunks(
+            self.s3, s.bucket, s.chunk_prefix, s.chunk_suffix,
+            start_after=start_after_seq(s.chunk_prefix, first_seq), limit=limit + 10)}
+        found = consecutive_from(first_seq, {k: c.seq for k, c in listed.items()}, limit)
         for key in found:
             if key not in self.chunks:
-                obj = listed[key]
                 logger.info("chunk taken from S3 ahead of its message", extra={
-                    "chunk_key": key, "seq": chunk_seq(key)})
-                self.chunks[key] = ChunkMessage(
-                    bucket=s.bucket, key=key, size=int(obj["Size"]),
-                    etag=obj["ETag"].strip('"'),
-                    event_time=obj["LastModified"].astimezone(UTC).isoformat())
+                    "chunk_key": key, "seq": listed[key].seq})
+                self.chunks[key] = listed[key].message(s.bucket)
         return found
+
+    def _note_full_hand(self) -> None:
+        now = self._clock()
+        if self._last_full_hand_note is not None and now - self._last_full_hand_note < 60:
+            return
+        self._last_full_hand_note = now
+        logger.warning("hand full: receiving nothing until the stream moves on", extra={
+            "chunks_held": len(self.chunks), "max_held": self.settings.max_held_chunks,
+            "hint": "early chunks wait for a predecessor: see `status`, line order"})
 
     def _note_gap(self, next_seq: int, waiting: int, blocked: set[str]) -> None:
         since = self.db(lambda conn: detection_state.mark_waiting(conn, next_seq))
@@ -704,17 +774,17 @@ class Worker:
                 "chunk_keys": keys, "error": failure_text(exc)})
             stalled = False
             for key in keys:
-                if stalled and chunk_seq(key) is not None:
+                if stalled and self._seq(key) is not None:
                     continue
                 # no overlapped job meanwhile: it would hold the failing chunk again
-                if not self._process([key], summary, overlap=False) and chunk_seq(key) is not None:
+                if not self._process([key], summary, overlap=False) and self._seq(key) is not None:
                     stalled = True
             return False
         if overlap:
             self._overlap_next(keys, summary)
         stalled = False
         for key in keys:
-            if stalled and chunk_seq(key) is not None:
+            if stalled and self._seq(key) is not None:
                 continue
             result = results[key]
             outcome = chunk_outcome(key, result)
@@ -722,7 +792,7 @@ class Worker:
                 o, r, summary))
             if not ok:  # a retry aggregates it afresh
                 self._aggregated.pop(key, None)
-            stalled = stalled or (not ok and chunk_seq(key) is not None)
+            stalled = stalled or (not ok and self._seq(key) is not None)
         return not stalled
 
     # --- Spark: this batch's job, and the next batch's, overlapped -------------------------
@@ -733,7 +803,10 @@ class Worker:
         waited for first."""
         self._collect_overlapped(summary)
         missing = [key for key in keys if key not in self._aggregated]
-        summary.overlapped += len(keys) - len(missing)
+        # a result kept from an earlier batch's own job (its chunk waited) is no overlap
+        ahead = self._ahead.intersection(keys)
+        summary.overlapped += len(ahead)
+        self._ahead -= ahead
         if missing:
             self._keep(missing, self._spark_job(missing), summary)
         return {key: self._aggregated[key] for key in keys}
@@ -745,10 +818,14 @@ class Worker:
         after the other (``spark_job.bounded_groups``)."""
         failpoint("before_spark")
         # on the Spark thread too, while the main thread may forget chunks: one lookup each
-        sizes = {key: message.size for key in keys
-                 if (message := self.chunks.get(key)) is not None}
+        messages = {key: message for key in keys
+                    if (message := self.chunks.get(key)) is not None}
+        sizes = {key: m.size for key, m in messages.items()}
+        # the version of each chunk its message names (an ETag; "" when it names none)
+        etags = {key: m.etag for key, m in messages.items()}
         result = merged_results([
-            self._bounded(group, lambda g=group: self._aggregate(g))
+            self._bounded(group, lambda g=group: self._aggregate(
+                {k: etags.get(k, "") for k in g}))
             for group in bounded_groups(keys, lambda k: sizes.get(k, 0),
                                         self.settings.max_chunk_bytes)])
         failpoint("after_spark")
@@ -797,7 +874,7 @@ class Worker:
             key for key, message in self.chunks.items()
             if key not in skip
             and size_rejection(message.size, self.settings.max_chunk_bytes) is None]
-        return sorted(keys, key=lambda k: (chunk_seq(k) is None, chunk_seq(k) or 0, k))
+        return sorted(keys, key=lambda k: (self._seq(k) is None, self._seq(k) or 0, k))
 
     def _collect_overlapped(self, summary: BatchSummary | None) -> None:
         """Wait for the overlapped job, if any, and keep its results; a failed job is dropped:
@@ -814,6 +891,7 @@ class Worker:
             return
         if overlapped.keys:  # the start-up warm-up has none
             self._keep(overlapped.keys, outcome, summary)
+            self._ahead.update(key for key in overlapped.keys if key in self._aggregated)
 
     def _drop_overlapped(self) -> None:
         """Wait for a running overlapped job and drop what it produced (stopping, outage)."""
@@ -833,12 +911,19 @@ class Worker:
             logger.info("chunk waits for its predecessor", extra={
                 "chunk_key": key, "seq": exc.seq, "next_seq": exc.next_seq})
             return False
+        except DuplicateNumber as exc:  # its number was settled since it was picked
+            reason, holder = str(exc), exc.holder
+            return self._run_for_chunk(key, summary, lambda: self._reject_whole(
+                key, reason, summary, duplicate_of=holder))
         except Exception as exc:
             self._raise_if_runtime_lost(exc)
             self._chunk_failed(key, exc, summary)
             return False
 
     def _settle(self, outcome: ChunkOutcome, result: BatchResult, summary: BatchSummary) -> None:
+        if isinstance(outcome, Superseded):
+            self._superseded(outcome.key, outcome.reason, summary)
+            return
         if isinstance(outcome, Unavailable):
             raise ChunkUnavailable(outcome.reason)
         if isinstance(outcome, RejectWhole):
@@ -846,20 +931,53 @@ class Worker:
             return
         self._apply(outcome.key, result, summary)
 
+    def _seq(self, key: str) -> int | None:
+        """The producer's sequence number of ``key``; None for a hand upload."""
+        return chunk_seq(key, self.settings.chunk_prefix)
+
     def _chunk_ref(self, key: str) -> detection_state.ChunkRef:
         message = self.chunks[key]
         return detection_state.ChunkRef(key=key, etag=message.etag,
-                               event_time=parse_event_time(message.event_time))
+                                        event_time=parse_event_time(message.event_time),
+                                        prefix=self.settings.chunk_prefix)
 
-    def _reject_whole(self, key: str, reason: str, summary: BatchSummary) -> None:
+    def _reject_whole(self, key: str, reason: str, summary: BatchSummary,
+                      duplicate_of: str | None = None) -> None:
         s = self.settings
         chunk = self._chunk_ref(key)
         qkey = quarantine_chunk(self.s3, s.bucket, s.quarantine_prefix, key, reason)
-        self.db(lambda conn: detection_state.record_rejected_chunk(conn, chunk, reason, qkey))
-        logger.warning("chunk rejected whole", extra={
-            "chunk_key": key, "reason": reason, "quarantine_key": qkey})
+        self.db(lambda conn: detection_state.record_rejected_chunk(
+            conn, chunk, reason, qkey, duplicate_of=duplicate_of))
+        if duplicate_of is not None:
+            logger.warning("duplicate sequence number", extra={
+                "chunk_key": key, "seq": chunk.seq, "holder": duplicate_of,
+                "quarantine_key": qkey})
+            summary.duplicate_numbers += 1
+        else:
+            logger.warning("chunk rejected whole", extra={
+                "chunk_key": key, "reason": reason, "quarantine_key": qkey})
+        self._record_other_versions(key, chunk.etag, summary)
         summary.rejected_chunks += 1
         self._forget(key)
+
+    def _superseded(self, key: str, reason: str, summary: BatchSummary) -> None:
+        """The version the chunk's message names was overwritten before it was read: no
+        failure, and nothing to apply. The messages naming that version are deleted; the
+        current version's own S3 event (or a look-up in S3, or the backfill) brings it. A
+        message of another version already in hand takes over at once."""
+        stale = self.chunks[key].etag
+        self.db(lambda conn: conflicts.record_conflict(conn, key, stale, conflicts.SUPERSEDED))
+        summary.conflicts += 1
+        logger.warning("chunk overwritten after its event: that version is not read", extra={
+            "chunk_key": key, "etag": stale, "reason": reason})
+        held = self.inflight.messages(key)
+        self.inflight.delete_some(key, [m for m in held if _message_etag(m) == stale])
+        newer = [m for m in held if _message_etag(m) != stale]
+        self._aggregated.pop(key, None)
+        if newer:
+            self.chunks[key] = ChunkMessage.from_json(newer[-1].body)
+        else:
+            self._forget(key)
 
     def _apply(self, key: str, result: BatchResult, summary: BatchSummary) -> None:
         s = self.settings
@@ -878,6 +996,7 @@ class Worker:
                 thresholds=s.thresholds, spark_ms=summary.spark_ms,
                 detections_prefix=s.detections_prefix, prepared=result.prepared[key]))
         failpoint("after_commit")
+        self._record_other_versions(key, chunk.etag, summary)
         self._forget(key, delete_now=False)  # with the batch's others: _delete_applied
         if detections is None:  # another worker applied it meanwhile: nothing done here
             summary.duplicates += 1
@@ -913,7 +1032,7 @@ class Worker:
         s = self.settings
         error = failure_text(exc)
         record = self.db(lambda conn: failures.record_failure(
-            conn, key, chunk_seq(key), error, s.retry_delay_seconds))
+            conn, key, self._seq(key), error, s.retry_delay_seconds))
         summary.failures += 1
         logger.warning("chunk failed", extra={
             "chunk_key": key, "attempts": record.attempts, "max_attempts": s.max_chunk_failures,

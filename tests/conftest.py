@@ -13,7 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from infra.local import postgres
+# The shared assertion helpers report their failures with values, as test modules do.
+pytest.register_assert_rewrite("tests.integration.worker_support",
+                               "tests.integration.lock_support")
+
+from infra.local import postgres  # noqa: E402 (after the rewrite hook, by pytest's rules)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_DATA = Path(__file__).resolve().parent / "data"

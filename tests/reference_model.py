@@ -18,26 +18,25 @@ the three rules are evaluated for every merchant the chunk touched (every custom
 merchants); a detection key (patternId, MerchantId, customerName) fires at most once, ever.
 New detections of one chunk are numbered in (patternId, MerchantId, customerName) order, text
 compared by code point. Percentiles follow PostgreSQL's ``percentile_cont`` on double precision
-bit for bit (``bench.measure.percentile_cont``); avg_weight is float(weight_sum) / weighted_count.
+bit for bit (``percentile_cont`` below); avg_weight is float(weight_sum) / weighted_count.
 A chunk key seen before is ignored.
+
+Input is read by this module's own code, straight from the rules of docs/detection-semantics.md
+(no CSV quoting, fields stripped of blanks then one pair of single quotes, plain ASCII decimals,
+the ranges of the types the state keeps), never by ``spark_detector.parsing``: the tests compare
+the two row by row (``tests/unit/test_reference_model.py``). The one thing shared with the
+worker is the shape of its hand-over to the engine (``ChunkAggregates``), not how it is built.
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal
 
-from bench.measure import percentile_cont
-from spark_detector.chunk_aggregates import (
-    ChunkAggregates,
-    PairAggregate,
-    Transaction,
-    build_aggregates,
-)
+from spark_detector.chunk_aggregates import ChunkAggregates, PairAggregate
 from spark_detector.detection_state import Thresholds
 
 ACTION_TYPES = {"PatId1": "UPGRADE", "PatId2": "CHILD", "PatId3": "DEI-NEEDED"}
@@ -209,6 +208,21 @@ class ReferenceEngine:
         return [(d.key, d.chunk_key) for d in self.detections]
 
 
+def percentile_cont(values: Iterable[float], fraction: float) -> float | None:
+    """PostgreSQL's ``percentile_cont(fraction)`` on double precision (orderedsetaggs.c): the
+    values sorted, rows ``floor`` and ``ceil`` of ``fraction * (n - 1)``, and between them
+    ``low + proportion * (high - low)``; None over no values."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    position = fraction * (len(ordered) - 1)
+    low_row, high_row = math.floor(position), math.ceil(position)
+    low = ordered[low_row]
+    if high_row == low_row:
+        return low
+    return low + (position - low_row) * (ordered[high_row] - low)
+
+
 @dataclass(frozen=True)
 class ReferenceRow:
     """One valid transaction of a chunk, as the reference reads it."""
@@ -218,13 +232,34 @@ class ReferenceRow:
     category: str
     gender: str
     amount: Decimal  # rounded half-up to cents
+    row: int = 0  # 1-based data row (the header is row 0)
+
+
+@dataclass(frozen=True)
+class ReferenceChunk:
+    """What the reference makes of a chunk that is not rejected whole."""
+
+    rows: tuple[ReferenceRow, ...]  # the valid rows, in file order
+    rejected: tuple[int, ...]  # the data rows left out, by number
+
+
+class ChunkRejectedWhole(ValueError):
+    """The chunk as a whole breaks the rules (docs/detection-semantics.md, "Bad input")."""
 
 
 WeightKey = tuple[str, str, str]  # (customer, merchant, category)
 
+CHUNK_COLUMNS = ("step", "customer", "age", "gender", "zipcodeOri", "merchant", "zipMerchant",
+                 "category", "amount", "fraud")
+WEIGHT_COLUMNS = ("Source", "Target", "Weight", "typeTrans", "fraud")
+ASCII_DIGITS = frozenset("0123456789")
+AMOUNT_LIMIT = Decimal(10) ** 16  # decimal(18,2): 16 digits before the point
+WEIGHT_LIMIT = Decimal(10) ** 12  # decimal(22,10): 12 digits before the point
+BOM = "\ufeff"
+
 
 def _unquote(value: str) -> str:
-    """Surrounding blanks and one pair of single quotes off: ``'C123'`` -> ``C123``."""
+    """Surrounding spaces and tabs off, then one pair of single quotes: ``'C123'`` -> ``C123``."""
     value = value.strip(" \t")
     return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == "'" else value
 
@@ -233,40 +268,123 @@ def _half_up(value: Decimal, places: int) -> Decimal:
     return value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
 
 
-def _csv_rows(data: bytes) -> list[dict[str, str | None]]:
-    return list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"), newline="")))
+def plain_decimal(text: str) -> Decimal | None:
+    """``text`` as a number if it is a plain decimal: an optional sign, ASCII digits with at
+    most one point and at least one digit (``12``, ``4.55``, ``.5``, ``5.``, ``+3``); no
+    exponent, no separators, no other digits, nothing around it. None otherwise."""
+    body = text[1:] if text[:1] in ("+", "-") else text
+    whole, _, fraction = body.partition(".")
+    if not whole + fraction or not set(whole + fraction) <= ASCII_DIGITS:
+        return None
+    value = Decimal(f"{whole or '0'}.{fraction or '0'}")
+    return -value if text.startswith("-") else value
+
+
+def _in_range(text: str, places: int, limit: Decimal) -> Decimal | None:
+    """A plain decimal >= 0 rounded half-up to ``places``, if it stays below ``limit``."""
+    value = plain_decimal(text)
+    if value is None or value < 0 or value >= limit:  # (rounding a huge value would overflow)
+        return None
+    rounded = _half_up(value, places)
+    return rounded if rounded < limit else None
+
+
+def _lines(data: bytes) -> tuple[list[str], list[str]]:
+    """(header fields, data lines) of a CSV object by the format rules: UTF-8 with an optional
+    byte-order mark, LF or CRLF line endings, the last line ending not a row; no NUL."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ChunkRejectedWhole("not UTF-8") from exc
+    text = text.removeprefix(BOM)
+    if "\0" in text:
+        raise ChunkRejectedWhole("contains NUL")
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if len(lines) > 1 and lines[-1] == "":
+        lines.pop()  # the file's last line ending
+    header = [_unquote(name) for name in lines[0].split(",")]
+    return header, lines[1:]
+
+
+def _columns(header: list[str], wanted: Sequence[str]) -> dict[str, int]:
+    for name in wanted:
+        if header.count(name) != 1:
+            raise ChunkRejectedWhole(f"column {name!r} appears {header.count(name)} times")
+    return {name: header.index(name) for name in wanted}
+
+
+def read_chunk(data: bytes) -> ReferenceChunk:
+    """A chunk's valid rows and the numbers of those left out, with this module's own reading
+    of docs/detection-semantics.md: a row is left out when its number of comma-separated
+    fields is not the header's (no CSV quoting: a quoted comma makes one field more), it is
+    empty, its customer or merchant is empty, or its amount is not a plain decimal >= 0 that,
+    rounded half-up to cents, fits decimal(18,2). Raises ``ChunkRejectedWhole``."""
+    header, lines = _lines(data)
+    at = _columns(header, CHUNK_COLUMNS)
+    rows, rejected = [], []
+    for number, line in enumerate(lines, start=1):
+        fields = [_unquote(f) for f in line.split(",")]
+        amount = _in_range(fields[at["amount"]], 2, AMOUNT_LIMIT) if len(
+            fields) == len(header) else None
+        if amount is None or not fields[at["customer"]] or not fields[at["merchant"]]:
+            rejected.append(number)
+            continue
+        rows.append(ReferenceRow(fields[at["customer"]], fields[at["merchant"]],
+                                 fields[at["category"]], fields[at["gender"]], amount, number))
+    return ReferenceChunk(tuple(rows), tuple(rejected))
+
+
+@dataclass(frozen=True)
+class ReferenceWeightRows:
+    kept: tuple[tuple[int, WeightKey, Decimal], ...]  # (row, key, Weight rounded to 6 places)
+    left_out: tuple[int, ...]
+
+
+def read_weight_rows(data: bytes) -> ReferenceWeightRows:
+    """CustomerImportance's rows by the rules: left out when the number of fields is not the
+    header's, Source or Target is empty, or Weight is not a plain decimal >= 0 that, rounded
+    half-up to 6 places, fits decimal(22,10). Raises ``ChunkRejectedWhole`` for the file."""
+    header, lines = _lines(data)
+    at = _columns(header, WEIGHT_COLUMNS)
+    kept, left_out = [], []
+    for number, line in enumerate(lines, start=1):
+        fields = [_unquote(f) for f in line.split(",")]
+        weight = _in_range(fields[at["Weight"]], 6, WEIGHT_LIMIT) if len(
+            fields) == len(header) else None
+        if weight is None or not fields[at["Source"]] or not fields[at["Target"]]:
+            left_out.append(number)
+            continue
+        key = (fields[at["Source"]], fields[at["Target"]], fields[at["typeTrans"]])
+        kept.append((number, key, weight))
+    return ReferenceWeightRows(tuple(kept), tuple(left_out))
 
 
 def read_weights(data: bytes) -> dict[WeightKey, Decimal]:
-    """CustomerImportance with ``csv``: the mean Weight per (Source, Target, typeTrans), each
-    Weight rounded half-up to 6 places and the mean to 10 (docs/detection-semantics.md)."""
-    sums: dict[WeightKey, Decimal] = {}
-    counts: dict[WeightKey, int] = {}
-    for row in _csv_rows(data):
-        key = (_unquote(row["Source"]), _unquote(row["Target"]), _unquote(row["typeTrans"]))
-        sums[key] = sums.get(key, Decimal(0)) + _half_up(Decimal(_unquote(row["Weight"])), 6)
-        counts[key] = counts.get(key, 0) + 1
-    return {key: _half_up(sums[key] / counts[key], 10) for key in sums}
+    """The mean Weight per (Source, Target, typeTrans) of the rows kept, rounded half-up to 10
+    places (docs/detection-semantics.md)."""
+    by_key: dict[WeightKey, list[Decimal]] = {}
+    for _, key, weight in read_weight_rows(data).kept:
+        by_key.setdefault(key, []).append(weight)
+    return {key: _half_up(sum(ws, Decimal(0)) / len(ws), 10) for key, ws in by_key.items()}
 
 
-def read_chunk(data: bytes) -> list[ReferenceRow]:
-    """A chunk's valid rows with ``csv``, in file order. A row is left out when its number of
-    fields is not the header's, its customer or merchant is empty, or its amount is not a
-    finite number >= 0 (the row rules of docs/detection-semantics.md)."""
-    valid = []
-    for row in _csv_rows(data):
-        if None in row or None in row.values():  # more fields than the header, or fewer
-            continue
-        customer, merchant = _unquote(row["customer"]), _unquote(row["merchant"])
-        try:
-            amount = Decimal(_unquote(row["amount"]))
-        except InvalidOperation:
-            continue
-        if not customer or not merchant or not amount.is_finite() or amount < 0:
-            continue
-        valid.append(ReferenceRow(customer, merchant, _unquote(row["category"]),
-                                  _unquote(row["gender"]), _half_up(amount, 2)))
-    return valid
+def aggregate_rows(chunk_key: str, rows: Sequence[ReferenceRow],
+                   weights: Mapping[WeightKey, Decimal], rows_rejected: int = 0
+                   ) -> ChunkAggregates:
+    """A chunk's hand-over to the engine, computed here from its valid rows (file order): per
+    (merchant, customer) the count, the amount sum, the weights of its weighted rows and the
+    gender of its first row; pairs in (merchant, customer) order."""
+    pairs: dict[tuple[str, str], PairAggregate] = {}
+    for r in rows:
+        weight = weights.get((r.customer, r.merchant, r.category))
+        before = pairs.get((r.merchant, r.customer)) or PairAggregate(
+            r.merchant, r.customer, 0, Decimal("0.00"), Decimal(0), 0, r.gender)
+        pairs[(r.merchant, r.customer)] = before._replace(
+            txn_count=before.txn_count + 1, amount_sum=before.amount_sum + r.amount,
+            weight_sum=before.weight_sum + (weight or 0),
+            weighted_count=before.weighted_count + (weight is not None))
+    return ChunkAggregates(chunk_key, len(rows), rows_rejected,
+                           tuple(pairs[p] for p in sorted(pairs)))
 
 
 def chunk_from_rows(
@@ -278,20 +396,12 @@ def chunk_from_rows(
     """Aggregates of a chunk from compact rows ``(customer, merchant, amount, gender[, category])``.
 
     Category defaults to ``es_food``; ``weights`` maps (customer, merchant, category) to a key
-    weight, as ``aggregates.key_weights`` returns.
+    weight, as ``read_weights`` returns.
     """
-    transactions = [
-        Transaction(
-            row=i + 1,
-            customer=r[0],
-            merchant=r[1],
-            category=r[4] if len(r) > 4 else "es_food",
-            gender=r[3],
-            amount=Decimal(r[2]),
-        )
+    return aggregate_rows(chunk_key, [
+        ReferenceRow(r[0], r[1], r[4] if len(r) > 4 else "es_food", r[3], Decimal(r[2]), i + 1)
         for i, r in enumerate(rows)
-    ]
-    return build_aggregates(chunk_key, transactions, weights or {}, rows_rejected)
+    ], weights or {}, rows_rejected)
 
 
 _COPY_UNESCAPES = {"\\\\": "\\", "\\t": "\t", "\\n": "\n", "\\r": "\r"}

@@ -5,8 +5,8 @@
 Given 9,000 generated rows streamed as 30 chunks of 300 at --interval 0, with thresholds
 small enough for all three patterns to fire on so little data (62 detections: two files),
 when the worker has applied every chunk and is stopped with --drain, then every chunk was
-applied exactly once, PostgreSQL's detections are the reference model's over the recorded
-apply order, the S3 files hold exactly those detections 50 per file, and nothing is dead.
+applied exactly once in production order, PostgreSQL's detections are the reference model's
+over that order, the S3 files hold exactly those detections 50 per file, and nothing is dead.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from chunk_contract import layout
 from infra.local.demo import threshold_variable
 from infra.local.stack import REPO_ROOT, LocalServices, poll_until
 from spark_detector.detection_state import Thresholds
-from tests.reference_model import ReferenceEngine, read_chunk, read_weights
+from tests.integration.worker_support import assert_applied_in_production_order
+from tests.reference_model import ACTION_TYPES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -49,19 +50,6 @@ def queue_depth(sqs, url: str) -> int:
         QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
                                       "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
     return sum(int(v) for v in attrs.values())
-
-
-def reference_detections(s3, bucket: str, apply_order: list[str]) -> list[tuple]:
-    """The detection rules in plain Python over the files as stored (read with ``csv``, not
-    the worker's parser), in the recorded apply order."""
-    reference = s3.get_object(Bucket=bucket, Key=layout.REFERENCE_KEY)
-    weights = read_weights(reference["Body"].read())
-    model = ReferenceEngine(Thresholds(**THRESHOLDS))
-    for key in apply_order:
-        model.apply_rows(key, read_chunk(s3.get_object(Bucket=bucket, Key=key)["Body"].read()),
-                         weights)
-    return [(d.pattern_id, d.action_type, d.merchant_id, d.customer_name, d.chunk_key)
-            for d in model.detections]
 
 
 @pytest.fixture(scope="module")
@@ -114,21 +102,24 @@ def test_the_pipeline_detects_exactly_what_the_reference_model_does(
             Bucket=stack.bucket, Prefix="stream_chunks/")["Contents"])
         assert len(chunk_keys) == CHUNKS
         applied = query(database_url,
-                        "SELECT apply_order, chunk_key, rows_good + rows_rejected"
+                        "SELECT apply_order, rows_good + rows_rejected"
                         " FROM processed_chunks ORDER BY apply_order")
-        assert [a for a, _, _ in applied] == list(range(1, CHUNKS + 1))
-        assert sorted(k for _, k, _ in applied) == chunk_keys
-        assert sum(rows for _, _, rows in applied) == ROWS
+        assert [a for a, _ in applied] == list(range(1, CHUNKS + 1))
+        assert sum(rows for _, rows in applied) == ROWS
         assert query(database_url, "SELECT count(*) FROM rejected_chunks") == [(0,)]
 
-        # PostgreSQL holds exactly the reference model's detections, in the same order.
-        stored = query(database_url,
-                       "SELECT pattern_id, action_type, merchant_id, customer_name, chunk_key"
-                       " FROM detected_patterns ORDER BY seq")
-        expected = reference_detections(s3, stack.bucket, [k for _, k, _ in applied])
+        # In production order, with exactly the reference model's rows and detections: the
+        # rules in plain Python over the files as stored (not the worker's parser).
+        stored = {key: s3.get_object(Bucket=stack.bucket, Key=key)["Body"].read()
+                  for key in chunk_keys}
+        importance = s3.get_object(Bucket=stack.bucket, Key=layout.REFERENCE_KEY)["Body"].read()
+        expected = [(p, ACTION_TYPES[p], m, c, k) for _, p, m, c, k in
+                    assert_applied_in_production_order(database_url, stored, importance,
+                                                       thresholds=Thresholds(**THRESHOLDS))]
         assert {d[0] for d in expected} == {"PatId1", "PatId2", "PatId3"}  # the test has teeth
         assert len(expected) > 50  # at least one full file and a drained partial one
-        assert stored == expected
+        assert query(database_url, "SELECT pattern_id, action_type FROM detected_patterns"
+                                   " ORDER BY seq") == [d[:2] for d in expected]
 
         # The S3 files hold exactly those detections, 50 per file, the last one drained.
         file_keys = sorted(o["Key"] for o in s3.list_objects_v2(

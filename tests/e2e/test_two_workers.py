@@ -1,15 +1,16 @@
 """Two worker processes, each with its own Spark, on one queue give the result of one.
 
-Given 30 chunks queued once both workers are ready - one started as ``python -m
+Given 30 chunks queued in any order once both workers are ready - one started as ``python -m
 spark_detector run``, the other by ``spark-submit --py-files`` through
-``infra/spark_submit_main.py``, each on ``local[1]`` - when both have drained the queue, then
-every chunk was applied exactly once, in production order, and the detections equal the
-reference model's over that order (docs/scaling.md).
+``infra/spark_submit_main.py``, each on ``local[1]`` - when both have taken turns at the
+stream (``share_the_stream``) and drained the queue, then each applied chunks, every chunk was
+applied exactly once, in production order, and the detections equal the reference model's
+over that order (docs/scaling.md).
 """
 
 from __future__ import annotations
 
-import json
+import random
 import signal
 import subprocess
 import sys
@@ -22,31 +23,26 @@ from infra.local.spark_cluster import SPARK_HOME
 from infra.local.stack import poll_until
 from producer.generate import generate
 from spark_detector.spark_session import zip_package
-from tests.integration.test_worker_crash import REPO, applied_count, start_worker, worker_env
 from tests.integration.worker_support import (
+    REPO,
     AwsResources,
-    applied_order,
+    applied_by,
+    applied_count,
+    assert_applied_in_production_order,
+    assert_each_worker_applied_and_one_chunk_waited,
     assert_files_hold_each_detection_once,
-    committed_detections,
-    expected_detections,
+    log_lines,
+    share_the_stream,
     split_chunks,
+    start_worker,
+    worker_env,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 
-def log_lines(log: Path) -> list[dict]:
-    return [json.loads(line) for line in log.read_text(errors="replace").splitlines()
-            if line.startswith("{")]
-
-
-def applied_by(log: Path) -> list[str]:
-    return [key for line in log_lines(log) if line["message"] == "batch done"
-            for key in line["keys"]]
-
-
 def said(log: Path, message: str) -> bool:
-    return log.exists() and any(line["message"] == message for line in log_lines(log))
+    return bool(log_lines(log, message))
 
 
 def stop_spark_submit(process: subprocess.Popen) -> int:
@@ -89,27 +85,31 @@ def test_two_workers_on_one_queue_apply_each_chunk_once_as_one_worker_would(
         for process, log in ((by_module, module_log), (by_submit, submit_log)):
             poll_until(lambda log=log: said(log, "worker started"), 180, "worker ready",
                        process=process, log=log, tail=3000)
-        resources.enqueue(sorted(chunks))
+        # the events in any order; the workers take turns at the stream's head (left alone,
+        # one keeps it), the spark-submit one stopped halfway: the other finishes, drained
+        share_the_stream(
+            migrated_database_url, len(chunks),
+            lambda: resources.enqueue(random.Random(5).sample(sorted(chunks), len(chunks))),
+            (by_submit, submit_log), (by_module, module_log),
+            stop_first=lambda: stop_spark_submit(by_submit))
         poll_until(lambda: applied_count(migrated_database_url) == len(chunks)
                    and resources.depth() == 0, 300, "every chunk applied",
                    process=by_module, log=module_log, tail=3000)
     finally:
         by_module.send_signal(signal.SIGTERM)
-        codes = (by_module.wait(timeout=120), stop_spark_submit(by_submit))
+        codes = (by_module.wait(timeout=120),
+                 stop_spark_submit(by_submit) if by_submit.poll() is None else by_submit.poll())
     assert codes == (0, 0), submit_log.read_text()[-3000:]
 
     # Then the spark-submit worker's driver ran the --py-files code, which Spark shipped
     assert said(submit_log, "code shipped by spark-submit --py-files")
     assert said(module_log, "code shipped with addPyFile")
-    # And each chunk was applied once, by one worker or the other, in production order
-    # (which worker applies which is a race: whoever holds the next chunk in sequence)
-    mine, theirs = applied_by(module_log), applied_by(submit_log)
-    print(f"chunks applied: {len(mine)} by python -m, {len(theirs)} by spark-submit")
-    assert sorted(mine + theirs) == sorted(chunks)
-    order = applied_order(migrated_database_url)
-    assert order == sorted(chunks)
-    # And the detections are one sequential apply's: the reference model's over that order
-    expected = expected_detections(chunks, importance, order)
-    assert expected and committed_detections(migrated_database_url) == expected
+    # And each chunk was applied once, by one worker or the other, in production order; both
+    # took part, and chunks waited for predecessors
+    assert sorted(applied_by(module_log) + applied_by(submit_log)) == sorted(chunks)
+    assert_each_worker_applied_and_one_chunk_waited([module_log, submit_log])
+    # And the detections are one sequential apply's: the reference model's in that order
+    expected = assert_applied_in_production_order(migrated_database_url, chunks, importance)
+    assert expected
     assert_files_hold_each_detection_once(resources, expected, complete=True)
     assert resources.depth(resources.dlq_url) == 0

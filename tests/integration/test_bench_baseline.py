@@ -34,6 +34,9 @@ def test_baseline_detects_what_the_reference_does_and_repeats_its_last_chunk(
     runs = result["last_chunk_runs_ms"]
     assert len(runs) == 3 and runs[0] == result["per_chunk_ms"][-1]
     assert result["last_chunk_ms"] == statistics.median(runs)
-    reference = Counter(d[1] for d in expected_detections(chunks, importance, list(chunks)))
-    assert result["detections_per_pattern"] == dict(sorted(reference.items()))
-    assert set(reference) == {"PatId1", "PatId2", "PatId3"}
+    # the same keys, each fired after the same chunk
+    reference = expected_detections(chunks, importance)
+    assert result["fired"] == {(p, m, c): Path(k).name for _, p, m, c, k in reference}
+    assert result["detections_per_pattern"] == dict(sorted(Counter(
+        p for _, p, *_ in reference).items()))
+    assert {p for _, p, *_ in reference} == {"PatId1", "PatId2", "PatId3"}

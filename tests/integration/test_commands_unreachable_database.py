@@ -7,9 +7,7 @@ import socket
 
 import pytest
 
-from tests.integration.test_replay_late_chunks import command, error_lines
-from tests.integration.test_worker_crash import worker_env
-from tests.integration.worker_support import AwsResources
+from tests.integration.worker_support import AwsResources, command, error_lines, worker_env
 
 PASSWORD = "s3cret-Pa55"
 

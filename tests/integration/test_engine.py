@@ -23,6 +23,7 @@ from spark_detector.detection_state import (
     record_rejected_chunk,
     try_apply_chunk,
 )
+from tests.integration.lock_support import held_until_contended
 from tests.reference_model import ReferenceEngine, chunk_from_rows
 
 Y_START = datetime(2026, 11, 27, 4, 0, 0, 123000, tzinfo=UTC)
@@ -320,8 +321,10 @@ def test_two_threads_applying_different_chunks_equal_a_sequential_order(
             connection.close()
 
     threads = [threading.Thread(target=worker, args=(half,)) for half in halves]
-    for thread in threads:
-        thread.start()
+    # both threads in apply_chunk at once, each waiting for the engine lock
+    with held_until_contended(migrated_database_url, db.ENGINE_LOCK, waiters=2):
+        for thread in threads:
+            thread.start()
     for thread in threads:
         thread.join()
     assert errors == []

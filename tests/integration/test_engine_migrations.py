@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from spark_detector import db
+from tests.integration.lock_support import held_until_contended
 
 
 def test_migrate_applies_every_file_once_and_records_the_version(database_url):
@@ -44,9 +45,19 @@ def test_two_workers_migrating_at_once_both_succeed(database_url):
             conn.close()
 
     threads = [threading.Thread(target=start_worker) for _ in range(2)]
-    for thread in threads:
-        thread.start()
+    # both inside migrate at once: each waits for the migration lock before it goes on
+    with held_until_contended(database_url, db.MIGRATION_LOCK, waiters=2):
+        for thread in threads:
+            thread.start()
     for thread in threads:
         thread.join()
     assert errors == []
     assert results == [db.available_migrations()[-1].version] * 2
+    conn = db.connect(database_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT version, count(*) FROM schema_migrations GROUP BY 1 ORDER BY 1")
+            assert cur.fetchall() == [(m.version, 1) for m in db.available_migrations()]
+        conn.rollback()
+    finally:
+        conn.close()

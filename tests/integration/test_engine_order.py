@@ -70,6 +70,16 @@ def test_skip_seq_records_who_and_why_and_moves_the_stream_on(conn):
         detection_state.skip_seq(conn, 9, reason=" ", decided_by="ops")
 
 
+def test_a_range_is_skipped_whole_or_not_at_all(conn):
+    apply(conn, key(1))
+    assert detection_state.skip_seq(conn, 3, reason="x", decided_by="ops") == 2
+    with pytest.raises(detection_state.SeqAlreadySettled, match="3 is already skipped"):
+        detection_state.skip_seq(conn, 2, through=4, reason="x", decided_by="ops")
+    assert [m[:2] for m in marks(conn)] == [(1, "applied"), (3, "skipped")]  # 2 not skipped
+    assert detection_state.skip_seq(conn, 4, through=5, reason="x", decided_by="ops") == 2
+    assert detection_state.skip_seq(conn, 2, reason="x", decided_by="ops") == 6
+
+
 def test_a_number_skipped_ahead_is_stepped_over_later(conn):
     assert detection_state.skip_seq(conn, 3, reason="never produced", decided_by="ops") == 1
     apply(conn, key(1))

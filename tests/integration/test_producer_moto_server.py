@@ -37,6 +37,8 @@ def test_sigterm_stops_after_the_current_chunk_and_a_restart_finishes_the_file(
     s3 = boto3.client("s3", endpoint_url=moto_endpoint)
     bucket = f"data-{uuid.uuid4().hex[:10]}"  # the moto server is shared by the session
     s3.create_bucket(Bucket=bucket)
+    # versioned: every put of an object is kept, so S3 itself says what was uploaded when
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     env = producer_env(moto_endpoint, bucket)
 
     # A long interval: after the first chunk the producer is waiting for its next slot.
@@ -62,6 +64,11 @@ def test_sigterm_stops_after_the_current_chunk_and_a_restart_finishes_the_file(
     assert events[0]["message"] == "stream_started" and events[0]["next_row"] == 500
     assert events[-1]["message"] == "stream_finished" and events[-1]["next_row"] == 3000
     assert events[-1]["reference_uploaded"] is False  # identical, already there
+    # S3 agrees: the reference was put once (by the first run), with the file's bytes
+    versions = s3.list_object_versions(Bucket=bucket, Prefix="reference/")["Versions"]
+    assert [v["Key"] for v in versions] == ["reference/CustomerImportance.csv"]
+    reference = s3.get_object(Bucket=bucket, Key="reference/CustomerImportance.csv")
+    assert reference["Body"].read() == (SAMPLE / "CustomerImportance.csv").read_bytes()
 
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="stream_chunks/")
                   ["Contents"])

@@ -36,7 +36,7 @@ from tests.integration.worker_support import (
     THRESHOLDS,
     AwsResources,
     applied_order,
-    expected_detections,
+    expected_detections_in_order,
     split_chunks,
 )
 
@@ -190,14 +190,14 @@ def test_a_what_if_replay_equals_the_reference_model_with_the_same_changes(
                     compare=tmp_path / "diff.csv")
 
     order = applied_order(settings.database_url)
-    expected = expected_detections(chunks, other_importance, order, what_if)
+    expected = expected_detections_in_order(chunks, other_importance, order, what_if)
     replayed = query(settings.database_url, "SELECT seq, pattern_id, merchant_id,"
                      " customer_name, chunk_key FROM detected_patterns ORDER BY seq", "whatif")
     assert replayed == expected
     assert report.rules == {"PATID1_MIN_TOTAL": "1500", "PATID1_WEIGHT_PERCENTILE": "0.2",
                             "PATID2_MIN_COUNT": "6", "PATID3_MIN_FEMALE": "3"}
     # The diff: what the reference fires and the live run did not, and the other way round.
-    live_fired = {(p, m, c): k for _, p, m, c, k in expected_detections(
+    live_fired = {(p, m, c): k for _, p, m, c, k in expected_detections_in_order(
         chunks, importance, order)}
     what_if_fired = {(p, m, c): k for _, p, m, c, k in expected}
     diff = list(csv.DictReader(io.StringIO((tmp_path / "diff.csv").read_text())))

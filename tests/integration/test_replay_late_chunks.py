@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from urllib.parse import urlsplit
 
 import pytest
@@ -27,15 +25,17 @@ from spark_detector.reference_weights import compute_weights
 from spark_detector.spark_runtime import SparkAggregator
 from spark_detector.worker import Worker
 from tests.integration.test_replay import fetch_spec, query
-from tests.integration.test_worker_crash import REPO, worker_env
 from tests.integration.worker_support import (
     THRESHOLDS,
     AwsResources,
     applied_order,
+    command,
     committed_detections,
-    expected_detections,
+    error_lines,
+    expected_detections_in_order,
     run_until_idle,
     split_chunks,
+    worker_env,
 )
 
 pytestmark = pytest.mark.spark
@@ -57,33 +57,6 @@ FILES = ("SELECT file_no, first_seq, last_seq, detections, s3_key, written_at IS
 FAILURES = ("SELECT chunk_key, attempts, last_error, dead_lettered_at IS NOT NULL"
             " FROM chunk_failures ORDER BY chunk_key")
 EVERYTHING = (CHUNKS, DETECTIONS, MARKS, STATE, POSITION)
-
-
-def command(env: dict[str, str], *args: str, timeout: float = 300
-            ) -> subprocess.CompletedProcess:
-    """``python -m spark_detector ARGS`` as an operator runs it."""
-    return subprocess.run([sys.executable, "-m", "spark_detector", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def error_lines(result: subprocess.CompletedProcess) -> list[str]:
-    """stderr without the JSON log lines: what the command says to the operator."""
-    return [line for line in result.stderr.splitlines() if line and not line.startswith("{")]
-
-
-def redrive(resources: AwsResources, key: str) -> None:
-    """Move the chunk's message from the DLQ back to the queue, its attributes kept (as the
-    console's "start DLQ redrive" does)."""
-    for message in resources.sqs.receive_message(
-            QueueUrl=resources.dlq_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"],
-            VisibilityTimeout=30).get("Messages", []):
-        if key in message["Body"]:
-            resources.sqs.send_message(QueueUrl=resources.queue_url, MessageBody=message["Body"],
-                                       MessageAttributes=message["MessageAttributes"])
-            resources.sqs.delete_message(QueueUrl=resources.dlq_url,
-                                         ReceiptHandle=message["ReceiptHandle"])
-            return
-    raise AssertionError(f"{key} is not in the DLQ")
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +100,7 @@ def live(spark, moto_endpoint, postgres_server_url, migrated_template, dataset):
         assert resources.depth(resources.dlq_url) == 2
         resources.upload({key(SKIPPED_THEN_LATE): chunks[key(SKIPPED_THEN_LATE)]})
         resources.enqueue([key(SKIPPED_THEN_LATE)])
-        redrive(resources, key(DEAD_THEN_REDRIVEN))
+        assert resources.redrive(key(DEAD_THEN_REDRIVEN)) == 1
         run_until_idle(worker)
         worker.flush_partial("drain")
         worker.close()
@@ -138,9 +111,10 @@ def test_the_live_run_applies_late_chunks_and_keeps_the_audit_trail_of_their_num
     url, _, key, chunks, importance, _ = live
     on_time = [key(n) for n in range(1, 17)
                if n not in (SKIPPED_THEN_LATE, DEAD_THEN_REDRIVEN, SKIPPED, DEAD)]
-    assert applied_order(url) == [*on_time, key(SKIPPED_THEN_LATE), key(DEAD_THEN_REDRIVEN)]
-    assert committed_detections(url) == expected_detections(chunks, importance,
-                                                            applied_order(url))
+    # the late chunks where they arrived, after the chunks that followed them
+    order = [*on_time, key(SKIPPED_THEN_LATE), key(DEAD_THEN_REDRIVEN)]
+    assert applied_order(url) == order
+    assert committed_detections(url) == expected_detections_in_order(chunks, importance, order)
     failed = "InjectedFailure: injected failure at apply_chunk for "
     marks = {row[0]: row[1:] for row in query(url, MARKS)}
     assert marks[SKIPPED_THEN_LATE] == (

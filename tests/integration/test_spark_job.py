@@ -15,16 +15,18 @@ import boto3
 import pytest
 
 from spark_detector.batch_result import NO_WEIGHTS, BatchResult, weight_table
-from spark_detector.chunk_aggregates import build_aggregates, key_weights
+from spark_detector.chunk_aggregates import key_weights
 from spark_detector.chunk_fetch import FetchSpec, fetch_chunk, fetch_chunks, fetched_frame
-from spark_detector.parsing import (
-    ChunkRejected,
-    parse_chunk,
-    parse_customer_importance,
-)
+from spark_detector.parsing import parse_chunk, parse_customer_importance
 from spark_detector.spark_job import aggregate_batch
 from tests.conftest import TEST_DATA
-from tests.reference_model import pairs_from_copy_text
+from tests.reference_model import (
+    ChunkRejectedWhole,
+    aggregate_rows,
+    pairs_from_copy_text,
+    read_chunk,
+    read_weights,
+)
 
 pytestmark = pytest.mark.spark
 
@@ -85,21 +87,25 @@ def put(s3, bucket: str, chunks: dict[str, bytes]) -> None:
         s3.put_object(Bucket=bucket, Key=key, Body=data)
 
 
-def assert_matches_reference(result: BatchResult, chunks: dict[str, bytes], weights) -> None:
-    """Every chunk's Spark result equals the pure-Python parse + build_aggregates."""
+def assert_matches_reference(result: BatchResult, chunks: dict[str, bytes],
+                             importance: bytes | None) -> None:
+    """Every chunk's Spark result equals the reference model's own reading and aggregation
+    of it (tests/reference_model.py, weighted by its own reading of ``importance``), and
+    gives each rejected row the parser's reason."""
+    weights = read_weights(importance) if importance is not None else {}
     for key, data in chunks.items():
         try:
-            parsed = parse_chunk(key, data)
-        except ChunkRejected as exc:
-            assert result.rejected_chunks[key] == exc.reason
-            assert key not in result.aggregates
+            read = read_chunk(data)
+        except ChunkRejectedWhole:
+            assert key in result.rejected_chunks and key not in result.aggregates, key
             continue
-        expected = build_aggregates(key, parsed.transactions, weights, len(parsed.rejected))
+        expected = aggregate_rows(key, read.rows, weights, len(read.rejected))
         assert result.aggregates[key] == expected.without_pairs(), key
         # what the engine will COPY is the reference's pairs, value for value, in order
         assert pairs_from_copy_text(result.prepared[key].copy_text) == expected.pairs, key
         assert result.prepared[key].pairs == len(expected.pairs), key
-        assert result.rejected_rows[key] == parsed.rejected, key
+        assert [r.row for r in result.rejected_rows[key]] == list(read.rejected), key
+        assert result.rejected_rows[key] == parse_chunk(key, data).rejected, key
 
 
 def test_spark_aggregation_equals_the_python_reference(spark, s3, bucket, fetch_spec):
@@ -129,7 +135,7 @@ def test_spark_aggregation_equals_the_python_reference(spark, s3, bucket, fetch_
     weights = key_weights(parse_customer_importance(importance).rows)
     result = aggregate_batch(spark, fetch_spec, sorted(chunks), weight_table(weights))
 
-    assert_matches_reference(result, chunks, weights)
+    assert_matches_reference(result, chunks, importance)
     assert set(result.aggregates) == set(chunks) - {"stream_chunks/chunk-05.csv"}
     assert result.rejected_chunks == {
         "stream_chunks/chunk-05.csv": "header lacks required columns: merchant"
@@ -192,7 +198,7 @@ def test_every_row_rule_and_reason_agrees_with_the_reference(spark, s3, bucket, 
     weights = key_weights(parse_customer_importance(importance).rows)
     result = aggregate_batch(spark, fetch_spec, sorted(chunks), weight_table(weights))
 
-    assert_matches_reference(result, chunks, weights)
+    assert_matches_reference(result, chunks, importance)
     reasons = {r.reason for r in result.rejected_rows["stream_chunks/nasty-lf.csv"]}
     assert {"empty customer", "empty merchant", "empty amount", "empty line",
             "amount 'inf' is not a finite number", "amount -1 is negative",
@@ -212,7 +218,7 @@ def test_a_one_chunk_batch_single_stage_equals_the_reference(spark, s3, bucket, 
     weights = key_weights(parse_customer_importance(importance).rows)
     result = aggregate_batch(spark, fetch_spec, list(chunks), weight_table(weights))
 
-    assert_matches_reference(result, chunks, weights)
+    assert_matches_reference(result, chunks, importance)
     assert result.aggregates["stream_chunks/only.csv"].rows_good == 3050
 
 
@@ -243,7 +249,7 @@ def test_whole_chunk_rejects_and_missing_objects_do_not_stop_the_batch(
     assert result.missing_chunks == {
         "stream_chunks/f-never-uploaded.csv": "object does not exist"}
     assert sorted(result.aggregates) == ["stream_chunks/a-good.csv", "stream_chunks/e-good.csv"]
-    assert_matches_reference(result, chunks, {})
+    assert_matches_reference(result, chunks, None)
 
 
 def test_fetch_chunk_reads_checks_and_reports_a_missing_object(s3, bucket):

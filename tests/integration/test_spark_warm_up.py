@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from spark_detector.chunk_aggregates import build_aggregates
 from spark_detector.chunk_fetch import warm_up_body
-from spark_detector.parsing import parse_chunk
 from spark_detector.spark_job import FetchSpec, warm_up
-from tests.reference_model import pairs_from_copy_text
+from tests.reference_model import aggregate_rows, pairs_from_copy_text, read_chunk
 
 pytestmark = pytest.mark.spark
 
@@ -28,9 +26,9 @@ def test_warm_up_aggregates_its_made_up_chunks_like_the_reference_without_callin
     # pure-Python reference aggregates the same lines (without weights: warm-up has none)
     assert result.aggregates and not result.missing_chunks and not result.rejected_chunks
     chunk = f"{HEADER}\n{warm_up_body(300)}\n".encode()
+    read = read_chunk(chunk)
+    assert not read.rejected and len(read.rows) == 300
     for key, aggregates in result.aggregates.items():
-        parsed = parse_chunk(key, chunk)
-        assert not parsed.rejected and len(parsed.transactions) == 300
-        expected = build_aggregates(key, parsed.transactions, {})
+        expected = aggregate_rows(key, read.rows, {})
         assert aggregates == expected.without_pairs()
         assert pairs_from_copy_text(result.prepared[key].copy_text) == expected.pairs

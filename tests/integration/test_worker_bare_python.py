@@ -15,13 +15,13 @@ import pytest
 
 from infra.local.stack import poll_until
 from producer.generate import generate
-from tests.integration.test_worker_crash import applied_count, start_worker, worker_env
 from tests.integration.worker_support import (
     AwsResources,
-    applied_order,
-    committed_detections,
-    expected_detections,
+    applied_count,
+    assert_applied_in_production_order,
     split_chunks,
+    start_worker,
+    worker_env,
 )
 
 pytestmark = pytest.mark.spark
@@ -56,6 +56,4 @@ def test_worker_runs_with_a_bare_python3_first_on_path(
         code = worker.wait(timeout=120)
     assert code == 0, log.read_text()[-3000:]
     assert '"fetch_on": "executors"' in log.read_text()
-    order = applied_order(migrated_database_url)
-    assert committed_detections(migrated_database_url) == expected_detections(
-        chunks, importance, order)
+    assert assert_applied_in_production_order(migrated_database_url, chunks, importance)

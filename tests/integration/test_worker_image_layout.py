@@ -22,13 +22,13 @@ import pytest
 from infra.local.spark_cluster import create_venv
 from infra.local.stack import poll_until
 from producer.generate import generate
-from tests.integration.test_worker_crash import REPO, applied_count, worker_env
 from tests.integration.worker_support import (
+    REPO,
     AwsResources,
-    applied_order,
-    committed_detections,
-    expected_detections,
+    applied_count,
+    assert_applied_in_production_order,
     split_chunks,
+    worker_env,
 )
 from tests.unit.test_worker_dockerfile import instructions
 
@@ -108,7 +108,4 @@ def test_the_image_layout_runs_the_worker_from_its_own_files_and_pins(
         worker.send_signal(signal.SIGTERM)
         code = worker.wait(timeout=120)
     assert code == 0, log.read_text()[-3000:]
-    order = applied_order(migrated_database_url)
-    assert sorted(order) == sorted(chunks)
-    assert committed_detections(migrated_database_url) == expected_detections(
-        chunks, importance, order)
+    assert assert_applied_in_production_order(migrated_database_url, chunks, importance)

@@ -21,9 +21,17 @@ import pytest
 from chunk_contract.layout import CHUNK_PREFIX, chunk_key
 from infra.local.stack import poll_until
 from spark_detector.config import DEFAULT_MAX_CHUNK_BYTES, DEFAULT_MAX_CHUNK_ROWS
-from tests.integration.test_worker_crash import applied_count, start_worker, worker_env
-from tests.integration.test_worker_failures import log_lines, stage, stop
-from tests.integration.worker_support import AwsResources, applied_order, split_chunks
+from tests.integration.worker_support import (
+    AwsResources,
+    applied_count,
+    applied_order,
+    log_lines,
+    split_chunks,
+    stage,
+    start_worker,
+    stop,
+    worker_env,
+)
 
 pytestmark = pytest.mark.spark
 

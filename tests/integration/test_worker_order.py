@@ -5,30 +5,25 @@ fired, must depend only on the data and the producer's sequence order."""
 from __future__ import annotations
 
 import random
+import subprocess
 
 import psycopg2
 import pytest
 
+from spark_detector.chunk_queue import MAX_HOLD_SECONDS, InFlight, Received
 from spark_detector.status import collect_status
-from spark_detector.worker import Worker
 from tests.integration.worker_support import (
     AwsResources,
     applied_order,
-    committed_detections,
-    expected_detections,
+    assert_applied_in_production_order,
+    command,
     make_worker,
+    run_until,
     split_chunks,
+    worker_env,
 )
 
 pytestmark = pytest.mark.spark
-
-
-def run_until(worker: Worker, done, max_loops: int = 300) -> None:
-    for _ in range(max_loops):
-        if done():
-            return
-        worker.run_batch()
-    raise AssertionError("the worker never got there")
 
 
 def rejected(database_url: str) -> dict[str, str]:
@@ -52,13 +47,14 @@ def test_shuffled_delayed_and_duplicated_events_give_the_production_order_result
     resources.enqueue(duplicated)
     worker = make_worker(resources, migrated_database_url, spark, weights)
 
-    run_until(worker, lambda: len(applied_order(migrated_database_url)) == len(keys)
-              and resources.depth() == 0)
+    # until every message, the delayed ones too (depth counts them), came and went
+    batches = run_until(worker, lambda: len(applied_order(migrated_database_url)) == len(keys)
+                        and resources.depth() == 0)
 
-    assert applied_order(migrated_database_url) == keys
-    assert committed_detections(migrated_database_url) == expected_detections(
-        chunks, importance, keys)
+    assert_applied_in_production_order(migrated_database_url, chunks, importance)
     assert resources.depth(resources.dlq_url) == 0
+    # chunks waited for their predecessors, and duplicate events were recognised as such
+    assert sum(b.waiting for b in batches) > 0 and sum(b.duplicates for b in batches) > 0
     worker.close()
 
 
@@ -181,3 +177,64 @@ def test_redeliveries_are_not_failures(spark, weights, dataset, moto_endpoint,
         assert cur.fetchone()[0] == 0
     worker.close()
 
+
+
+def sequence_marks(database_url: str) -> list[tuple]:
+    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT seq, outcome, reason, decided_by FROM sequence_marks ORDER BY seq")
+        return cur.fetchall()
+
+
+def test_skip_seq_refuses_a_chunk_that_exists_unless_forced_and_skips_ranges_whole(
+        dataset, resources, migrated_database_url):
+    """The operator's command as a real process: a number whose chunk is in S3 is refused,
+    and a refused range changes nothing; --force insists; --through skips a range."""
+    chunks = dict(list(split_chunks(dataset[0], 500).items())[:5])
+    keys = sorted(chunks)
+    resources.upload({keys[1]: chunks[keys[1]], keys[4]: chunks[keys[4]]})  # chunks 2 and 5
+    env = worker_env(resources, migrated_database_url)
+
+    def skip(*args: str) -> subprocess.CompletedProcess:
+        return command(env, "skip-seq", *args, "--reason", "lost upstream", "--by", "ops")
+
+    refused = skip("2")
+    assert refused.returncode == 2 and f"chunk 2 exists in S3 ({keys[1]})" in refused.stderr
+    refused = skip("1", "--through", "3")  # 1 and 3 are not there, 2 is
+    assert refused.returncode == 2 and "chunk 2 exists in S3" in refused.stderr
+    assert sequence_marks(migrated_database_url) == []  # nothing of the range was skipped
+    assert skip("3", "--through", "2").returncode == 2  # a range that goes backwards
+
+    forced = skip("1", "--through", "3", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "skipped 1-3; the stream now waits for chunk 4" in forced.stdout
+    again = skip("3", "--through", "4")
+    assert again.returncode == 2 and "sequence number 3 is already skipped" in again.stderr
+    assert skip("4").stdout.strip() == "skipped 4; the stream now waits for chunk 5"
+    assert sequence_marks(migrated_database_url) == [
+        (n, "skipped", "lost upstream", "ops") for n in (1, 2, 3, 4)]
+
+
+def test_the_heartbeat_lets_go_of_a_message_before_sqs_12_hour_limit(resources):
+    """A held message is extended by every beat until MAX_HOLD_SECONDS after its receipt
+    (SQS refuses to extend one past 12 hours); then it is made visible again instead."""
+    for body in ("old", "fresh"):
+        resources.send_raw(body)
+    got = resources.sqs.receive_message(QueueUrl=resources.queue_url, MaxNumberOfMessages=10,
+                                        VisibilityTimeout=60)["Messages"]
+    assert sorted(m["Body"] for m in got) == ["fresh", "old"]
+    now = 50_000.0
+    held = {m["Body"]: Received(m["MessageId"], m["ReceiptHandle"], m["Body"],
+                                received_at=now - (MAX_HOLD_SECONDS if m["Body"] == "old" else 1))
+            for m in got}
+    inflight = InFlight(resources.sqs, resources.queue_url, every_seconds=60,
+                        extend_to_seconds=60, clock=lambda: now)
+    inflight.add("chunk-old", [held["old"]])
+    inflight.add("chunk-fresh", [held["fresh"]])
+
+    inflight.beat()
+
+    assert inflight.messages("chunk-old") == [] and inflight.messages("chunk-fresh") == [
+        held["fresh"]]
+    again = resources.sqs.receive_message(QueueUrl=resources.queue_url, MaxNumberOfMessages=10,
+                                          VisibilityTimeout=60).get("Messages", [])
+    assert [m["Body"] for m in again] == ["old"]  # visible at once; "fresh" still hidden

@@ -1,6 +1,10 @@
 """Two worker processes, one with micro-batches of 1 and one of 5, on one queue fed in a
-shuffled order with duplicates: the result is the single-worker result in production order
-(the reference model applied in sequence order), key for key and chunk for chunk."""
+shuffled order with duplicates once both are ready: the result is the single-worker result in
+production order (the reference model applied in sequence order), key for key and chunk for
+chunk, with both workers applying chunks and chunks waiting for predecessors.
+
+Left alone, one worker keeps the stream's head and the other applies nothing: the workers
+take turns (``share_the_stream``), so that each really applies chunks of the one stream."""
 
 from __future__ import annotations
 
@@ -10,13 +14,16 @@ import signal
 import pytest
 
 from infra.local.stack import poll_until
-from tests.integration.test_worker_crash import applied_count, start_worker, worker_env
 from tests.integration.worker_support import (
     AwsResources,
-    applied_order,
-    committed_detections,
-    expected_detections,
+    applied_count,
+    assert_applied_in_production_order,
+    assert_each_worker_applied_and_one_chunk_waited,
+    log_lines,
+    share_the_stream,
     split_chunks,
+    start_worker,
+    worker_env,
 )
 
 pytestmark = pytest.mark.spark
@@ -32,7 +39,6 @@ def test_two_workers_with_batches_of_1_and_5_give_the_production_order_result(
     resources.s3.put_object(Bucket=resources.bucket, Key="reference/CustomerImportance.csv",
                             Body=importance)
     shuffled = random.Random(11).sample(keys, len(keys))
-    resources.enqueue(shuffled + shuffled[:6])  # six events delivered twice
     logs = [tmp_path / "worker-1.log", tmp_path / "worker-5.log"]
     workers = [
         start_worker(worker_env(resources, migrated_database_url, SPARK_MASTER="local[1]",
@@ -42,9 +48,17 @@ def test_two_workers_with_batches_of_1_and_5_give_the_production_order_result(
         for size, log in zip((1, 5), logs, strict=True)
     ]
     try:
+        for worker, log in zip(workers, logs, strict=True):  # both ready before any chunk
+            poll_until(lambda log=log: log_lines(log, "worker started"), 180, "worker ready",
+                       process=worker, log=log, tail=3000)
+        share_the_stream(
+            migrated_database_url, len(keys),
+            lambda: resources.enqueue(shuffled + shuffled[:6]),  # six events delivered twice
+            (workers[0], logs[0]), (workers[1], logs[1]),
+            stop_first=lambda: workers[0].send_signal(signal.SIGTERM) or workers[0].wait(120))
         poll_until(lambda: applied_count(migrated_database_url) == len(keys)
                    and resources.depth() == 0, 400, "every chunk applied by the two workers",
-                   process=workers[0], log=logs[0])
+                   process=workers[1], log=logs[1])
     finally:
         for worker in workers:
             if worker.poll() is None:
@@ -52,9 +66,6 @@ def test_two_workers_with_batches_of_1_and_5_give_the_production_order_result(
         codes = [worker.wait(timeout=120) for worker in workers]
     assert codes == [0, 0], [log.read_text()[-2000:] for log in logs]
 
-    assert applied_order(migrated_database_url) == keys
-    assert committed_detections(migrated_database_url) == expected_detections(
-        chunks, importance, keys)
+    assert_applied_in_production_order(migrated_database_url, chunks, importance)
     assert resources.depth(resources.dlq_url) == 0
-    both_worked = [log.read_text().count('"chunk applied"') for log in logs]
-    print(f"chunks applied per worker (batches of 1, of 5): {both_worked}")
+    assert_each_worker_applied_and_one_chunk_waited(logs)

@@ -1,6 +1,6 @@
 """``assemble_batch`` on hand-made query results: the pairs' COPY text equals the reference
-aggregation (``build_aggregates``), whichever side the weights join hashes and whether a pair
-spans several result rows or not."""
+model's aggregation (``tests/reference_model.aggregate_rows``), whichever side the weights
+join hashes and whether a pair spans several result rows or not."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from spark_detector.batch_result import (
     assemble_batch,
     weight_table,
 )
-from spark_detector.chunk_aggregates import Transaction, build_aggregates
+from spark_detector.chunk_aggregates import Transaction
 from spark_detector.chunk_fetch import OK, REJECTED
 from spark_detector.parsing import RejectedRow
-from tests.reference_model import pairs_from_copy_text
+from tests.reference_model import ReferenceRow, aggregate_rows, pairs_from_copy_text
 
 AMOUNT = pa.decimal128(28, 2)
 SCHEMA = pa.schema([
@@ -65,7 +65,9 @@ def txn(row: int, customer: str, merchant: str, amount: str, gender: str = "F",
 def assert_matches_reference(keys, table, weights, chunks, rejects=None):
     result = assemble_batch(keys, table, weight_table(weights))
     for key, transactions in chunks.items():
-        expected = build_aggregates(key, transactions, weights, len((rejects or {}).get(key, [])))
+        rows = [ReferenceRow(t.customer, t.merchant, t.category, t.gender, t.amount, t.row)
+                for t in sorted(transactions, key=lambda t: t.row)]
+        expected = aggregate_rows(key, rows, weights, len((rejects or {}).get(key, [])))
         assert result.aggregates[key] == expected.without_pairs()
         assert pairs_from_copy_text(result.prepared[key].copy_text) == expected.pairs
         assert result.prepared[key].pairs == len(expected.pairs)

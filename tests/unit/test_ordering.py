@@ -3,7 +3,7 @@
 from spark_detector.ordering import (
     Turn,
     consecutive_from,
-    listing_start_after,
+    number_holder,
     ready_run,
     turn_of,
 )
@@ -64,16 +64,25 @@ def test_nothing_held_beyond_means_nothing_to_look_for():
 
 
 def test_consecutive_from_a_listing_stops_at_the_first_gap():
-    listing = [key(4), key(5), key(6), key(8), "stream_chunks/other.csv"]
+    listing = {**held(4, 5, 6, 8), "stream_chunks/other.csv": None}
     assert consecutive_from(5, listing, 10) == [key(5), key(6)]
     assert consecutive_from(5, listing, 1) == [key(5)]
     assert consecutive_from(7, listing, 10) == []
+    copy = key(5).replace("20261127", "20261128")  # a second chunk 5: the first one counts
+    assert consecutive_from(5, {**listing, copy: 5}, 10) == [key(5), key(6)]
 
 
-def test_a_listing_that_starts_after_the_predecessor_sorts_before_the_chunk():
-    start = listing_start_after("stream_chunks/", 12)
-    assert key(11) < start < key(12)
-    assert listing_start_after("p/", 1) < "p/chunk-00000001-"
+def test_a_settled_number_belongs_to_its_chunk_and_any_other_is_a_duplicate():
+    # applied, rejected or dead-lettered: the chunk it was settled with holds it
+    for outcome in ("applied", "rejected", "dead_lettered"):
+        assert number_holder(key(5), outcome, key(5), None) is None
+        assert number_holder("copy", outcome, key(5), None) == key(5)
+    # skipped: the first chunk that turns up after all takes it, then holds it
+    assert number_holder(key(5), "skipped", None, None) is None
+    assert number_holder(key(5), "skipped", None, key(5)) is None
+    assert number_holder("copy", "skipped", None, key(5)) == key(5)
+    # dead-lettered, its chunk redriven and applied late: a third chunk is a duplicate
+    assert number_holder("copy", "dead_lettered", key(5), key(5)) == key(5)
 
 
 def test_a_spark_errors_cause_is_recorded_not_its_wrapper():

@@ -190,3 +190,16 @@ def test_customer_importance_rows_are_cleaned_and_bad_rows_are_returned():
 def test_customer_importance_without_a_weight_column_is_rejected():
     with pytest.raises(ReferenceRejected, match="lacks required columns: Weight"):
         parse_customer_importance(b"Source,Target,typeTrans,fraud\n'C1','M1','x',0\n")
+
+
+def test_a_weight_that_rounds_past_decimal_22_10_is_a_bad_row_not_a_crash_later():
+    from spark_detector.batch_result import weight_table
+    from spark_detector.chunk_aggregates import key_weights
+
+    data = (b"Source,Target,Weight,typeTrans,fraud\n"
+            b"'C1','M1',999999999999.999999,'es_food',0\n"
+            b"'C2','M1',999999999999.9999995,'es_food',0\n")
+    parsed = parse_customer_importance(data)
+    assert [(r.row, r.reason) for r in parsed.rejected] == [
+        (2, "Weight 999999999999.9999995 is too large for decimal(22,10)")]
+    weight_table(key_weights(parsed.rows))  # the key weights fit their Arrow type

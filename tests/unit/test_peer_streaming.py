@@ -80,12 +80,19 @@ def test_feed_files_copies_in_order_on_a_schedule_and_leaves_no_temp_file(tmp_pa
     assert all((tmp_path / "watched" / p.name).read_bytes() == p.read_bytes() for p in paths)
 
 
+class StopOnceWaiting(threading.Event):
+    """A stop asked for at the moment the feeder starts waiting for its next slot: no timer
+    racing the first copy."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.set()
+        return super().wait(timeout)
+
+
 def test_feed_files_stops_when_asked(tmp_path):
     src = tmp_path / "a.csv"
     src.write_text("h\n")
-    stop = threading.Event()
-    threading.Timer(0.05, stop.set).start()
-    fed = feed_files([src, src, src], tmp_path / "out", interval_s=10, stop=stop)
+    fed = feed_files([src, src, src], tmp_path / "out", interval_s=10, stop=StopOnceWaiting())
     assert len(fed) == 1
 
 

@@ -40,8 +40,8 @@ def test_chunk_keys_sort_in_production_order_even_when_the_clock_goes_back():
 
 def test_chunk_seq_reads_the_number_back_and_ignores_other_keys():
     key = chunk_key("stream_chunks/", 42, datetime(2026, 1, 1, tzinfo=UTC))
-    assert chunk_seq(key) == 42
-    assert chunk_seq("stream_chunks/notes.txt") is None
+    assert chunk_seq(key, "stream_chunks/") == 42
+    assert chunk_seq("stream_chunks/notes.txt", "stream_chunks/") is None
 
 
 def test_sequence_numbers_outside_eight_digits_are_refused():

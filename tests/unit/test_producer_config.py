@@ -35,6 +35,7 @@ def test_missing_bucket_names_the_variable():
         ({"ROWS_PER_CHUNK": "ten"}, "ROWS_PER_CHUNK"),
         ({"ROWS_PER_CHUNK": "0"}, "at least 1"),
         ({"CHUNK_INTERVAL_SECONDS": "-1"}, ">= 0"),
+        ({"PRODUCER_LEASE_SECONDS": "0"}, r"PRODUCER_LEASE_SECONDS must be within \[1, 86400\]"),
     ],
 )
 def test_bad_values_are_refused_with_a_reason(env, match):

@@ -37,18 +37,19 @@ def chunk_rows(store: LocalStore | S3Store) -> list[bytes]:
 
 
 class FailingStateWrites(LocalStore):
-    """A local store whose next state write fails, as if the process died right after a chunk."""
+    """A local store whose state writes fail after the first few, as if the process died
+    right after a chunk (the failed release leaves its lease held, as a crash would)."""
 
-    def __init__(self, root: Path, fail_after_chunks: int) -> None:
+    def __init__(self, root: Path, fail_after_writes: int) -> None:
         super().__init__(root)
-        self.chunks_left = fail_after_chunks
+        self.writes_left = fail_after_writes
 
-    def put(self, key, body, metadata=None):
+    def put_if(self, key, body, etag):
         if key == SETTINGS.state_key:
-            if self.chunks_left == 0:
+            if self.writes_left == 0:
                 raise StoreError("state write failed")
-            self.chunks_left -= 1
-        return super().put(key, body, metadata)
+            self.writes_left -= 1
+        return super().put_if(key, body, etag)
 
 
 class RecordingStore(S3Store):
@@ -121,12 +122,14 @@ def test_chunks_in_s3_carry_their_position_and_resume_continues_exactly(bucket):
 
 
 def test_a_crash_between_chunk_upload_and_state_write_neither_duplicates_nor_skips(tmp_path):
-    failing = FailingStateWrites(tmp_path, fail_after_chunks=1)
+    failing = FailingStateWrites(tmp_path, fail_after_writes=2)  # the lease's, chunk 1's
     with pytest.raises(StoreError):
         run_stream(SETTINGS, StreamOptions(str(TRANSACTIONS)), failing)
     assert len(failing.keys("stream_chunks/")) == 2  # chunk 2 is there, its state is not
 
-    result = run_stream(SETTINGS, StreamOptions(str(TRANSACTIONS)), LocalStore(tmp_path))
+    # restarted at once: the crashed run's lease has not expired
+    result = run_stream(SETTINGS, StreamOptions(str(TRANSACTIONS), take_over=True),
+                        LocalStore(tmp_path))
     assert result.chunks_sent == 1
     assert chunk_rows(LocalStore(tmp_path)) == source_rows()
 

@@ -132,6 +132,7 @@ def test_a_secret_url_verifies_the_server_and_a_database_url_keeps_its_own_sslmo
     ("WORKER_MAX_REFERENCE_BYTES", "-1", "[1, inf)"),
     ("WORKER_DB_RETRY_ATTEMPTS", "0", "[1, 100]"),
     ("WORKER_GAP_ALERT_SECONDS", "0", "(0, inf)"),
+    ("WORKER_MAX_HELD_CHUNKS", "0", "[1, 100000]"),
     ("WORKER_FLUSH_PARTIAL_AFTER", "-2", "(0, inf)"),
     ("WORKER_BACKFILL_EVERY", "0", "(0, inf)"),
 ])
