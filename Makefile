@@ -5,10 +5,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# Spark's classes pre-parsed for the worker's JVM (spark_detector/class_archive.py): ~2 s off
+# Spark's classes pre-parsed for the worker's JVM (spark_detector/spark/speedups/class_archive.py): ~2 s off
 # each Spark start. Built once per virtual environment; Java must be there first.
 CLASS_ARCHIVE := $(VENV)/share/spark_detector/spark-classes.jsa
-# The JVM class the driver hands each batch's chunks to (spark_detector/driver_chunks.py),
+# The JVM class the driver hands each batch's chunks to (spark_detector/spark/speedups/driver_chunks.py),
 # compiled with the Java compiler in Spark's jars. Built before the archive, which records
 # the class path it was built with.
 DRIVER_CHUNKS_JAR := $(VENV)/share/spark_detector/driver-chunks.jar
@@ -69,10 +69,10 @@ check-java:
 	@$(PY) -m infra.java_check
 
 $(DRIVER_CHUNKS_JAR): $(STAMP) spark_detector/jvm/DriverChunks.java | check-java
-	$(PY) -m spark_detector.driver_chunks
+	$(PY) -m spark_detector.spark.speedups.driver_chunks
 
 $(CLASS_ARCHIVE): $(STAMP) $(DRIVER_CHUNKS_JAR) | check-java
-	$(PY) -m spark_detector.class_archive
+	$(PY) -m spark_detector.spark.speedups.class_archive
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

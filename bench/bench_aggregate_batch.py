@@ -21,10 +21,10 @@ from pathlib import Path
 import boto3
 from moto.server import ThreadedMotoServer
 
-from spark_detector.batch_result import weight_table
-from spark_detector.reference_weights import compute_weights
-from spark_detector.spark_job import FetchSpec, aggregate_batch
-from spark_detector.spark_session import build_spark
+from spark_detector.spark.batch_result import weight_table
+from spark_detector.spark.job import FetchSpec, aggregate_batch
+from spark_detector.spark.reference_weights import compute_weights
+from spark_detector.spark.session import build_spark
 
 HEADER = "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud"
 

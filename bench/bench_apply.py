@@ -37,7 +37,7 @@ from spark_detector.chunk_aggregates import (
     build_aggregates,
     key_weights,
 )
-from spark_detector.detection_state import ChunkRef, apply_chunk
+from spark_detector.engine.state import ChunkRef, apply_chunk
 
 TOTAL_ROWS = 594_643
 CHUNK_ROWS = 10_000

@@ -40,7 +40,7 @@ from bench.bench_apply import synthetic_stream
 from infra.local import postgres
 from spark_detector import db
 from spark_detector.chunk_aggregates import ChunkAggregates
-from spark_detector.detection_state import ChunkRef, apply_chunk
+from spark_detector.engine.state import ChunkRef, apply_chunk
 
 
 def hashed_shards(merchants: Iterable[str], shards: int) -> dict[str, int]:

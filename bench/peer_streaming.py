@@ -16,7 +16,7 @@ isolation):
 - ``foreachBatch``: fields cleaned as docs/detection-semantics.md says (blanks, then one pair of
   single quotes), amounts checked and rounded to cents, the averaged CustomerImportance weights
   joined per (customer, merchant, category) (the worker's own key weights,
-  ``spark_detector.reference_weights.compute_weights``, as a cached Spark table); ONE Spark
+  ``spark_detector.spark.reference_weights.compute_weights``, as a cached Spark table); ONE Spark
   job aggregating per (merchant, customer): count, exact amount sum, weight sum and weighted
   count, gender of the pair's first row in the micro-batch (files
   in name order, then row order); and, in the same job (grouping sets), per file: its name,
@@ -28,7 +28,7 @@ isolation):
   most once), record the micro-batch and its files. A micro-batch id already recorded is
   skipped (Spark replays a batch after a crash; the documented idempotent ``foreachBatch``).
 
-Thresholds: ``spark_detector.detection_state.Thresholds``, with the worker's ``PATID*``
+Thresholds: ``spark_detector.engine.state.Thresholds``, with the worker's ``PATID*``
 environment overrides (``thresholds_from_env``).
 
 Local files, not S3: there is no s3a (hadoop-aws) jar on this offline machine, so the peer
@@ -312,7 +312,7 @@ def weights_frame(spark, importance: Path):
     table to broadcast into every micro-batch's join."""
     from pyspark.sql.types import DecimalType, StringType, StructField, StructType
 
-    from spark_detector.reference_weights import compute_weights
+    from spark_detector.spark.reference_weights import compute_weights
 
     weights, _ = compute_weights(importance.read_bytes(), str(importance))
     schema = StructType([StructField("customer", StringType(), False),
@@ -366,7 +366,7 @@ class PeerSink:
 
     conn: object  # psycopg2 connection, search_path on the peer's schema
     weights_df: object
-    thresholds: object  # spark_detector.detection_state.Thresholds
+    thresholds: object  # spark_detector.engine.state.Thresholds
     out_dir: Path
     chunks: list[dict] = field(default_factory=list)
     detections: list[dict] = field(default_factory=list)
@@ -479,8 +479,8 @@ def run_peer(chunks_dir: Path | str, importance: Path | str, database_url: str,
     started (a background thread); ``expect_chunks`` then defaults to their number. ``stop``
     (set, by a signal handler say) ends the run as the timeout would, without a failure.
     """
-    from spark_detector.detection_state import thresholds_from_env
-    from spark_detector.spark_session import build_spark
+    from spark_detector.engine.state import thresholds_from_env
+    from spark_detector.spark.session import build_spark
 
     chunks_dir, out_dir = Path(chunks_dir), Path(out_dir)
     chunks_dir.mkdir(parents=True, exist_ok=True)

@@ -309,7 +309,8 @@ def start_mid_stream(database_url: str, chunks_before: int) -> None:
     would take the earlier chunks from S3 first. Settling their numbers as skipped, as an
     operator starting a database mid-stream would, makes the phase measure its own chunks.
     """
-    from spark_detector import db, detection_state
+    from spark_detector import db
+    from spark_detector.engine import state as detection_state
 
     conn = db.connect(database_url)
     # one "skipped" warning per number would bury the bench's own progress lines
@@ -617,8 +618,8 @@ def run_peer_phase(config: BenchConfig, chunk_paths: list[Path], importance: Pat
 
 def run_baseline_phase(paths: list[Path], importance: Path) -> dict:
     from bench.baseline import run_baseline
-    from spark_detector.detection_state import Thresholds
-    from spark_detector.spark_session import build_spark
+    from spark_detector.engine.state import Thresholds
+    from spark_detector.spark.session import build_spark
 
     spark = build_spark(app_name="bench_baseline")
     spark.sparkContext.setLogLevel("ERROR")

@@ -45,9 +45,10 @@ import psycopg2.sql
 
 from bench.measure import percentile_cont
 from infra.local import postgres
-from spark_detector import db, rule_evaluation
+from spark_detector import db
 from spark_detector.chunk_aggregates import ChunkAggregates, PairAggregate
-from spark_detector.detection_state import ChunkRef, apply_chunk
+from spark_detector.engine import rule_evaluation
+from spark_detector.engine.state import ChunkRef, apply_chunk
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SIZES = (4_000, 50_000, 200_000, 1_000_000)

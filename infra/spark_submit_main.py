@@ -4,9 +4,9 @@
         infra/spark_submit_main.py run --drain
 
 spark-submit runs a file, not a module; this file lives outside the package because running a
-file puts its folder first on ``sys.path``, and ``spark_detector/chunk_queue.py`` would then shadow
-the standard library's ``queue``. The driver imports ``spark_detector`` from its environment
-or from a ``--py-files`` zip; the worker ships it to the executors itself (docs/spark-cluster.md).
+file puts its folder first on ``sys.path``, where a module of the package could shadow a
+library of the same name. The driver imports ``spark_detector`` from its environment or from a
+``--py-files`` zip; the worker ships it to the executors itself (docs/spark-cluster.md).
 """
 
 import sys

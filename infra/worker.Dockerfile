@@ -53,14 +53,14 @@ COPY spark_detector /app/spark_detector
 # spark-submit runs a file: `spark-submit [--master ...] /app/spark_submit_main.py run`
 COPY infra/spark_submit_main.py /app/spark_submit_main.py
 # The JVM class the driver hands each batch's chunks to in local mode
-# (spark_detector/driver_chunks.py), compiled against the image's Spark; then Spark's classes
-# pre-parsed for the JVM (class-data sharing, spark_detector/class_archive.py): each start of
+# (spark_detector/spark/speedups/driver_chunks.py), compiled against the image's Spark; then Spark's classes
+# pre-parsed for the JVM (class-data sharing, spark_detector/spark/speedups/class_archive.py): each start of
 # the worker maps them, ~2 s faster. The archive records the class path, so the jar comes
 # first. Built with the image's own Java and Spark, which the JVM checks at each start (a
 # mismatched archive is ignored, never fatal). SPARK_LOCAL_IP: a build container's host name
 # need not resolve (buildah's does not), and Spark looks its own address up at start.
 RUN export SPARK_LOCAL_IP=127.0.0.1 \
-    && python -m spark_detector.driver_chunks && python -m spark_detector.class_archive
+    && python -m spark_detector.spark.speedups.driver_chunks && python -m spark_detector.spark.speedups.class_archive
 
 # The Amazon RDS certificate bundle: a URL built from DB_SECRET verifies the server's
 # certificate and host name against it (sslmode=verify-full, spark_detector/config.py).

@@ -70,14 +70,14 @@ def aws_clients() -> tuple[object, object]:
 
 
 def cmd_run(settings: WorkerSettings, args: argparse.Namespace) -> int:
-    from spark_detector.native_memory import tune_arrow_pool, tune_malloc
+    from spark_detector.worker.native_memory import tune_arrow_pool, tune_malloc
 
     # before any thread or child process exists (the JVM inherits the environment set here)
     # and before pyarrow's import (the modules below import it)
     tuned = {**tune_malloc(), **tune_arrow_pool()}
-    from spark_detector.reference_weights import ReferenceRejected, ReferenceUnavailable
-    from spark_detector.spark_runtime import SparkAggregator
-    from spark_detector.worker import DatabaseUnavailable, Worker, logger
+    from spark_detector.spark.reference_weights import ReferenceRejected, ReferenceUnavailable
+    from spark_detector.worker.loop import DatabaseUnavailable, Worker, logger
+    from spark_detector.worker.spark_runtime import SparkAggregator
 
     logger.info("malloc tuned", extra={"set": tuned})
     if args.flush_partial_after is not None:
@@ -139,7 +139,7 @@ def migrated_connection(settings: WorkerSettings) -> Iterator[object]:
 
 
 def cmd_backfill(settings: WorkerSettings, args: argparse.Namespace) -> int:
-    from spark_detector.backfill import backfill
+    from spark_detector.ops.backfill import backfill
 
     s3, sqs = aws_clients()
     with migrated_connection(settings) as conn:
@@ -149,7 +149,7 @@ def cmd_backfill(settings: WorkerSettings, args: argparse.Namespace) -> int:
 
 
 def cmd_status(settings: WorkerSettings, args: argparse.Namespace) -> int:
-    from spark_detector.status import collect_status, format_status
+    from spark_detector.ops.status import collect_status, format_status
 
     _, sqs = aws_clients()
     with migrated_connection(settings) as conn:
@@ -163,7 +163,7 @@ def cmd_skip_seq(settings: WorkerSettings, args: argparse.Namespace) -> int:
 
     from chunk_contract.layout import seq_key_prefix
     from chunk_contract.listing import list_chunks
-    from spark_detector import detection_state
+    from spark_detector.engine import state as detection_state
 
     who = args.by or os.environ.get("USER") or getpass.getuser()
     last = args.through if args.through is not None else args.seq
@@ -204,11 +204,11 @@ def cmd_migrate(settings: WorkerSettings, _args: argparse.Namespace) -> int:
 
 
 def cmd_replay(settings: WorkerSettings, args: argparse.Namespace) -> int:
-    from spark_detector.replay import ReplayOptions, run_replay, submit_args_for_local_driver
-    from spark_detector.replay_plan import ReplayError, ReplayRefused
-    from spark_detector.spark_job import FetchSpec
-    from spark_detector.spark_session import build_spark
-    from spark_detector.worker import failure_text
+    from spark_detector.ops.replay import ReplayOptions, run_replay, submit_args_for_local_driver
+    from spark_detector.ops.replay_plan import ReplayError, ReplayRefused
+    from spark_detector.spark.job import FetchSpec
+    from spark_detector.spark.session import build_spark
+    from spark_detector.worker.loop import failure_text
 
     options = ReplayOptions(into=args.into, replace=args.replace, order=args.order,
                             rules=tuple(args.rule), importance=args.importance,

@@ -1,6 +1,6 @@
 """What one chunk contributes to the detection state: the contract between Spark and the engine.
 
-The Spark job (``spark_detector.spark_job``) and the pure-Python builder below must produce
+The Spark job (``spark_detector.spark.job``) and the pure-Python builder below must produce
 exactly the same ``ChunkAggregates`` for the same chunk; tests compare them. Everything here
 is exact: amounts and weights are ``Decimal``, never float, so the state and therefore the
 detections do not depend on how Spark partitions or orders a sum.

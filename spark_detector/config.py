@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from chunk_contract import layout
-from spark_detector.detection_state import THRESHOLD_ENV, Thresholds, thresholds_from_env
+from spark_detector.engine.state import THRESHOLD_ENV, Thresholds, thresholds_from_env
 
 
 class ConfigError(ValueError):
@@ -199,7 +199,7 @@ class WorkerSettings:
     flush_partial_after_seconds: float | None = None
     backfill_every_seconds: float | None = None
     dlq_url: str | None = None
-    # CloudWatch namespace of the metrics in the worker's log lines (spark_detector/emf.py)
+    # CloudWatch namespace of the metrics in the worker's log lines (spark_detector/worker/emf.py)
     metrics_namespace: str = "TxnPipeline/Worker"
     thresholds: Thresholds = field(default_factory=Thresholds)
 

@@ -1,7 +1,7 @@
 """The input rules of docs/detection-semantics.md in plain Python: how a chunk's bytes become
 valid transactions and rejects.
 
-This module is the reference the Spark job (``spark_detector.spark_job``) must agree with, row
+This module is the reference the Spark job (``spark_detector.spark.job``) must agree with, row
 for row and reason for reason; tests compare the two. The chunk-level steps (decoding, the
 header, line endings) are done here once per chunk and are shared with the Spark job's
 executors, so a chunk is rejected whole for the same reason on both paths. The row-level

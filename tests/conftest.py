@@ -85,7 +85,7 @@ def moto_endpoint() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def spark():
     """The worker's own local SparkSession, once for the whole test session (it costs seconds)."""
-    from spark_detector.spark_session import build_spark
+    from spark_detector.spark.session import build_spark
 
     session = build_spark(app_name="tests")
     yield session

@@ -18,8 +18,8 @@ from unittest import mock
 
 import psycopg2.extensions
 
-from spark_detector import rule_evaluation
-from spark_detector.detection import DETECTION_COLUMNS
+from spark_detector.engine import rule_evaluation
+from spark_detector.engine.detection import DETECTION_COLUMNS
 
 # The rules on the state after this chunk, for all customers of the merchants it touched, as
 # docs/detection-semantics.md says. (With fixed thresholds only the chunk's own pairs could

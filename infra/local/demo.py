@@ -39,7 +39,7 @@ from infra.local.view import (
     render,
     render_summary,
 )
-from spark_detector.detection_state import THRESHOLD_ENV
+from spark_detector.engine.state import THRESHOLD_ENV
 
 FULL_ROWS = 594_643
 DEMO_DATABASE = "txn_demo"

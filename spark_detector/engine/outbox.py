@@ -19,7 +19,7 @@ import psycopg2.extensions
 
 from chunk_contract.layout import DETECTIONS_PREFIX
 from spark_detector.db import ENGINE_LOCK, LOCK_NAMESPACE, transaction
-from spark_detector.detection import DETECTION_COLUMNS, Detection, detection_from_row
+from spark_detector.engine.detection import DETECTION_COLUMNS, Detection, detection_from_row
 
 FILE_SIZE = 50
 CSV_HEADER = (

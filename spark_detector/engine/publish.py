@@ -13,7 +13,7 @@ import json
 import posixpath
 from collections.abc import Sequence
 
-from spark_detector import outbox
+from spark_detector.engine import outbox
 from spark_detector.failpoints import failpoint
 from spark_detector.parsing import RejectedRow
 

@@ -46,7 +46,7 @@ from typing import Any
 
 import psycopg2.extensions
 
-from spark_detector.detection import DETECTION_COLUMNS
+from spark_detector.engine.detection import DETECTION_COLUMNS
 
 log = logging.getLogger(__name__)
 

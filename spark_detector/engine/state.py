@@ -37,13 +37,13 @@ from decimal import Decimal
 import psycopg2.extensions
 
 from chunk_contract.layout import CHUNK_PREFIX, DETECTIONS_PREFIX, chunk_seq
-from spark_detector import rule_evaluation
 from spark_detector.chunk_aggregates import ChunkAggregates
 from spark_detector.db import ENGINE_LOCK, LOCK_NAMESPACE, transaction
-from spark_detector.detection import Detection, detection_from_row
+from spark_detector.engine import rule_evaluation
+from spark_detector.engine.detection import Detection, detection_from_row
+from spark_detector.engine.ordering import DuplicateNumber, OutOfTurn, Turn, number_holder, turn_of
+from spark_detector.engine.outbox import close_full_files
 from spark_detector.failpoints import failpoint
-from spark_detector.ordering import DuplicateNumber, OutOfTurn, Turn, number_holder, turn_of
-from spark_detector.outbox import close_full_files
 from spark_detector.pair_copy import COPY_COLUMNS, PreparedPairs, pairs_copy_text
 
 __all__ = [

@@ -19,8 +19,8 @@ import logging
 from chunk_contract.layout import start_after_seq
 from chunk_contract.listing import chunk_pages
 from chunk_contract.sqs_batch import enqueue
-from spark_detector import detection_state
-from spark_detector.failures import failures_of
+from spark_detector.engine import state as detection_state
+from spark_detector.engine.failures import failures_of
 
 logger = logging.getLogger(__name__)
 

@@ -27,8 +27,9 @@ import os
 import psycopg2.extensions
 from psycopg2 import sql
 
-from spark_detector import db, outbox
-from spark_detector.replay_plan import RECORDED, ReplayRefused
+from spark_detector import db
+from spark_detector.engine import outbox
+from spark_detector.ops.replay_plan import RECORDED, ReplayRefused
 
 logger = logging.getLogger(__name__)
 

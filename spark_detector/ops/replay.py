@@ -52,16 +52,16 @@ from psycopg2 import sql
 
 from chunk_contract.layout import chunk_seq
 from chunk_contract.listing import list_chunks
-from spark_detector import db, detection_state, outbox
-from spark_detector.batch_result import BatchResult, assemble_batch, weight_table
+from spark_detector import db
 from spark_detector.chunk_aggregates import WeightKey
 from spark_detector.config import WorkerSettings
+from spark_detector.engine import outbox
+from spark_detector.engine import state as detection_state
+from spark_detector.engine.ordering import DuplicateNumber, OutOfTurn
+from spark_detector.engine.publish import publish_pending
 from spark_detector.failpoints import failpoint
-from spark_detector.ordering import DuplicateNumber, OutOfTurn
-from spark_detector.publish import publish_pending
-from spark_detector.rebuild import ENGINE_TABLES, REBUILD_SCHEMA, LiveRebuild, adopt_live_files
-from spark_detector.reference_weights import compute_weights
-from spark_detector.replay_plan import (
+from spark_detector.ops.rebuild import ENGINE_TABLES, REBUILD_SCHEMA, LiveRebuild, adopt_live_files
+from spark_detector.ops.replay_plan import (
     RECORDED,
     ArchivedChunk,
     DetectionChange,
@@ -81,9 +81,11 @@ from spark_detector.replay_plan import (
     thresholds_with_rules,
     unsettled_gaps,
 )
-from spark_detector.spark_job import FetchSpec, aggregate_chunks, fetch_chunks
-from spark_detector.spark_session import EXIT_ON_OOM
-from spark_detector.worker import size_rejection
+from spark_detector.spark.batch_result import BatchResult, assemble_batch, weight_table
+from spark_detector.spark.job import FetchSpec, aggregate_chunks, fetch_chunks
+from spark_detector.spark.reference_weights import compute_weights
+from spark_detector.spark.session import EXIT_ON_OOM
+from spark_detector.worker.loop import size_rejection
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The pure middle of ``python -m spark_detector replay``: what to replay, in which order, into
 where, with which rules, and how the result differs from the live run.
 
-Nothing here talks to S3, PostgreSQL or Spark; ``spark_detector.replay`` does the I/O and calls
+Nothing here talks to S3, PostgreSQL or Spark; ``spark_detector.ops.replay`` does the I/O and calls
 these functions with plain values.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 
 from spark_detector.db import redact_dsn
-from spark_detector.detection_state import THRESHOLD_ENV, Thresholds, thresholds_from_env
+from spark_detector.engine.state import THRESHOLD_ENV, Thresholds, thresholds_from_env
 
 RECORDED, KEYS = "recorded", "keys"
 ORDERS = (RECORDED, KEYS)

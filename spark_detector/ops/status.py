@@ -6,9 +6,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
-from spark_detector.conflicts import OVERWRITTEN, recent_conflicts
 from spark_detector.db import rebuild_in_progress
-from spark_detector.failures import failing_chunks
+from spark_detector.engine.conflicts import OVERWRITTEN, recent_conflicts
+from spark_detector.engine.failures import failing_chunks
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ from decimal import Decimal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from spark_detector.batch_query import PAIR, REJECTED_ROW
 from spark_detector.chunk_aggregates import KEY_WEIGHT_PLACES, ChunkAggregates, WeightKey
-from spark_detector.chunk_fetch import MISSING, REJECTED, SUPERSEDED
 from spark_detector.pair_copy import COPY_COLUMNS, ESCAPES, PreparedPairs
 from spark_detector.parsing import WEIGHT_INTEGER_DIGITS, RejectedRow
+from spark_detector.spark.fetch import MISSING, REJECTED, SUPERSEDED
+from spark_detector.spark.query import PAIR, REJECTED_ROW
 
 _ZERO = Decimal(0)
 # count x weight exactly: a key weight fits (12 + 10) digits, a group's count an int32, so

@@ -28,9 +28,8 @@ from typing import TypeVar
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
-from spark_detector.batch_query import aggregate_chunks
-from spark_detector.batch_result import NO_WEIGHTS, BatchResult, assemble_batch
-from spark_detector.chunk_fetch import (
+from spark_detector.spark.batch_result import NO_WEIGHTS, BatchResult, assemble_batch
+from spark_detector.spark.fetch import (
     FETCHED_SCHEMA,
     FetchSpec,
     fetch_chunks,
@@ -40,7 +39,8 @@ from spark_detector.chunk_fetch import (
     warm_up_partition,
     warm_up_rows,
 )
-from spark_detector.driver_chunks import DriverChunks
+from spark_detector.spark.query import aggregate_chunks
+from spark_detector.spark.speedups.driver_chunks import DriverChunks
 
 T = TypeVar("T")
 

@@ -22,8 +22,8 @@ from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 import spark_detector
-from spark_detector.class_archive import usable_archive
-from spark_detector.driver_chunks import usable_jar
+from spark_detector.spark.speedups.class_archive import usable_archive
+from spark_detector.spark.speedups.driver_chunks import usable_jar
 
 logger = logging.getLogger(__name__)
 

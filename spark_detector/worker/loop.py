@@ -53,10 +53,25 @@ import psycopg2
 from chunk_contract.layout import chunk_seq, start_after_seq
 from chunk_contract.listing import list_chunks
 from chunk_contract.message import ChunkMessage, InvalidChunkMessage
-from spark_detector import conflicts, db, detection_state, emf, failures, outbox
-from spark_detector.backfill import backfill
-from spark_detector.batch_result import merged_results
-from spark_detector.chunk_queue import (
+from spark_detector import db
+from spark_detector.config import WorkerSettings
+from spark_detector.engine import conflicts, failures, outbox
+from spark_detector.engine import state as detection_state
+from spark_detector.engine.ordering import (
+    DuplicateNumber,
+    OutOfTurn,
+    consecutive_from,
+    duplicate_reason,
+)
+from spark_detector.engine.ordering import ready_run as plan_ready_run
+from spark_detector.engine.publish import publish_pending, quarantine_chunk, quarantine_rows
+from spark_detector.failpoints import failpoint
+from spark_detector.ops.backfill import backfill
+from spark_detector.retry import backoff_delays, retry
+from spark_detector.spark.batch_result import merged_results
+from spark_detector.spark.job import BatchResult, bounded_groups
+from spark_detector.worker import emf
+from spark_detector.worker.chunk_queue import (
     InFlight,
     Received,
     delete_messages,
@@ -64,13 +79,6 @@ from spark_detector.chunk_queue import (
     receive_batch,
     send_to_dead_letter_queue,
 )
-from spark_detector.config import WorkerSettings
-from spark_detector.failpoints import failpoint
-from spark_detector.ordering import DuplicateNumber, OutOfTurn, consecutive_from, duplicate_reason
-from spark_detector.ordering import ready_run as plan_ready_run
-from spark_detector.publish import publish_pending, quarantine_chunk, quarantine_rows
-from spark_detector.retry import backoff_delays, retry
-from spark_detector.spark_job import BatchResult, bounded_groups
 
 logger = logging.getLogger(__name__)
 
@@ -381,7 +389,7 @@ class Worker:
     def start(self) -> None:
         """Start-up work: schema, the DLQ's address, detections committed but never written."""
         from spark_detector.db import migrate
-        from spark_detector.status import dlq_url
+        from spark_detector.ops.status import dlq_url
 
         version = self.db(migrate)
         if self.dlq_url is None:

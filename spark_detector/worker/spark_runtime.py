@@ -11,17 +11,17 @@ from dataclasses import replace
 
 import pyarrow as pa
 
-from spark_detector.batch_result import weight_table
 from spark_detector.config import WorkerSettings, fetches_on_driver
-from spark_detector.reference_weights import KeyWeights, load_key_weights
-from spark_detector.spark_job import (
+from spark_detector.spark.batch_result import weight_table
+from spark_detector.spark.job import (
     BatchResult,
     FetchSpec,
     aggregate_batch,
     driver_chunks,
     warm_up,
 )
-from spark_detector.spark_session import (
+from spark_detector.spark.reference_weights import KeyWeights, load_key_weights
+from spark_detector.spark.session import (
     build_spark,
     follow_parallelism,
     user_set_shuffle_partitions,

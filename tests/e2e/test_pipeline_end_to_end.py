@@ -24,7 +24,7 @@ import pytest
 from chunk_contract import layout
 from infra.local.demo import threshold_variable
 from infra.local.stack import REPO_ROOT, LocalServices, poll_until
-from spark_detector.detection_state import Thresholds
+from spark_detector.engine.state import Thresholds
 from tests.integration.worker_support import assert_applied_in_production_order
 from tests.reference_model import ACTION_TYPES
 

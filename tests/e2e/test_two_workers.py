@@ -22,7 +22,7 @@ import pytest
 from infra.local.spark_cluster import SPARK_HOME
 from infra.local.stack import poll_until
 from producer.generate import generate
-from spark_detector.spark_session import zip_package
+from spark_detector.spark.session import zip_package
 from tests.integration.worker_support import (
     REPO,
     AwsResources,

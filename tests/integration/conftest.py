@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from producer.generate import generate
-from spark_detector.reference_weights import compute_weights
+from spark_detector.spark.reference_weights import compute_weights
 from tests.integration.worker_support import AwsResources
 
 

@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 
 from chunk_contract.layout import CHUNK_PREFIX, chunk_key
 from chunk_contract.message import ChunkMessage
-from spark_detector import db, detection_state
-from spark_detector.backfill import backfill
+from spark_detector import db
 from spark_detector.config import WorkerSettings
+from spark_detector.engine import state as detection_state
+from spark_detector.ops.backfill import backfill
 from tests.reference_model import chunk_from_rows
 
 START = datetime(2026, 11, 27, tzinfo=UTC)
@@ -38,7 +39,7 @@ def test_the_backfill_lists_from_the_stream_position_and_full_lists_everything(
     settings = WorkerSettings(bucket=resources.bucket, queue_url=resources.queue_url,
                               database_url=migrated_database_url)
 
-    with caplog.at_level(logging.INFO, logger="spark_detector.backfill"):
+    with caplog.at_level(logging.INFO, logger="spark_detector.ops.backfill"):
         enqueued = backfill(conn, resources.s3, resources.sqs, settings)
 
     assert enqueued == keys[6:]

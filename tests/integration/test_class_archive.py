@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from spark_detector.class_archive import ARCHIVE_ENV
+from spark_detector.spark.speedups.class_archive import ARCHIVE_ENV
 
 pytestmark = pytest.mark.spark
 
 REPO = Path(__file__).resolve().parents[2]
 # A worker's Spark start, reporting the JVM options it was launched with
 START = """
-from spark_detector.spark_session import build_spark
+from spark_detector.spark.session import build_spark
 spark = build_spark(master="local[1]", app_name="archive-test")
 runtime = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
 print("ARGS", list(runtime.getInputArguments()))
@@ -35,7 +35,7 @@ def run(args: list[str], archive: Path) -> subprocess.CompletedProcess[str]:
 def test_the_command_builds_an_archive_that_a_worker_start_maps(tmp_path):
     archive = tmp_path / "classes" / "spark-classes.jsa"
 
-    built = run(["-m", "spark_detector.class_archive"], archive)
+    built = run(["-m", "spark_detector.spark.speedups.class_archive"], archive)
 
     assert built.returncode == 0, built.stderr[-3000:]
     assert archive.stat().st_size > 10 * 2**20

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from py4j.protocol import Py4JError
 
-from spark_detector.chunk_fetch import MISSING, OK, REJECTED, fetched_frame, warm_up_body
-from spark_detector.driver_chunks import CLASS_NAME, compile_jar
-from spark_detector.spark_job import batch_query_over, driver_chunks
+from spark_detector.spark.fetch import MISSING, OK, REJECTED, fetched_frame, warm_up_body
+from spark_detector.spark.job import batch_query_over, driver_chunks
+from spark_detector.spark.speedups.driver_chunks import CLASS_NAME, compile_jar
 
 pytestmark = pytest.mark.spark
 
@@ -102,7 +102,7 @@ def test_the_jar_builds_with_a_java_runtime_that_has_no_compiler(tmp_path):
     assert not (runtime / "bin" / "javac").exists()
 
     jar = tmp_path / "driver-chunks.jar"
-    subprocess.run([sys.executable, "-m", "spark_detector.driver_chunks", jar], check=True,
-                   env={**os.environ, "JAVA_HOME": str(runtime)}, capture_output=True)
+    subprocess.run([sys.executable, "-m", "spark_detector.spark.speedups.driver_chunks", jar],
+                   check=True, env={**os.environ, "JAVA_HOME": str(runtime)}, capture_output=True)
 
     assert f"{CLASS_NAME.replace('.', '/')}.class" in zipfile.ZipFile(jar).namelist()

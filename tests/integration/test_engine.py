@@ -12,7 +12,7 @@ import pytest
 
 from spark_detector import db
 from spark_detector.chunk_aggregates import ChunkAggregates
-from spark_detector.detection_state import (
+from spark_detector.engine.state import (
     ChunkRef,
     InvalidAggregates,
     Thresholds,

@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 import psycopg2.extensions
 import pytest
 
-from spark_detector import db, detection_state
-from spark_detector.detection_state import ChunkRef, OutOfTurn, apply_chunk, next_seq
+from spark_detector import db
+from spark_detector.engine import state as detection_state
+from spark_detector.engine.state import ChunkRef, OutOfTurn, apply_chunk, next_seq
 from tests.reference_model import chunk_from_rows
 
 Y_START = datetime(2026, 11, 27, 4, 0, tzinfo=UTC)

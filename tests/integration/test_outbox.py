@@ -9,14 +9,14 @@ import psycopg2.extensions
 import pytest
 
 from spark_detector import db
-from spark_detector.detection_state import ChunkRef, Detection, Thresholds, apply_chunk
-from spark_detector.outbox import (
+from spark_detector.engine.outbox import (
     UnknownOutboxFile,
     close_partial_file,
     mark_written,
     pending_files,
     render_csv,
 )
+from spark_detector.engine.state import ChunkRef, Detection, Thresholds, apply_chunk
 from tests.reference_model import chunk_from_rows
 
 Y_START = datetime(2026, 11, 26, 22, 31, 2, 123456, tzinfo=UTC)

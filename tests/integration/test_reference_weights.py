@@ -13,7 +13,7 @@ from spark_detector import db
 from spark_detector.chunk_aggregates import key_weights
 from spark_detector.config import WorkerSettings
 from spark_detector.parsing import parse_customer_importance
-from spark_detector.reference_weights import (
+from spark_detector.spark.reference_weights import (
     KEEP_SETS,
     cached_weights,
     compute_weights,

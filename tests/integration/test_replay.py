@@ -23,15 +23,15 @@ import pytest
 from infra.local import postgres
 from producer.generate import generate
 from spark_detector import db
-from spark_detector.batch_result import weight_table
 from spark_detector.config import WorkerSettings
-from spark_detector.detection_state import Thresholds
-from spark_detector.reference_weights import compute_weights
-from spark_detector.replay import ReplayOptions, run_replay
-from spark_detector.replay_plan import ADDED, MOVED, REMOVED, ReplayRefused
-from spark_detector.spark_job import FetchSpec
-from spark_detector.spark_runtime import SparkAggregator
-from spark_detector.worker import Worker
+from spark_detector.engine.state import Thresholds
+from spark_detector.ops.replay import ReplayOptions, run_replay
+from spark_detector.ops.replay_plan import ADDED, MOVED, REMOVED, ReplayRefused
+from spark_detector.spark.batch_result import weight_table
+from spark_detector.spark.job import FetchSpec
+from spark_detector.spark.reference_weights import compute_weights
+from spark_detector.worker.loop import Worker
+from spark_detector.worker.spark_runtime import SparkAggregator
 from tests.integration.worker_support import (
     THRESHOLDS,
     AwsResources,

@@ -19,11 +19,11 @@ import pytest
 
 from infra.local import postgres
 from spark_detector import db
-from spark_detector.batch_result import weight_table
 from spark_detector.config import WorkerSettings
-from spark_detector.reference_weights import compute_weights
-from spark_detector.spark_runtime import SparkAggregator
-from spark_detector.worker import Worker
+from spark_detector.spark.batch_result import weight_table
+from spark_detector.spark.reference_weights import compute_weights
+from spark_detector.worker.loop import Worker
+from spark_detector.worker.spark_runtime import SparkAggregator
 from tests.integration.test_replay import fetch_spec, query
 from tests.integration.worker_support import (
     THRESHOLDS,

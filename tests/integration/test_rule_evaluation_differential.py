@@ -1,6 +1,6 @@
-"""The incremental rule evaluation (``spark_detector.rule_evaluation``) against the full one it
-replaced (``tests/full_evaluation.py``): the same random streams, with random thresholds, applied
-to two databases; the detections, the chunk after which each fired and its evidence must be
+"""The incremental rule evaluation (``spark_detector.engine.rule_evaluation``) against the full
+one it replaced (``tests/full_evaluation.py``): the same random streams, with random thresholds,
+applied to two databases; the detections, the chunk after which each fired and its evidence must be
 equal, chunk by chunk.
 
 The streams are made to reach every path of the incremental evaluation: ties in counts and in
@@ -23,9 +23,10 @@ import psycopg2.extensions
 import pytest
 
 from infra.local import postgres
-from spark_detector import db, rule_evaluation
+from spark_detector import db
 from spark_detector.chunk_aggregates import ChunkAggregates, PairAggregate
-from spark_detector.detection_state import ChunkRef, Thresholds, apply_chunk
+from spark_detector.engine import rule_evaluation
+from spark_detector.engine.state import ChunkRef, Thresholds, apply_chunk
 from tests.full_evaluation import applying_in_full
 
 Y_START = datetime(2026, 1, 1, tzinfo=UTC)

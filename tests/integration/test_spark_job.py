@@ -14,11 +14,11 @@ import uuid
 import boto3
 import pytest
 
-from spark_detector.batch_result import NO_WEIGHTS, BatchResult, weight_table
 from spark_detector.chunk_aggregates import key_weights
-from spark_detector.chunk_fetch import FetchSpec, fetch_chunk, fetch_chunks, fetched_frame
 from spark_detector.parsing import parse_chunk, parse_customer_importance
-from spark_detector.spark_job import aggregate_batch
+from spark_detector.spark.batch_result import NO_WEIGHTS, BatchResult, weight_table
+from spark_detector.spark.fetch import FetchSpec, fetch_chunk, fetch_chunks, fetched_frame
+from spark_detector.spark.job import aggregate_batch
 from tests.conftest import TEST_DATA
 from tests.reference_model import (
     ChunkRejectedWhole,

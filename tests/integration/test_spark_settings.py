@@ -14,13 +14,13 @@ import zipfile
 
 import pytest
 
-from spark_detector.spark_session import zip_package
+from spark_detector.spark.session import zip_package
 
 pytestmark = pytest.mark.spark
 
 REPORT = """
 import json
-from spark_detector.spark_session import build_spark
+from spark_detector.spark.session import build_spark
 spark = build_spark()
 context = spark.sparkContext
 print(json.dumps({
@@ -87,6 +87,6 @@ def test_the_shipped_zip_holds_the_package_sources_only(tmp_path):
     archive = zip_package(tmp_path / "spark_detector.zip")
 
     names = zipfile.ZipFile(archive).namelist()
-    assert {"spark_detector/__init__.py", "spark_detector/spark_job.py",
+    assert {"spark_detector/__init__.py", "spark_detector/spark/job.py",
             "spark_detector/parsing.py", "spark_detector/chunk_aggregates.py"} <= set(names)
     assert all(name.startswith("spark_detector/") and name.endswith(".py") for name in names)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from spark_detector.chunk_fetch import warm_up_body
-from spark_detector.spark_job import FetchSpec, warm_up
+from spark_detector.spark.fetch import warm_up_body
+from spark_detector.spark.job import FetchSpec, warm_up
 from tests.reference_model import aggregate_rows, pairs_from_copy_text, read_chunk
 
 pytestmark = pytest.mark.spark

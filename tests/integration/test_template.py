@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from chunk_contract import layout
-from spark_detector import emf
+from spark_detector.worker import emf
 from tests.conftest import REPO_ROOT
 
 TEMPLATE = REPO_ROOT / "template.yaml"

@@ -9,7 +9,7 @@ import pytest
 
 from spark_detector import db
 from spark_detector.config import WorkerSettings
-from spark_detector.worker import Worker
+from spark_detector.worker.loop import Worker
 from tests.integration.worker_support import (
     applied_order,
     assert_applied_in_production_order,

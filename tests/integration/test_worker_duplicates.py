@@ -14,7 +14,7 @@ from chunk_contract.layout import CHUNK_PREFIX, chunk_key
 from infra.local.stack import poll_until
 from spark_detector import db
 from spark_detector.config import WorkerSettings
-from spark_detector.status import collect_status, format_status
+from spark_detector.ops.status import collect_status, format_status
 from tests.integration.worker_support import (
     AwsResources,
     applied_count,

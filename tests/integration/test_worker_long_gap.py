@@ -10,7 +10,7 @@ import pytest
 
 from chunk_contract.layout import CHUNK_PREFIX
 from spark_detector import db
-from spark_detector.status import collect_status
+from spark_detector.ops.status import collect_status
 from tests.integration.worker_support import (
     AwsResources,
     applied_order,

@@ -10,8 +10,8 @@ import subprocess
 import psycopg2
 import pytest
 
-from spark_detector.chunk_queue import MAX_HOLD_SECONDS, InFlight, Received
-from spark_detector.status import collect_status
+from spark_detector.ops.status import collect_status
+from spark_detector.worker.chunk_queue import MAX_HOLD_SECONDS, InFlight, Received
 from tests.integration.worker_support import (
     AwsResources,
     applied_order,

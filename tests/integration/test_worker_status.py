@@ -8,9 +8,10 @@ from decimal import Decimal
 
 import boto3
 
-from spark_detector import db, detection_state
+from spark_detector import db
 from spark_detector.config import WorkerSettings
-from spark_detector.status import collect_status, format_status
+from spark_detector.engine import state as detection_state
+from spark_detector.ops.status import collect_status, format_status
 from tests.reference_model import chunk_from_rows
 
 

@@ -33,11 +33,11 @@ import psycopg2
 from chunk_contract.layout import CHUNK_PREFIX, chunk_key, chunk_seq
 from chunk_contract.message import ChunkMessage
 from infra.local.stack import poll_until
-from spark_detector.detection_state import Thresholds
+from spark_detector.engine.state import Thresholds
 from tests.reference_model import ChunkRejectedWhole, ReferenceEngine, read_chunk, read_weights
 
 if TYPE_CHECKING:
-    from spark_detector.worker import BatchSummary, Worker
+    from spark_detector.worker.loop import BatchSummary, Worker
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -397,11 +397,11 @@ def make_worker(resources: AwsResources, database_url: str, spark, weights,
                 **overrides) -> Worker:
     """The real Worker in this process, on the session's SparkSession, started."""
     from spark_detector import db
-    from spark_detector.batch_result import weight_table
     from spark_detector.config import WorkerSettings
-    from spark_detector.spark_job import FetchSpec
-    from spark_detector.spark_runtime import SparkAggregator
-    from spark_detector.worker import Worker
+    from spark_detector.spark.batch_result import weight_table
+    from spark_detector.spark.job import FetchSpec
+    from spark_detector.worker.loop import Worker
+    from spark_detector.worker.spark_runtime import SparkAggregator
 
     options = {"wait_time_seconds": 0, "batch_window_seconds": 0.2, "max_batch_chunks": 4,
                "thresholds": THRESHOLDS, **overrides}

@@ -9,16 +9,16 @@ from decimal import Decimal
 import pyarrow as pa
 import pytest
 
-from spark_detector.batch_query import CHUNK, OUTPUT_COLUMNS, PAIR, REJECTED_ROW
-from spark_detector.batch_result import (
+from spark_detector.chunk_aggregates import Transaction
+from spark_detector.parsing import RejectedRow
+from spark_detector.spark.batch_result import (
     NO_WEIGHTS,
     BatchIntegrityError,
     assemble_batch,
     weight_table,
 )
-from spark_detector.chunk_aggregates import Transaction
-from spark_detector.chunk_fetch import OK, REJECTED
-from spark_detector.parsing import RejectedRow
+from spark_detector.spark.fetch import OK, REJECTED
+from spark_detector.spark.query import CHUNK, OUTPUT_COLUMNS, PAIR, REJECTED_ROW
 from tests.reference_model import ReferenceRow, aggregate_rows, pairs_from_copy_text
 
 AMOUNT = pa.decimal128(28, 2)

@@ -7,8 +7,7 @@ import json
 import logging
 
 from json_logs import configure
-from spark_detector import emf
-from spark_detector.worker import BatchSummary
+from spark_detector.worker.loop import BatchSummary, emf
 
 
 def test_a_batch_line_publishes_its_numbers_under_the_namespace():

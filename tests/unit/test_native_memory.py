@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from spark_detector.native_memory import MALLOC_ENV, tune_arrow_pool, tune_malloc
+from spark_detector.worker.native_memory import MALLOC_ENV, tune_arrow_pool, tune_malloc
 
 
 def test_malloc_settings_reach_the_environment_of_later_processes():

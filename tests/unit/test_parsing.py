@@ -193,8 +193,8 @@ def test_customer_importance_without_a_weight_column_is_rejected():
 
 
 def test_a_weight_that_rounds_past_decimal_22_10_is_a_bad_row_not_a_crash_later():
-    from spark_detector.batch_result import weight_table
     from spark_detector.chunk_aggregates import key_weights
+    from spark_detector.spark.batch_result import weight_table
 
     data = (b"Source,Target,Weight,typeTrans,fraud\n"
             b"'C1','M1',999999999999.999999,'es_food',0\n"

@@ -9,8 +9,8 @@ from decimal import Decimal
 import pytest
 
 from spark_detector.db import redact_dsn
-from spark_detector.detection_state import Thresholds
-from spark_detector.replay_plan import (
+from spark_detector.engine.state import Thresholds
+from spark_detector.ops.replay_plan import (
     ADDED,
     COMPARE_COLUMNS,
     KEYS,
@@ -166,7 +166,7 @@ def test_compare_of_identical_runs_is_empty():
 
 
 def test_the_replay_driver_gets_its_jvm_options_unless_the_operator_set_some():
-    from spark_detector.replay import REPLAY_JAVA_OPTIONS, submit_args_for_local_driver
+    from spark_detector.ops.replay import REPLAY_JAVA_OPTIONS, submit_args_for_local_driver
 
     args = submit_args_for_local_driver({})
     assert REPLAY_JAVA_OPTIONS in args and args.endswith("pyspark-shell")
@@ -175,7 +175,7 @@ def test_the_replay_driver_gets_its_jvm_options_unless_the_operator_set_some():
 
 
 def test_numbers_missing_from_the_archive_and_not_settled_are_the_gaps():
-    from spark_detector.replay_plan import unsettled_gaps
+    from spark_detector.ops.replay_plan import unsettled_gaps
 
     assert unsettled_gaps([1, 2, 5, 7, None], [3, None]) == [4, 6]  # None: a hand upload
     assert unsettled_gaps([None], []) == []
@@ -185,7 +185,7 @@ def test_a_rebuild_run_again_keeps_its_order_unless_told_another():
     from datetime import UTC, datetime
 
     from spark_detector.db import RebuildState
-    from spark_detector.rebuild import LiveRebuild
+    from spark_detector.ops.rebuild import LiveRebuild
 
     unfinished = RebuildState(datetime(2026, 12, 1, tzinfo=UTC), "alice", KEYS, 1)
     assert LiveRebuild(None, unfinished).order(None) == KEYS

@@ -1,14 +1,19 @@
 """The worker's JVM defaults are passed to the JVM's launch only where nobody else decides."""
 
-from spark_detector.class_archive import ARCHIVE_ENV, DEFAULT_ARCHIVE, archive_path, build_archive
-from spark_detector.driver_chunks import DEFAULT_JAR, JAR_ENV, jar_path
-from spark_detector.spark_session import (
+from spark_detector.spark.session import (
     CLASS_PATH,
     JAVA_OPTIONS,
     WORKER_JVM_DEFAULTS,
     jvm_defaults,
     spark_defaults_keys,
 )
+from spark_detector.spark.speedups.class_archive import (
+    ARCHIVE_ENV,
+    DEFAULT_ARCHIVE,
+    archive_path,
+    build_archive,
+)
+from spark_detector.spark.speedups.driver_chunks import DEFAULT_JAR, JAR_ENV, jar_path
 
 NO_JAR = {JAR_ENV: ""}
 NO_ARCHIVE = {ARCHIVE_ENV: "", **NO_JAR}

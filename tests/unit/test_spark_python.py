@@ -1,6 +1,6 @@
 """Which interpreter Spark's Python workers run (issue: PATH's python3 is not the venv's)."""
 
-from spark_detector.spark_session import python_for_workers
+from spark_detector.spark.session import python_for_workers
 
 DRIVER = "/opt/app/.venv/bin/python"
 

@@ -3,10 +3,10 @@ driver's memory is sized for, and when a job counts as a dead runtime."""
 
 from __future__ import annotations
 
-from spark_detector.batch_result import BatchResult, merged_results
 from spark_detector.config import WorkerSettings
-from spark_detector.spark_job import bounded_groups, line_groups
-from spark_detector.worker import Worker, _broken_gateway
+from spark_detector.spark.batch_result import BatchResult, merged_results
+from spark_detector.spark.job import bounded_groups, line_groups
+from spark_detector.worker.loop import Worker, _broken_gateway
 
 MiB = 2**20
 

@@ -4,7 +4,7 @@ import boto3
 import pytest
 
 from chunk_contract.message import ChunkMessage
-from spark_detector.chunk_queue import (
+from spark_detector.worker.chunk_queue import (
     InFlight,
     Received,
     change_visibility,

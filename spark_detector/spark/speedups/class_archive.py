@@ -1,5 +1,5 @@
 """The Spark driver JVM's classes, archived once so that each worker start maps them instead of
-loading them from Spark's jars: ``python -m spark_detector.class_archive [PATH]``.
+loading them from Spark's jars: ``python -m spark_detector.spark.speedups.class_archive [PATH]``.
 
 The JVM's class-data sharing (CDS, a "dynamic archive", Java 13+): a JVM started with
 ``-XX:ArchiveClassesAtExit=FILE`` writes the classes it loaded, parsed and verified, when it
@@ -57,9 +57,9 @@ def build_archive(path: Path) -> Path | None:
     path has whitespace."""
     from pyspark import SparkContext
 
-    from spark_detector.chunk_fetch import FetchSpec
-    from spark_detector.spark_job import warm_up
-    from spark_detector.spark_session import (
+    from spark_detector.spark.fetch import FetchSpec
+    from spark_detector.spark.job import warm_up
+    from spark_detector.spark.session import (
         JAVA_OPTIONS,
         build_spark,
         jvm_defaults,
@@ -93,8 +93,8 @@ def build_archive(path: Path) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    path = build_command_target(argv, "spark_detector.class_archive", __doc__, "the class archive",
-                                ARCHIVE_ENV, archive_path())
+    path = build_command_target(argv, "spark_detector.spark.speedups.class_archive", __doc__,
+                                "the class archive", ARCHIVE_ENV, archive_path())
     if path is None:
         return 0
     started = time.perf_counter()

@@ -1,5 +1,5 @@
 """A batch's chunks handed to Spark by the driver, through a query planned once (local mode):
-``python -m spark_detector.driver_chunks [PATH]`` builds the jar it needs.
+``python -m spark_detector.spark.speedups.driver_chunks [PATH]`` builds the jar it needs.
 
 Spark runs a DataFrame's plan again on new data only when a source reads that data at
 execution time. A DataFrame made from each batch's rows (``chunk_fetch.fetched_frame``)
@@ -37,8 +37,8 @@ from pathlib import Path
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
-from spark_detector.chunk_fetch import FETCHED_SCHEMA
 from spark_detector.config import build_command_target, optional_path
+from spark_detector.spark.fetch import FETCHED_SCHEMA
 
 JAR_ENV = "SPARK_DRIVER_CHUNKS_JAR"
 # Beside the installed pyspark it was compiled against: a virtual environment or the image's.
@@ -148,7 +148,7 @@ class DriverChunks:
 
 
 def main(argv: list[str] | None = None) -> int:
-    path = build_command_target(argv, "spark_detector.driver_chunks", __doc__,
+    path = build_command_target(argv, "spark_detector.spark.speedups.driver_chunks", __doc__,
                                 "the driver chunks jar", JAR_ENV, jar_path())
     if path is None:
         return 0

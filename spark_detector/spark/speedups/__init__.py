@@ -1,0 +1,1 @@
+"""The optional JVM speed-ups of local mode: the driver-chunks jar and the class archive."""
