@@ -18,7 +18,7 @@ LOCKS  := requirements/build.txt requirements/worker.txt requirements/dev.txt
 IMAGE  ?= txn-worker:latest
 IMAGE_ARGS ?=
 
-.PHONY: test lint demo up down bench bench-state-size bench-growing clean check-java build-TriggerFunction lock audit image push image-test
+.PHONY: test lint typecheck demo up down bench bench-state-size bench-growing clean check-java build-TriggerFunction lock audit image push image-test
 
 # pip installs exactly the lock (--require-hashes, --no-deps); the build backend is locked
 # too and used without build isolation, so nothing unpinned is fetched to build pyspark.
@@ -68,7 +68,7 @@ image-test: $(STAMP)
 check-java:
 	@$(PY) -m infra.java_check
 
-$(DRIVER_CHUNKS_JAR): $(STAMP) spark_detector/jvm/DriverChunks.java | check-java
+$(DRIVER_CHUNKS_JAR): $(STAMP) spark_detector/spark/speedups/jvm/DriverChunks.java | check-java
 	$(PY) -m spark_detector.spark.speedups.driver_chunks
 
 $(CLASS_ARCHIVE): $(STAMP) $(DRIVER_CHUNKS_JAR) | check-java
@@ -77,7 +77,11 @@ $(CLASS_ARCHIVE): $(STAMP) $(DRIVER_CHUNKS_JAR) | check-java
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-test: $(STAMP) check-java lint $(CLASS_ARCHIVE)
+# The type checker over the product packages ([tool.mypy] in pyproject.toml).
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+test: $(STAMP) check-java lint typecheck $(CLASS_ARCHIVE)
 	$(PY) -m pytest $(ARGS)
 
 # The whole pipeline locally, with a live view: `make demo ARGS="--rows 60000 --interval 0.5"`.

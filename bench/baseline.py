@@ -19,7 +19,7 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from spark_detector.engine.state import Thresholds
+from spark_detector.engine.rules import Thresholds
 
 
 def unquote(column: str) -> F.Column:

@@ -77,7 +77,7 @@ def reference_detections(batches: Sequence[Sequence[str]], chunks_dir: Path, imp
 
 
 def compare(out_dir: Path, chunks_dir: Path, importance: Path, thresholds=None) -> dict:
-    from spark_detector.engine.state import thresholds_from_env
+    from spark_detector.engine.rules import thresholds_from_env
 
     thresholds = thresholds or thresholds_from_env(os.environ)
     chunks = read_jsonl(out_dir / "peer_chunks.jsonl")

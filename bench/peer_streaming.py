@@ -28,7 +28,7 @@ isolation):
   most once), record the micro-batch and its files. A micro-batch id already recorded is
   skipped (Spark replays a batch after a crash; the documented idempotent ``foreachBatch``).
 
-Thresholds: ``spark_detector.engine.state.Thresholds``, with the worker's ``PATID*``
+Thresholds: ``spark_detector.engine.rules.Thresholds``, with the worker's ``PATID*``
 environment overrides (``thresholds_from_env``).
 
 Local files, not S3: there is no s3a (hadoop-aws) jar on this offline machine, so the peer
@@ -366,7 +366,7 @@ class PeerSink:
 
     conn: object  # psycopg2 connection, search_path on the peer's schema
     weights_df: object
-    thresholds: object  # spark_detector.engine.state.Thresholds
+    thresholds: object  # spark_detector.engine.rules.Thresholds
     out_dir: Path
     chunks: list[dict] = field(default_factory=list)
     detections: list[dict] = field(default_factory=list)
@@ -479,7 +479,7 @@ def run_peer(chunks_dir: Path | str, importance: Path | str, database_url: str,
     started (a background thread); ``expect_chunks`` then defaults to their number. ``stop``
     (set, by a signal handler say) ends the run as the timeout would, without a failure.
     """
-    from spark_detector.engine.state import thresholds_from_env
+    from spark_detector.engine.rules import thresholds_from_env
     from spark_detector.spark.session import build_spark
 
     chunks_dir, out_dir = Path(chunks_dir), Path(out_dir)

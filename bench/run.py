@@ -618,7 +618,7 @@ def run_peer_phase(config: BenchConfig, chunk_paths: list[Path], importance: Pat
 
 def run_baseline_phase(paths: list[Path], importance: Path) -> dict:
     from bench.baseline import run_baseline
-    from spark_detector.engine.state import Thresholds
+    from spark_detector.engine.rules import Thresholds
     from spark_detector.spark.session import build_spark
 
     spark = build_spark(app_name="bench_baseline")

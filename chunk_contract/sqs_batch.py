@@ -8,6 +8,7 @@ exponential backoff, a bounded number of times; what still fails raises ``Enqueu
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -152,3 +153,14 @@ def enqueue(
         ]
         raise EnqueueFailed(failed, enqueued)
     return enqueued
+
+
+def dlq_url(sqs, queue_url: str) -> str | None:
+    """The DLQ behind a queue, from its redrive policy."""
+    attrs = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])
+    policy = attrs.get("Attributes", {}).get("RedrivePolicy")
+    if not policy:
+        return None
+    arn = json.loads(policy)["deadLetterTargetArn"]
+    account, name = arn.split(":")[4], arn.split(":")[5]
+    return sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"]

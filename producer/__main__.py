@@ -154,7 +154,7 @@ def run_generate(args: argparse.Namespace, err: TextIO) -> int:
             logger.info("generating", extra={"rows": rows, "of_rows": args.rows,
                                              "seconds": round(elapsed, 1)})
 
-    summary = growing.generate_growing(
+    grown = growing.generate_growing(
         args.out, rows=args.rows, customers=args.customers,
         merchants=50 if args.merchants is None else args.merchants, seed=args.seed,
         importance_customers=(growing.IMPORTANCE_CUSTOMERS if args.importance_customers is None
@@ -163,10 +163,10 @@ def run_generate(args: argparse.Namespace, err: TextIO) -> int:
     if err.isatty() and args.rows >= growing.PROGRESS_EVERY:
         err.write("\n")
     logger.info("generated", extra={
-        "rows": summary.rows, "customers": summary.customers, "merchants": summary.merchants,
-        "importance_rows": summary.importance_rows, "seed": args.seed, "growing": True,
-        "transactions": str(summary.transactions_path),
-        "importance": str(summary.importance_path),
+        "rows": grown.rows, "customers": grown.customers, "merchants": grown.merchants,
+        "importance_rows": grown.importance_rows, "seed": args.seed, "growing": True,
+        "transactions": str(grown.transactions_path),
+        "importance": str(grown.importance_path),
         "seconds": round(time.perf_counter() - started, 2)})
     return 0
 

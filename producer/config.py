@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from chunk_contract import layout
 
@@ -49,7 +50,7 @@ class ProducerSettings:
         settings.validate()
         return settings
 
-    def override(self, **changes: object) -> ProducerSettings:
+    def override(self, **changes: Any) -> ProducerSettings:
         """A copy with the CLI flags that were given (``None`` means "not given")."""
         settings = replace(self, **{k: v for k, v in changes.items() if v is not None})
         settings.validate()

@@ -165,7 +165,7 @@ def _merchant_weights(rng: random.Random, customers: Sequence[Customer], merchan
 def plan_pairs(
     rng: random.Random, customers: Sequence[Customer], merchant_rows: Mapping[str, int]
 ) -> list[Pair]:
-    pairs = []
+    pairs: list[Pair] = []
     for merchant, total in merchant_rows.items():
         weights = _merchant_weights(rng, customers, merchant)
         if total == 0:
@@ -189,8 +189,8 @@ def plan_days(rng: random.Random, pairs: Sequence[Pair], steps: int) -> list[arr
     for index, pair in enumerate(pairs):
         for day in rng.choices(day_range, cum_weights=cum_weights, k=pair.count):
             days[day].append(index)
-    for day in days:
-        rng.shuffle(day)
+    for day_rows in days:
+        rng.shuffle(day_rows)
     return days
 
 
@@ -245,10 +245,10 @@ def generate(out_dir: Path, rows: int = profile.FULL_ROWS, seed: int = 0) -> Gen
     with output_files(out_dir) as (txn, imp):
         for step, day in enumerate(days):
             for index in day:
-                amount = repr(round(mean_amount[index] * gamma(AMOUNT_SHAPE, scale), 2))
-                fraud = "1" if uniform() < fraud_rate[index] else "0"
-                txn.write(f"{step},{txn_prefix[index]}{amount},{fraud}\n")
-                imp.write(f"{imp_prefix[index]}{amount}{imp_suffix[index]}{fraud}\n")
+                drawn = repr(round(mean_amount[index] * gamma(AMOUNT_SHAPE, scale), 2))
+                flag = "1" if uniform() < fraud_rate[index] else "0"
+                txn.write(f"{step},{txn_prefix[index]}{drawn},{flag}\n")
+                imp.write(f"{imp_prefix[index]}{drawn}{imp_suffix[index]}{flag}\n")
     return GenerationSummary(
         rows=rows,
         customers=customer_count,

@@ -47,7 +47,7 @@ def google_drive_download_url(url: str) -> str:
     if parts.hostname not in {"drive.google.com", "docs.google.com"}:
         return url
     match = _DRIVE_ID.search(parts.path)
-    file_id = match.group(1) if match else (parse_qs(parts.query).get("id") or [None])[0]
+    file_id = match.group(1) if match else next(iter(parse_qs(parts.query).get("id", [])), None)
     if not file_id:
         return url
     return f"https://drive.usercontent.google.com/download?id={file_id}&export=download&confirm=t"
@@ -100,7 +100,7 @@ class OpenSource:
     name: str
     fingerprint: str
     size: int | None
-    stream: io.BufferedReader
+    stream: BinaryIO
 
     def lines(self) -> Iterator[bytes]:
         return iter(self.stream)

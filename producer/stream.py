@@ -12,7 +12,7 @@ import http.client
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -189,7 +189,7 @@ def _pass_from_top(uri: str, s3: Any, rows_per_chunk: int, first_seq: int) -> It
 
 
 def _passes(first: Iterator[Chunk], next_pass: Callable[[int], Iterator[Chunk]], passes: int,
-            next_seq: int) -> Iterator[Chunk]:
+            next_seq: int) -> Generator[Chunk, None, None]:
     """The first (possibly resumed) pass, then ``passes - 1`` passes from the top; sequence
     numbers keep increasing across passes."""
     for chunk in first:

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import boto3
 import psycopg2
@@ -75,6 +76,7 @@ def cmd_run(settings: WorkerSettings, args: argparse.Namespace) -> int:
     # before any thread or child process exists (the JVM inherits the environment set here)
     # and before pyarrow's import (the modules below import it)
     tuned = {**tune_malloc(), **tune_arrow_pool()}
+    from spark_detector.ops.backfill import backfill
     from spark_detector.spark.reference_weights import ReferenceRejected, ReferenceUnavailable
     from spark_detector.worker.loop import DatabaseUnavailable, Worker, logger
     from spark_detector.worker.spark_runtime import SparkAggregator
@@ -113,7 +115,8 @@ def cmd_run(settings: WorkerSettings, args: argparse.Namespace) -> int:
     worker = Worker(settings, s3=s3, sqs=sqs, connect=lambda: db.connect(settings.database_url),
                     aggregate=aggregator.aggregate, runtime_alive=aggregator.alive,
                     kill_runtime=aggregator.kill, warm_up=aggregator.warm_up,
-                    y_start_time=y_start_time, stop_event=stop_event)
+                    y_start_time=y_start_time, stop_event=stop_event,
+                    backfill=lambda conn: backfill(conn, s3, sqs, settings))
     try:
         return worker.run(drain=args.drain)
     except db.RebuildInProgress as exc:
@@ -204,11 +207,11 @@ def cmd_migrate(settings: WorkerSettings, _args: argparse.Namespace) -> int:
 
 
 def cmd_replay(settings: WorkerSettings, args: argparse.Namespace) -> int:
+    from spark_detector.engine.failures import failure_text
     from spark_detector.ops.replay import ReplayOptions, run_replay, submit_args_for_local_driver
     from spark_detector.ops.replay_plan import ReplayError, ReplayRefused
     from spark_detector.spark.job import FetchSpec
     from spark_detector.spark.session import build_spark
-    from spark_detector.worker.loop import failure_text
 
     options = ReplayOptions(into=args.into, replace=args.replace, order=args.order,
                             rules=tuple(args.rule), importance=args.importance,
@@ -244,7 +247,7 @@ def cmd_replay(settings: WorkerSettings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _replace(settings: WorkerSettings, **changes: object) -> WorkerSettings:
+def _replace(settings: WorkerSettings, **changes: Any) -> WorkerSettings:
     from dataclasses import replace
 
     return replace(settings, **changes)

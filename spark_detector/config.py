@@ -5,17 +5,14 @@ Every variable, its default and meaning is listed in docs/configuration.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import quote
 
 from chunk_contract import layout
-from spark_detector.engine.state import THRESHOLD_ENV, Thresholds, thresholds_from_env
+from spark_detector.engine.rules import RuleError, Thresholds, thresholds_from_env
 
 
 class ConfigError(ValueError):
@@ -65,40 +62,10 @@ def _optional_seconds(env: Mapping[str, str], name: str) -> float | None:
         raise ConfigError(f"{name}={raw!r} is not a number of seconds") from exc
 
 
-def optional_path(env: Mapping[str, str], name: str, default: Path) -> Path | None:
-    """The file the variable ``name`` names: ``default`` when it is unset, None (no file)
-    when it is set empty."""
-    value = env.get(name)
-    if value is None:
-        return default
-    return Path(value) if value.strip() else None
-
-
-def build_target(argv: list[str], name: str, default: Path | None) -> Path | None:
-    """Where a build command writes: its argument, else ``default`` (the file the variable
-    ``name`` names); None, said on stderr, when the variable is set empty."""
-    if argv:
-        return Path(argv[0])
-    if default is None:
-        print(f"{name} is set empty: nothing to build", file=sys.stderr)
-    return default
-
-
-def build_command_target(argv: list[str] | None, module: str, doc: str, what: str, name: str,
-                         default: Path | None) -> Path | None:
-    """``python -m MODULE [PATH]`` of a build command (with ``--help``): ``build_target``."""
-    parser = argparse.ArgumentParser(prog=f"python -m {module}",
-                                     description=doc.split("\n\n")[0].replace("\n", " "))
-    parser.add_argument("path", nargs="?", help=f"where to write {what} (default: ${name}, "
-                        "else under this Python's prefix)")
-    args = parser.parse_args(argv)
-    return build_target([args.path] if args.path else [], name, default)
-
-
 def _thresholds(env: Mapping[str, str]) -> Thresholds:
     try:
         return thresholds_from_env(env)
-    except ValueError as exc:
+    except RuleError as exc:
         raise ConfigError(str(exc)) from exc
 
 
@@ -295,16 +262,3 @@ def validate(settings: WorkerSettings) -> None:
             raise ConfigError(
                 f"{env_name}={prefix!r} overlaps CHUNK_PREFIX={settings.chunk_prefix!r}: the"
                 " worker's own objects would be taken for chunks")
-    t = settings.thresholds
-    _in_range(THRESHOLD_ENV["upgrade_min_total"], t.upgrade_min_total, 0, None)
-    _in_range(THRESHOLD_ENV["upgrade_count_percentile"], t.upgrade_count_percentile, 0, 1,
-              low_open=True, high_open=True)
-    _in_range(THRESHOLD_ENV["upgrade_weight_percentile"], t.upgrade_weight_percentile, 0, 1,
-              low_open=True, high_open=True)
-    _in_range(THRESHOLD_ENV["child_min_count"], t.child_min_count, 1, None)
-    if not t.child_max_avg_amount.is_finite():
-        raise ConfigError(f"{THRESHOLD_ENV['child_max_avg_amount']}="
-                          f"{t.child_max_avg_amount} is out of range: allowed (0, inf)")
-    _in_range(THRESHOLD_ENV["child_max_avg_amount"], float(t.child_max_avg_amount), 0, None,
-              low_open=True)
-    _in_range(THRESHOLD_ENV["dei_min_female"], t.dei_min_female, 0, None)

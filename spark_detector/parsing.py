@@ -274,7 +274,10 @@ def parse_customer_importance(
     rows: list[tuple[WeightKey, Decimal]] = []
     rejected: list[RejectedRow] = []
     for item in iter_customer_importance(data, key):
-        (rejected if isinstance(item, RejectedRow) else rows).append(item)
+        if isinstance(item, RejectedRow):
+            rejected.append(item)
+        else:
+            rows.append(item)
     return ParsedWeights(tuple(rows), tuple(rejected))
 
 
@@ -310,3 +313,12 @@ def _weight_rows(names: list[str], at: dict[str, int], body: str | None
             yield RejectedRow(row, weight, line)
             continue
         yield (customer, merchant, category), weight
+
+
+def size_rejection(size: int, max_bytes: int) -> str | None:
+    """Why a chunk is rejected whole before anything reads it, from its size alone."""
+    if size == 0:
+        return "empty chunk (0 bytes)"
+    if size > max_bytes:
+        return f"too large: {size:,} bytes, the limit is {max_bytes:,}"
+    return None

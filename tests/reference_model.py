@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 
 from spark_detector.chunk_aggregates import ChunkAggregates, PairAggregate
-from spark_detector.engine.state import Thresholds
+from spark_detector.engine.rules import Thresholds
 
 ACTION_TYPES = {"PatId1": "UPGRADE", "PatId2": "CHILD", "PatId3": "DEI-NEEDED"}
 

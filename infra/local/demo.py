@@ -39,11 +39,10 @@ from infra.local.view import (
     render,
     render_summary,
 )
-from spark_detector.engine.state import THRESHOLD_ENV
+from spark_detector.engine.rules import BY_VARIABLE, RuleError, rule_variables
 
 FULL_ROWS = 594_643
 DEMO_DATABASE = "txn_demo"
-RULES = tuple(THRESHOLD_ENV)  # the detection_state.Thresholds fields
 CLEAR = "\x1b[H\x1b[2J"
 
 
@@ -51,22 +50,13 @@ class DemoError(RuntimeError):
     """The demo cannot start; the message says why and what to do."""
 
 
-def threshold_variable(name: str) -> str:
-    """The environment variable the worker reads for the ``Thresholds`` field ``name``."""
-    return THRESHOLD_ENV[name]
-
-
 def parse_rules(values: Sequence[str]) -> dict[str, str]:
-    """``--rule child_min_count=40`` -> ``{<the worker's variable for it>: "40"}``."""
-    rules = {}
-    for value in values:
-        name, sep, setting = value.partition("=")
-        name = name.strip().lower()
-        if not sep or name not in RULES or not setting.strip():
-            raise DemoError(f"--rule {value!r}: expected NAME=VALUE with NAME one of "
-                            + ", ".join(RULES))
-        rules[threshold_variable(name)] = setting.strip()
-    return rules
+    """``--rule PATID2_MIN_COUNT=40`` -> ``{"PATID2_MIN_COUNT": "40"}``, checked as the worker
+    checks its environment (``spark_detector.engine.rules``)."""
+    try:
+        return rule_variables(values)
+    except RuleError as exc:
+        raise DemoError(str(exc)) from exc
 
 
 def sample_data(work_dir: Path, rows: int) -> tuple[Path, Path]:
@@ -117,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--interval", type=float, default=1.0,
                         help="seconds between chunks (default 1.0; 0 = as fast as possible)")
     parser.add_argument("--rule", action="append", default=[], metavar="NAME=VALUE",
-                        help="override a detection threshold, e.g. child_min_count=40 "
-                             f"(names: {', '.join(RULES)})")
+                        help="override a detection threshold, e.g. PATID2_MIN_COUNT=40 "
+                             f"(names: {', '.join(BY_VARIABLE)})")
     parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / ".local",
                         help="data, logs, embedded PostgreSQL and outputs (default .local)")
     parser.add_argument("--no-view", action="store_true",

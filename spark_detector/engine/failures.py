@@ -9,6 +9,7 @@ is recorded here; after ``max_failures`` the worker moves the chunk to the DLQ i
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -99,3 +100,17 @@ def dead_lettered_chunks(conn: psycopg2.extensions.connection,
         cur.execute(f"SELECT {_COLUMNS} FROM chunk_failures WHERE dead_lettered_at IS NOT NULL"
                     " ORDER BY dead_lettered_at DESC LIMIT %s", (limit,))
         return [ChunkFailure(*row) for row in cur.fetchall()]
+
+
+_CAUSE_LINE = re.compile(r"^\s*([\w.]+(?:Error|Exception|Failure)): (.+)$")
+
+
+def failure_text(exc: BaseException) -> str:
+    """One line saying what went wrong. A Spark task's error arrives wrapped in a long
+    report; its last "SomeError: message" line is the cause worth recording."""
+    lines = str(exc).strip().splitlines()
+    causes = [m for m in map(_CAUSE_LINE.match, lines) if m]
+    if causes:
+        name, message = causes[-1].groups()
+        return f"{name.rsplit('.', 1)[-1]}: {message}"[:1000]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:1000]

@@ -36,7 +36,7 @@ def turn_of(seq: int | None, next_seq: int) -> Turn:
 class OutOfTurn(RuntimeError):
     """A chunk was offered for apply before its predecessor was settled (nothing changed)."""
 
-    def __init__(self, key: str, seq: int, next_seq: int) -> None:
+    def __init__(self, key: str, seq: int | None, next_seq: int) -> None:
         super().__init__(f"{key}: chunk {seq} must wait for chunk {next_seq}")
         self.key, self.seq, self.next_seq = key, seq, next_seq
 
@@ -98,7 +98,7 @@ def ready_run(held: Mapping[str, int | None], next_seq: int, limit: int,
         turn = turn_of(seq, next_seq)
         if turn in (Turn.UNSEQUENCED, Turn.LATE):
             ready.append(key)
-        elif seq not in by_seq or key < by_seq[seq]:
+        elif seq is not None and (seq not in by_seq or key < by_seq[seq]):
             by_seq[seq] = key
     ready = ready[:limit]
     n = next_seq

@@ -30,9 +30,8 @@ import io
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 
 import psycopg2.extensions
 
@@ -43,6 +42,7 @@ from spark_detector.engine import rule_evaluation
 from spark_detector.engine.detection import Detection, detection_from_row
 from spark_detector.engine.ordering import DuplicateNumber, OutOfTurn, Turn, number_holder, turn_of
 from spark_detector.engine.outbox import close_full_files
+from spark_detector.engine.rules import Thresholds, thresholds_from_env
 from spark_detector.failpoints import failpoint
 from spark_detector.pair_copy import COPY_COLUMNS, PreparedPairs, pairs_copy_text
 
@@ -65,45 +65,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """The rules' constants (the documented defaults); tests use small ones."""
-
-    upgrade_min_total: int = 50_000  # PatId1: total(m) > this
-    upgrade_count_percentile: float = 0.90  # PatId1: txn_count >= this percentile
-    upgrade_weight_percentile: float = 0.10  # PatId1: avg_weight <= this percentile
-    child_min_count: int = 80  # PatId2: txn_count >= this
-    child_max_avg_amount: Decimal = Decimal(23)  # PatId2: amount_sum < this * txn_count
-    dei_min_female: int = 100  # PatId3: female(m) > this (and female < male)
-
-
-# Environment variables that override Thresholds (read by the worker's config at start-up).
-THRESHOLD_ENV = {
-    "upgrade_min_total": "PATID1_MIN_TOTAL",
-    "upgrade_count_percentile": "PATID1_COUNT_PERCENTILE",
-    "upgrade_weight_percentile": "PATID1_WEIGHT_PERCENTILE",
-    "child_min_count": "PATID2_MIN_COUNT",
-    "child_max_avg_amount": "PATID2_MAX_AVG_AMOUNT",
-    "dei_min_female": "PATID3_MIN_FEMALE",
-}
-
-
-def thresholds_from_env(env: Mapping[str, str]) -> Thresholds:
-    """Thresholds with any of ``THRESHOLD_ENV``'s variables that are set applied."""
-    overrides: dict[str, object] = {}
-    for field in fields(Thresholds):
-        name = THRESHOLD_ENV[field.name]
-        raw = env.get(name)
-        if raw is None or raw == "":
-            continue
-        kind = {"int": int, "float": float, "Decimal": Decimal}[str(field.type)]
-        try:
-            overrides[field.name] = kind(raw)
-        except (ValueError, ArithmeticError) as exc:
-            raise ValueError(f"{name}={raw!r} is not a valid {field.type}") from exc
-    return Thresholds(**overrides)
 
 
 @dataclass(frozen=True)
@@ -240,7 +201,7 @@ def try_apply_chunk(
         if _is_done(cur, chunk.key):
             log.info("chunk already done", extra={"chunk_key": chunk.key})
             return None
-        turn = _claim_turn(cur, chunk)
+        _claim_turn(cur, chunk)
         cur.execute(
             _CLAIM_SQL,
             {
@@ -258,7 +219,7 @@ def try_apply_chunk(
         if claimed is None:  # unreachable under the lock; kept as the guard of exactly-once
             return None
         apply_order = claimed[0]
-        if turn is not Turn.UNSEQUENCED:
+        if chunk.seq is not None:  # Turn.UNSEQUENCED has no number to settle
             _settle(cur, chunk.seq, "applied", chunk.key)
         failpoint("apply_chunk", chunk.key)
         cur.copy_expert(_COPY_SQL, io.StringIO(prepared.copy_text))

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Generic, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
@@ -59,6 +60,7 @@ from spark_detector.engine import outbox
 from spark_detector.engine import state as detection_state
 from spark_detector.engine.ordering import DuplicateNumber, OutOfTurn
 from spark_detector.engine.publish import publish_pending
+from spark_detector.engine.rules import Thresholds, changed_rules
 from spark_detector.failpoints import failpoint
 from spark_detector.ops.rebuild import ENGINE_TABLES, REBUILD_SCHEMA, LiveRebuild, adopt_live_files
 from spark_detector.ops.replay_plan import (
@@ -71,7 +73,6 @@ from spark_detector.ops.replay_plan import (
     ReplayPlan,
     ReplayRefused,
     Target,
-    changed_rules,
     check_publish_prefix,
     compare_detections,
     compare_summary,
@@ -81,13 +82,14 @@ from spark_detector.ops.replay_plan import (
     thresholds_with_rules,
     unsettled_gaps,
 )
+from spark_detector.parsing import size_rejection
 from spark_detector.spark.batch_result import BatchResult, assemble_batch, weight_table
 from spark_detector.spark.job import FetchSpec, aggregate_chunks, fetch_chunks
 from spark_detector.spark.reference_weights import compute_weights
 from spark_detector.spark.session import EXIT_ON_OOM
-from spark_detector.worker.loop import size_rejection
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A replay's JVM lives for one job. C1-only JIT and the serial collector cut its CPU by a third
 # (bench/bench_replay.py, full data set: 29.9 -> 18.4 CPU-s in the JVM, 1.73 -> 1.43 GiB peak
@@ -326,6 +328,8 @@ def connect_target(target: Target, live_url: str) -> psycopg2.extensions.connect
         with db.transaction(conn), conn.cursor() as cur:
             cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         return conn
+    if target.database_url is None:
+        raise ReplayError("the replay names no database to write to")
     ensure_database(target.database_url)
     return connect(target.database_url)
 
@@ -438,26 +442,26 @@ def aggregate_archive(spark, fetch_spec: FetchSpec, keys: list[str],
     return ArchiveAggregates(query.toArrow(), weights)
 
 
-class _Background:
+class _Background(Generic[T]):
     """Run ``fn`` on a thread; ``result()`` joins and re-raises its error in the caller."""
 
-    def __init__(self, fn: Callable[[], object], name: str) -> None:
-        self._value: object = None
+    def __init__(self, fn: Callable[[], T], name: str) -> None:
+        self._value: T | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(fn,), name=name, daemon=True)
         self._thread.start()
 
-    def _run(self, fn: Callable[[], object]) -> None:
+    def _run(self, fn: Callable[[], T]) -> None:
         try:
             self._value = fn()
         except BaseException as exc:  # handed to the caller by result()
             self._error = exc
 
-    def result(self) -> object:
+    def result(self) -> T:
         self._thread.join()
         if self._error is not None:
             raise self._error
-        return self._value
+        return cast(T, self._value)
 
 
 # --- the command ---------------------------------------------------------------------------
@@ -597,7 +601,7 @@ def _read_live(settings: WorkerSettings, options: ReplayOptions, order: str
 
 
 def _apply_all(conn, plan: ReplayPlan, archive: ArchiveAggregates, oversized: dict[str, str],
-               thresholds: detection_state.Thresholds, started_at: datetime, report: ReplayReport,
+               thresholds: Thresholds, started_at: datetime, report: ReplayReport,
                clock: _Stopwatch, *, files_prefix: str, spark_ms: int, chunk_prefix: str) -> None:
     """Apply the chunks in plan order; chunk n+1 is assembled while chunk n is in PostgreSQL.
 
@@ -613,12 +617,12 @@ def _apply_all(conn, plan: ReplayPlan, archive: ArchiveAggregates, oversized: di
             return archive.chunk(key)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-assemble") as pool:
-        upcoming = [pool.submit(assembled, c.key) for c in plan.chunks[:1]]
+        upcoming = {0: pool.submit(assembled, plan.chunks[0].key)} if plan.chunks else {}
         for i, chunk in enumerate(plan.chunks):
-            result = upcoming[i].result()
+            # popped: this chunk's objects go as soon as it is applied
+            result = upcoming.pop(i).result()
             if i + 1 < len(plan.chunks):
-                upcoming.append(pool.submit(assembled, plan.chunks[i + 1].key))
-            upcoming[i] = None  # this chunk's objects go as soon as it is applied
+                upcoming[i + 1] = pool.submit(assembled, plan.chunks[i + 1].key)
             ref = detection_state.ChunkRef(chunk.key, chunk.etag, chunk.event_time, chunk_prefix)
             if result.missing_chunks:
                 raise ReplayError(f"{chunk.key}: the chunk vanished from the archive during"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 
 from spark_detector.db import redact_dsn
-from spark_detector.engine.state import THRESHOLD_ENV, Thresholds, thresholds_from_env
+from spark_detector.engine.rules import RuleError, Thresholds, with_rules
 
 RECORDED, KEYS = "recorded", "keys"
 ORDERS = (RECORDED, KEYS)
@@ -34,34 +34,12 @@ class ReplayRefused(ReplayError):
 
 
 def thresholds_with_rules(base: Thresholds, assignments: Iterable[str]) -> Thresholds:
-    """``base`` with ``NAME=VALUE`` overrides, NAME a ``detection_state.THRESHOLD_ENV`` variable.
-
-    The values are parsed exactly as the worker parses its environment, so a rule given here
-    means what the same variable would mean to the live worker.
-    """
-    env = {THRESHOLD_ENV[f.name]: str(getattr(base, f.name)) for f in fields(Thresholds)}
-    known = sorted(env)
-    for assignment in assignments:
-        name, sep, value = assignment.partition("=")
-        name = name.strip()
-        if not sep or not value.strip():
-            raise ReplayError(f"--rule {assignment!r}: expected NAME=VALUE")
-        if name not in env:
-            raise ReplayError(f"--rule {assignment!r}: unknown rule {name}; one of {known}")
-        env[name] = value.strip()
+    """``base`` with ``--rule NAME=VALUE`` overrides (``rules.with_rules``): parsed and
+    range-checked exactly as the worker's environment is, refused as a ReplayError."""
     try:
-        return thresholds_from_env(env)
-    except ValueError as exc:
-        raise ReplayError(f"--rule: {exc}") from exc
-
-
-def changed_rules(base: Thresholds, thresholds: Thresholds) -> dict[str, str]:
-    """The rule variables whose value differs from ``base``: ``{name: value}``."""
-    return {
-        THRESHOLD_ENV[f.name]: str(getattr(thresholds, f.name))
-        for f in fields(Thresholds)
-        if getattr(base, f.name) != getattr(thresholds, f.name)
-    }
+        return with_rules(base, assignments)
+    except RuleError as exc:
+        raise ReplayError(str(exc)) from exc
 
 
 # --- which chunks, in which order ----------------------------------------------------------

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
+from chunk_contract.sqs_batch import dlq_url
 from spark_detector.db import rebuild_in_progress
 from spark_detector.engine.conflicts import OVERWRITTEN, recent_conflicts
 from spark_detector.engine.failures import failing_chunks
@@ -39,17 +40,6 @@ class PipelineStatus:
     # versions of chunk keys not applied (chunk_conflicts): overwritten, superseded
     conflicts_total: int = 0
     conflicts: list[dict] = field(default_factory=list)
-
-
-def dlq_url(sqs, queue_url: str) -> str | None:
-    """The DLQ behind a queue, from its redrive policy."""
-    attrs = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])
-    policy = attrs.get("Attributes", {}).get("RedrivePolicy")
-    if not policy:
-        return None
-    arn = json.loads(policy)["deadLetterTargetArn"]
-    account, name = arn.split(":")[4], arn.split(":")[5]
-    return sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"]
 
 
 def queue_depth(sqs, url: str) -> tuple[int, int]:

@@ -66,12 +66,14 @@ def merged_results(results: Sequence[BatchResult]) -> BatchResult:
     if len(results) == 1:
         return results[0]
     fetch_ms = [r.fetch_ms for r in results if r.fetch_ms is not None]
-    return BatchResult(
-        *({key: value for r in results for key, value in getattr(r, name).items()}
-          for name in ("aggregates", "rejected_rows", "rejected_chunks", "missing_chunks",
-                       "prepared")),
-        fetch_ms=sum(fetch_ms) if fetch_ms else None,
-        superseded_chunks={k: v for r in results for k, v in r.superseded_chunks.items()})
+
+    def merged(name: str) -> dict:
+        return {key: value for r in results for key, value in getattr(r, name).items()}
+
+    return BatchResult(merged("aggregates"), merged("rejected_rows"), merged("rejected_chunks"),
+                       merged("missing_chunks"), merged("prepared"),
+                       fetch_ms=sum(fetch_ms) if fetch_ms else None,
+                       superseded_chunks=merged("superseded_chunks"))
 
 
 def weight_table(weights: Mapping[WeightKey, Decimal]) -> pa.Table:

@@ -18,13 +18,14 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Protocol
 
 import psycopg2
+import psycopg2.extensions
 from botocore.exceptions import ClientError
 
 from spark_detector import db
 from spark_detector.chunk_aggregates import WeightKey, key_weights
-from spark_detector.config import WorkerSettings
 from spark_detector.parsing import RejectedRow, iter_customer_importance
 from spark_detector.retry import backoff_delays
 
@@ -57,7 +58,18 @@ class KeyWeights:
     rows_rejected: int = 0
 
 
-def _reference_head(s3, settings: WorkerSettings, stop: threading.Event) -> dict:
+class ReferenceSettings(Protocol):
+    """Where CustomerImportance is and how large it may be (``config.WorkerSettings``)."""
+
+    @property
+    def bucket(self) -> str: ...
+    @property
+    def reference_key(self) -> str: ...
+    @property
+    def max_reference_bytes(self) -> int: ...
+
+
+def _reference_head(s3, settings: ReferenceSettings, stop: threading.Event) -> dict:
     """HEAD of the CustomerImportance object, waiting for the producer to upload it if need be.
 
     The worker may start before the producer's first upload; it waits (backing off to 10 s
@@ -89,7 +101,7 @@ def _reference_head(s3, settings: WorkerSettings, stop: threading.Event) -> dict
             raise ReferenceUnavailable(where)
 
 
-def _get(s3, settings: WorkerSettings, head: dict) -> bytes:
+def _get(s3, settings: ReferenceSettings, head: dict) -> bytes:
     where = f"s3://{settings.bucket}/{settings.reference_key}"
     try:
         # IfMatch: the bytes are those of the version whose ETag keys the cache
@@ -178,14 +190,15 @@ def store_weights(conn, etag: str, source: str, weights: dict[WeightKey, Decimal
     return True
 
 
-def load_key_weights(s3, connect: Callable[[], object], settings: WorkerSettings,
+def load_key_weights(s3, connect: Callable[[], psycopg2.extensions.connection],
+                     settings: ReferenceSettings,
                      stop: threading.Event) -> KeyWeights:
     """The weights of the current CustomerImportance version: from the cache, else computed
     from the object (and stored for the next start)."""
     head = _reference_head(s3, settings, stop)
     etag = head["ETag"].strip('"')
     source = f"s3://{settings.bucket}/{settings.reference_key}"
-    conn = None
+    conn: psycopg2.extensions.connection | None = None
     try:
         conn = connect()
         db.migrate(conn)

@@ -22,8 +22,7 @@ from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 import spark_detector
-from spark_detector.spark.speedups.class_archive import usable_archive
-from spark_detector.spark.speedups.driver_chunks import usable_jar
+from spark_detector.spark.speedups.launch import launch_options
 
 logger = logging.getLogger(__name__)
 
@@ -83,12 +82,9 @@ def jvm_defaults(environ: Mapping[str, str], defaults_keys: set[str],
     if "PYSPARK_GATEWAY_PORT" in environ or environ.get("PYSPARK_SUBMIT_ARGS"):
         return {}
     defaults = dict(WORKER_JVM_DEFAULTS)
-    jar = usable_jar(environ)
+    jar, archive_options = launch_options(environ, archive_options)
     if jar is not None:
         defaults[CLASS_PATH] = str(jar)
-    if archive_options is None:
-        archive = usable_archive(environ)
-        archive_options = "" if archive is None else f"-XX:SharedArchiveFile={archive}"
     if archive_options:
         defaults[JAVA_OPTIONS] += f" {archive_options}"
     return {k: v for k, v in defaults.items() if k not in defaults_keys}
@@ -106,7 +102,7 @@ def spark_conf(launch: Mapping[str, str] | None = None) -> SparkConf:
         if launch is None:
             launch = jvm_defaults(os.environ, spark_defaults_keys(os.environ))
         SparkContext._ensure_initialized(
-            conf=SparkConf(loadDefaults=False).setAll(launch.items()) if launch else None)
+            conf=SparkConf(loadDefaults=False).setAll(list(launch.items())) if launch else None)
     return SparkConf()
 
 
@@ -131,7 +127,7 @@ def build_spark(master: str | None = None, app_name: str = "spark_detector") -> 
     user_partitions = conf.contains(SHUFFLE_PARTITIONS)
     session = SparkSession.builder.config(conf=conf).getOrCreate()
     context = session.sparkContext
-    python = python_for_workers(context.master, os.environ,
+    python = python_for_workers(context.master or "", os.environ,
                                 context.getConf().get("spark.pyspark.python", None),
                                 sys.executable)
     if python is not None:

@@ -40,23 +40,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import psycopg2
 
 from chunk_contract.layout import chunk_seq, start_after_seq
 from chunk_contract.listing import list_chunks
 from chunk_contract.message import ChunkMessage, InvalidChunkMessage
+from chunk_contract.sqs_batch import dlq_url
 from spark_detector import db
 from spark_detector.config import WorkerSettings
 from spark_detector.engine import conflicts, failures, outbox
 from spark_detector.engine import state as detection_state
+from spark_detector.engine.failures import failure_text
 from spark_detector.engine.ordering import (
     DuplicateNumber,
     OutOfTurn,
@@ -66,7 +68,7 @@ from spark_detector.engine.ordering import (
 from spark_detector.engine.ordering import ready_run as plan_ready_run
 from spark_detector.engine.publish import publish_pending, quarantine_chunk, quarantine_rows
 from spark_detector.failpoints import failpoint
-from spark_detector.ops.backfill import backfill
+from spark_detector.parsing import size_rejection
 from spark_detector.retry import backoff_delays, retry
 from spark_detector.spark.batch_result import merged_results
 from spark_detector.spark.job import BatchResult, bounded_groups
@@ -81,6 +83,7 @@ from spark_detector.worker.chunk_queue import (
 )
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TRANSIENT_DB_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 # Exit codes of `run` besides 0 and 2 (a setting): docs/worker.md
@@ -163,15 +166,6 @@ def parse_event_time(value: str) -> datetime | None:
 
 # --- what to do with one chunk: pure decisions ------------------------------------------------
 
-def size_rejection(size: int, max_bytes: int) -> str | None:
-    """Why a chunk is rejected whole before anything reads it, from its size alone."""
-    if size == 0:
-        return "empty chunk (0 bytes)"
-    if size > max_bytes:
-        return f"too large: {size:,} bytes, the limit is {max_bytes:,}"
-    return None
-
-
 @dataclass(frozen=True)
 class Apply:
     key: str
@@ -207,20 +201,6 @@ def chunk_outcome(key: str, result: BatchResult) -> ChunkOutcome:
     if key in result.rejected_chunks:
         return RejectWhole(key, result.rejected_chunks[key])
     return Apply(key)
-
-
-_CAUSE_LINE = re.compile(r"^\s*([\w.]+(?:Error|Exception|Failure)): (.+)$")
-
-
-def failure_text(exc: BaseException) -> str:
-    """One line saying what went wrong. A Spark task's error arrives wrapped in a long
-    report; its last "SomeError: message" line is the cause worth recording."""
-    lines = str(exc).strip().splitlines()
-    causes = [m for m in map(_CAUSE_LINE.match, lines) if m]
-    if causes:
-        name, message = causes[-1].groups()
-        return f"{name.rsplit('.', 1)[-1]}: {message}"[:1000]
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:1000]
 
 
 @dataclass
@@ -266,7 +246,7 @@ class Worker:
         *,
         s3,
         sqs,
-        connect: Callable[[], object],
+        connect: Callable[[], Any],
         aggregate: Callable[[dict[str, str]], BatchResult],
         runtime_alive: Callable[[], bool] = lambda: True,
         kill_runtime: Callable[[], None] = lambda: None,
@@ -274,6 +254,7 @@ class Worker:
         y_start_time: datetime | None = None,
         clock: Callable[[], float] = time.monotonic,
         stop_event: threading.Event | None = None,
+        backfill: Callable[[object], object] | None = None,
     ) -> None:
         self.settings = settings
         self.s3 = s3
@@ -283,11 +264,14 @@ class Worker:
         self._runtime_alive = runtime_alive
         self._kill_runtime = kill_runtime
         self._warm_up = warm_up
+        # The periodic backfill (WORKER_BACKFILL_EVERY), given by the caller: ops.backfill
+        # with this process's clients, called with a connection.
+        self._backfill = backfill
         # The Spark job running now (one at a time): its chunks, and since when (monotonic);
         # read by the watchdog, which ends the process when it overruns.
         self._job: tuple[list[str], float] | None = None
         self._stopped = threading.Event()  # run() is over: the watchdog has nothing to watch
-        self._conn = None
+        self._conn: Any = None
         self.y_start_time = y_start_time or datetime.now(UTC)
         self._clock = clock
         self._last_activity = clock()
@@ -351,7 +335,7 @@ class Worker:
             self._drop_connection()
             return False
 
-    def db(self, fn: Callable[[object], object]):
+    def db(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn(conn)``, reconnecting with bounded backoff; ``DatabaseUnavailable`` when
         PostgreSQL stays unreachable. An error from a database that does answer is raised as
         it is: it belongs to the work, not to an outage."""
@@ -389,7 +373,6 @@ class Worker:
     def start(self) -> None:
         """Start-up work: schema, the DLQ's address, detections committed but never written."""
         from spark_detector.db import migrate
-        from spark_detector.ops.status import dlq_url
 
         version = self.db(migrate)
         if self.dlq_url is None:
@@ -516,9 +499,9 @@ class Worker:
         due = self._last_backfill is None or (
             s.backfill_every_seconds is not None
             and now - self._last_backfill >= s.backfill_every_seconds)
-        if s.backfill_every_seconds is not None and due:
+        if s.backfill_every_seconds is not None and due and self._backfill is not None:
             self._last_backfill = now
-            self.db(lambda conn: backfill(conn, self.s3, self.sqs, s))
+            self.db(self._backfill)
 
     def flush_partial(self, why: str) -> None:
         prefix = self.settings.detections_prefix

@@ -74,7 +74,7 @@ class SparkAggregator:
                 spark_ms = round((time.perf_counter() - started) * 1000)
                 fetch_spec = replace(
                     FetchSpec.from_env(settings.bucket), max_rows=settings.max_chunk_rows,
-                    on_driver=fetches_on_driver(settings.fetch_on, spark.sparkContext.master))
+                    on_driver=fetches_on_driver(settings.fetch_on, spark.sparkContext.master or ""))
             except BaseException:
                 stop.set()  # a weights loader waiting for the object gives up
                 raise

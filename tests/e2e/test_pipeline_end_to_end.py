@@ -22,9 +22,8 @@ import psycopg2
 import pytest
 
 from chunk_contract import layout
-from infra.local.demo import threshold_variable
 from infra.local.stack import REPO_ROOT, LocalServices, poll_until
-from spark_detector.engine.state import Thresholds
+from spark_detector.engine.rules import THRESHOLD_ENV, Thresholds
 from tests.integration.worker_support import assert_applied_in_production_order
 from tests.reference_model import ACTION_TYPES
 
@@ -67,7 +66,7 @@ def test_the_pipeline_detects_exactly_what_the_reference_model_does(
     with LocalServices.start(tmp_path / "stack", database_url=database_url) as stack:
         s3, sqs = stack.clients()
         env = stack.env(WORKER_WAIT_TIME_SECONDS="1",
-                        **{threshold_variable(k): str(v) for k, v in THRESHOLDS.items()})
+                        **{THRESHOLD_ENV[k]: str(v) for k, v in THRESHOLDS.items()})
         worker_log = tmp_path / "worker.log"
         with worker_log.open("wb") as log:
             worker = subprocess.Popen(

@@ -12,10 +12,10 @@ import pytest
 
 from spark_detector import db
 from spark_detector.chunk_aggregates import ChunkAggregates
+from spark_detector.engine.rules import Thresholds
 from spark_detector.engine.state import (
     ChunkRef,
     InvalidAggregates,
-    Thresholds,
     apply_chunk,
     chunk_status,
     done_chunk_keys,

@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 from chunk_contract.layout import chunk_key
 from spark_detector import db
 from spark_detector.chunk_aggregates import build_aggregates
-from spark_detector.engine.state import ChunkRef, OutOfTurn, Thresholds, apply_chunk
+from spark_detector.engine.rules import Thresholds
+from spark_detector.engine.state import ChunkRef, OutOfTurn, apply_chunk
 from spark_detector.parsing import parse_chunk
 from tests.reference_model import ReferenceEngine, read_chunk
 

@@ -16,7 +16,8 @@ from spark_detector.engine.outbox import (
     pending_files,
     render_csv,
 )
-from spark_detector.engine.state import ChunkRef, Detection, Thresholds, apply_chunk
+from spark_detector.engine.rules import Thresholds
+from spark_detector.engine.state import ChunkRef, Detection, apply_chunk
 from tests.reference_model import chunk_from_rows
 
 Y_START = datetime(2026, 11, 26, 22, 31, 2, 123456, tzinfo=UTC)

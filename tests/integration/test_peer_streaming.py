@@ -33,7 +33,7 @@ BAD_ROWS = [
 
 def test_one_file_per_trigger_detects_what_the_reference_model_does(dataset, database_url,
                                                                      tmp_path):
-    from spark_detector.engine.state import thresholds_from_env
+    from spark_detector.engine.rules import thresholds_from_env
 
     transactions, importance = dataset
     chunks = {Path(key).name: body

@@ -24,7 +24,7 @@ from infra.local import postgres
 from producer.generate import generate
 from spark_detector import db
 from spark_detector.config import WorkerSettings
-from spark_detector.engine.state import Thresholds
+from spark_detector.engine.rules import Thresholds
 from spark_detector.ops.replay import ReplayOptions, run_replay
 from spark_detector.ops.replay_plan import ADDED, MOVED, REMOVED, ReplayRefused
 from spark_detector.spark.batch_result import weight_table
@@ -278,6 +278,23 @@ def test_the_command_line_reaches_the_replay(live, aws_credentials, monkeypatch,
     assert "unknown rule PATID7" in capsys.readouterr().err
     assert main(["replay", "--replace", "--rule", "PATID2_MIN_COUNT=3"]) == 3
     assert "refused" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("rule", "line"), [
+    ("PATID2_MIN_COUNT=0", "replay: PATID2_MIN_COUNT=0 is out of range: allowed [1, inf)"),
+    ("PATID1_COUNT_PERCENTILE=1.5",
+     "replay: PATID1_COUNT_PERCENTILE=1.5 is out of range: allowed (0, 1)"),
+])
+def test_a_rule_the_worker_would_refuse_is_refused_in_one_line_with_exit_2(
+        live, aws_credentials, monkeypatch, capsys, rule, line):
+    settings, resources = live
+    from spark_detector.__main__ import main
+
+    monkeypatch.setenv("BUCKET", resources.bucket)
+    monkeypatch.setenv("QUEUE_URL", resources.queue_url)
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    assert main(["replay", "--into", "whatif_range", "--rule", rule]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1:] == [line]
 
 
 def test_a_chunk_over_the_byte_limit_is_rejected_whole_without_being_read(

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from spark_detector import db
-from spark_detector.engine.state import ChunkRef, Thresholds, apply_chunk
+from spark_detector.engine.rules import Thresholds
+from spark_detector.engine.state import ChunkRef, apply_chunk
 from tests.integration.test_rule_evaluation_differential import random_stream
 from tests.reference_model import ReferenceEngine
 

@@ -26,7 +26,8 @@ from infra.local import postgres
 from spark_detector import db
 from spark_detector.chunk_aggregates import ChunkAggregates, PairAggregate
 from spark_detector.engine import rule_evaluation
-from spark_detector.engine.state import ChunkRef, Thresholds, apply_chunk
+from spark_detector.engine.rules import Thresholds
+from spark_detector.engine.state import ChunkRef, apply_chunk
 from tests.full_evaluation import applying_in_full
 
 Y_START = datetime(2026, 1, 1, tzinfo=UTC)

@@ -11,6 +11,7 @@ import boto3
 from spark_detector import db
 from spark_detector.config import WorkerSettings
 from spark_detector.engine import state as detection_state
+from spark_detector.engine.rules import Thresholds
 from spark_detector.ops.status import collect_status, format_status
 from tests.reference_model import chunk_from_rows
 
@@ -29,7 +30,7 @@ def test_status_reports_queues_chunks_rows_detections_and_the_outbox(
     settings = WorkerSettings(bucket="b", queue_url=queue, database_url=migrated_database_url)
 
     conn = db.connect(migrated_database_url)
-    thresholds = detection_state.Thresholds(child_min_count=1, child_max_avg_amount=Decimal(23))
+    thresholds = Thresholds(child_min_count=1, child_max_avg_amount=Decimal(23))
     started = datetime.now(UTC)
     detection_state.apply_chunk(conn, detection_state.ChunkRef("stream_chunks/c1.csv"),
                        chunk_from_rows("stream_chunks/c1.csv", [("C1", "M1", "5", "F")],

@@ -33,7 +33,7 @@ import psycopg2
 from chunk_contract.layout import CHUNK_PREFIX, chunk_key, chunk_seq
 from chunk_contract.message import ChunkMessage
 from infra.local.stack import poll_until
-from spark_detector.engine.state import Thresholds
+from spark_detector.engine.rules import Thresholds
 from tests.reference_model import ChunkRejectedWhole, ReferenceEngine, read_chunk, read_weights
 
 if TYPE_CHECKING:
@@ -398,6 +398,7 @@ def make_worker(resources: AwsResources, database_url: str, spark, weights,
     """The real Worker in this process, on the session's SparkSession, started."""
     from spark_detector import db
     from spark_detector.config import WorkerSettings
+    from spark_detector.ops.backfill import backfill
     from spark_detector.spark.batch_result import weight_table
     from spark_detector.spark.job import FetchSpec
     from spark_detector.worker.loop import Worker
@@ -411,7 +412,8 @@ def make_worker(resources: AwsResources, database_url: str, spark, weights,
                      access_key_id="testing", secret_access_key="testing")
     aggregator = SparkAggregator(spark, spec, weight_table(weights))
     worker = Worker(settings, s3=resources.s3, sqs=resources.sqs,
-                    connect=lambda: db.connect(database_url), aggregate=aggregator.aggregate)
+                    connect=lambda: db.connect(database_url), aggregate=aggregator.aggregate,
+                    backfill=lambda conn: backfill(conn, resources.s3, resources.sqs, settings))
     worker.start()
     return worker
 

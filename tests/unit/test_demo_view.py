@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from infra.local.demo import DemoError, parse_rules, threshold_variable
+from infra.local.demo import DemoError, parse_rules
 from infra.local.view import Snapshot, Summary, is_settled, render, render_summary, rows_per_second
 
 
@@ -74,7 +74,12 @@ def test_the_summary_says_where_the_outputs_are():
 
 
 def test_rule_overrides_name_known_thresholds_only():
-    assert parse_rules(["child_min_count=40", "DEI_MIN_FEMALE=5"]) == {
-        threshold_variable("child_min_count"): "40", threshold_variable("dei_min_female"): "5"}
-    with pytest.raises(DemoError, match="child_min_count"):
-        parse_rules(["child_min=3"])
+    assert parse_rules(["PATID2_MIN_COUNT=40", "patid3_min_female=5"]) == {
+        "PATID2_MIN_COUNT": "40", "PATID3_MIN_FEMALE": "5"}
+    with pytest.raises(DemoError, match="PATID2_MIN_COUNT"):
+        parse_rules(["child_min_count=3"])
+
+
+def test_rule_overrides_out_of_range_are_refused_as_the_worker_refuses_them():
+    with pytest.raises(DemoError, match=r"PATID2_MIN_COUNT=0 is out of range: allowed \[1, inf\)"):
+        parse_rules(["PATID2_MIN_COUNT=0"])

@@ -2,7 +2,7 @@ from decimal import Decimal
 
 import pytest
 
-from spark_detector.engine.state import Thresholds, thresholds_from_env
+from spark_detector.engine.rules import Thresholds, thresholds_from_env
 
 
 def test_thresholds_default_to_the_spec():

@@ -86,7 +86,7 @@ def test_a_settled_number_belongs_to_its_chunk_and_any_other_is_a_duplicate():
 
 
 def test_a_spark_errors_cause_is_recorded_not_its_wrapper():
-    from spark_detector.worker.loop import failure_text
+    from spark_detector.engine.failures import failure_text
 
     wrapped = RuntimeError("An exception was thrown from the Python worker:\nTraceback:\n"
                            "  File x\nspark_detector.failpoints.InjectedFailure: injected at"

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spark_detector.chunk_aggregates import key_weights
-from spark_detector.engine.state import Thresholds
+from spark_detector.engine.rules import Thresholds
 from spark_detector.parsing import ChunkRejected, parse_chunk, parse_customer_importance
 from tests.reference_model import (
     ChunkRejectedWhole,

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from spark_detector.db import redact_dsn
-from spark_detector.engine.state import Thresholds
+from spark_detector.engine.rules import Thresholds, changed_rules
 from spark_detector.ops.replay_plan import (
     ADDED,
     COMPARE_COLUMNS,
@@ -23,7 +23,6 @@ from spark_detector.ops.replay_plan import (
     ReplayError,
     ReplayRefused,
     Target,
-    changed_rules,
     check_publish_prefix,
     compare_detections,
     compare_summary,
@@ -92,6 +91,10 @@ def test_rules_override_thresholds_by_their_environment_names():
     ("PATID9_MIN=1", "unknown rule"),
     ("PATID2_MIN_COUNT", "NAME=VALUE"),
     ("PATID2_MIN_COUNT=lots", "not a valid"),
+    # the worker's own ranges: a what-if the worker would refuse is refused
+    ("PATID2_MIN_COUNT=0", r"PATID2_MIN_COUNT=0 is out of range: allowed \[1, inf\)"),
+    ("PATID1_COUNT_PERCENTILE=1.5",
+     r"PATID1_COUNT_PERCENTILE=1.5 is out of range: allowed \(0, 1\)"),
 ])
 def test_a_bad_rule_is_refused_with_its_name(rule, message):
     with pytest.raises(ReplayError, match=message):

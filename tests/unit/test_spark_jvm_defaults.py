@@ -1,5 +1,7 @@
 """The worker's JVM defaults are passed to the JVM's launch only where nobody else decides."""
 
+from pathlib import Path
+
 from spark_detector.spark.session import (
     CLASS_PATH,
     JAVA_OPTIONS,
@@ -7,13 +9,17 @@ from spark_detector.spark.session import (
     jvm_defaults,
     spark_defaults_keys,
 )
-from spark_detector.spark.speedups.class_archive import (
+from spark_detector.spark.speedups.class_archive import build_archive
+from spark_detector.spark.speedups.launch import (
     ARCHIVE_ENV,
     DEFAULT_ARCHIVE,
+    DEFAULT_JAR,
+    JAR_ENV,
     archive_path,
-    build_archive,
+    build_target,
+    jar_path,
+    optional_path,
 )
-from spark_detector.spark.speedups.driver_chunks import DEFAULT_JAR, JAR_ENV, jar_path
 
 NO_JAR = {JAR_ENV: ""}
 NO_ARCHIVE = {ARCHIVE_ENV: "", **NO_JAR}
@@ -91,3 +97,14 @@ def test_spark_defaults_keys_reads_both_separators_and_skips_comments(tmp_path):
     assert spark_defaults_keys({"SPARK_CONF_DIR": str(tmp_path)}) == {
         "spark.driver.memory", "spark.executor.cores"}
     assert spark_defaults_keys({"SPARK_CONF_DIR": str(tmp_path / "none")}) == set()
+
+
+def test_an_optional_file_is_the_default_unset_and_none_set_empty(capsys):
+    default = Path("/opt/x.jar")
+    assert optional_path({}, "X", default) == default
+    assert optional_path({"X": "/tmp/y.jar"}, "X", default) == Path("/tmp/y.jar")
+    assert optional_path({"X": " "}, "X", default) is None
+    assert build_target(["/tmp/z.jar"], "X", None) == Path("/tmp/z.jar")
+    assert build_target([], "X", default) == default
+    assert build_target([], "X", None) is None
+    assert "X is set empty: nothing to build" in capsys.readouterr().err

@@ -1,16 +1,13 @@
 import json
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
 from spark_detector.config import (
     ConfigError,
     WorkerSettings,
-    build_target,
     database_url_from_env,
     fetches_on_driver,
-    optional_path,
 )
 from spark_detector.retry import backoff_delays, retry
 
@@ -167,14 +164,3 @@ def test_the_worker_exits_2_with_one_line_naming_a_bad_setting():
     assert done.stderr.strip().splitlines() == [
         "spark_detector: PATID1_COUNT_PERCENTILE=0.9... is out of range: allowed (0, 1)"
         .replace("0.9...", "90.0")]
-
-
-def test_an_optional_file_is_the_default_unset_and_none_set_empty(capsys):
-    default = Path("/opt/x.jar")
-    assert optional_path({}, "X", default) == default
-    assert optional_path({"X": "/tmp/y.jar"}, "X", default) == Path("/tmp/y.jar")
-    assert optional_path({"X": " "}, "X", default) is None
-    assert build_target(["/tmp/z.jar"], "X", None) == Path("/tmp/z.jar")
-    assert build_target([], "X", default) == default
-    assert build_target([], "X", None) is None
-    assert "X is set empty: nothing to build" in capsys.readouterr().err

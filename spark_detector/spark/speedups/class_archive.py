@@ -21,33 +21,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
-from spark_detector.config import build_command_target, optional_path
-
-ARCHIVE_ENV = "SPARK_CLASS_ARCHIVE"
-# Beside the installed pyspark it was built from: a virtual environment or the image's Python.
-DEFAULT_ARCHIVE = Path(sys.prefix) / "share" / "spark_detector" / "spark-classes.jsa"
-
-
-def archive_path(environ: Mapping[str, str] = os.environ) -> Path | None:
-    """Where the archive is: ``SPARK_CLASS_ARCHIVE``, else ``DEFAULT_ARCHIVE``; None when the
-    variable is set empty (no archive)."""
-    return optional_path(environ, ARCHIVE_ENV, DEFAULT_ARCHIVE)
-
-
-def _splits(path: Path) -> bool:
-    """Whether ``path`` would break up as a JVM option: Spark splits them on whitespace."""
-    return any(c.isspace() for c in str(path))
-
-
-def usable_archive(environ: Mapping[str, str] = os.environ) -> Path | None:
-    """The archive to start the JVM with: it exists, and its path has no whitespace."""
-    path = archive_path(environ)
-    if path is None or not path.is_file() or _splits(path):
-        return None
-    return path
+from spark_detector.spark.speedups.launch import (
+    ARCHIVE_ENV,
+    archive_path,
+    build_command_target,
+    splits,
+)
 
 
 def build_archive(path: Path) -> Path | None:
@@ -67,7 +48,7 @@ def build_archive(path: Path) -> Path | None:
         spark_defaults_keys,
     )
 
-    if _splits(path):
+    if splits(path):
         return None
     partial = path.with_name(f".{path.name}.{os.getpid()}")
     # -Xlog: the JVM warns of every class it cannot archive (hundreds), which says nothing here
@@ -83,7 +64,10 @@ def build_archive(path: Path) -> Path | None:
     warm_up(spark, FetchSpec("class-archive", on_driver=True), lines=1_000)
     spark.stop()
     # the JVM writes the archive as it exits, which it does when its stdin closes
-    process = SparkContext._gateway.proc
+    gateway = SparkContext._gateway
+    if gateway is None:
+        raise RuntimeError("the JVM is gone before it wrote the archive")
+    process = gateway.proc
     process.stdin.close()
     process.wait(timeout=300)
     if not partial.is_file() or partial.stat().st_size == 0:

@@ -31,35 +31,20 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
-from spark_detector.config import build_command_target, optional_path
 from spark_detector.spark.fetch import FETCHED_SCHEMA
+from spark_detector.spark.speedups.launch import JAR_ENV, build_command_target, jar_path
 
-JAR_ENV = "SPARK_DRIVER_CHUNKS_JAR"
-# Beside the installed pyspark it was compiled against: a virtual environment or the image's.
-DEFAULT_JAR = Path(sys.prefix) / "share" / "spark_detector" / "driver-chunks.jar"
 SOURCE = Path(__file__).with_name("jvm") / "DriverChunks.java"
 CLASS_NAME = "spark_detector.jvm.DriverChunks"
 
 # The map is one per JVM: one batch at a time fills it, runs and empties it.
 _FEEDING = threading.Lock()
-
-
-def jar_path(environ: Mapping[str, str] = os.environ) -> Path | None:
-    """Where the jar is: ``SPARK_DRIVER_CHUNKS_JAR``, else ``DEFAULT_JAR``; None when the
-    variable is set empty (no jar)."""
-    return optional_path(environ, JAR_ENV, DEFAULT_JAR)
-
-
-def usable_jar(environ: Mapping[str, str] = os.environ) -> Path | None:
-    """The jar to put on the driver's class path, if it exists."""
-    path = jar_path(environ)
-    return path if path is not None and path.is_file() else None
 
 
 def compile_jar(gateway, path: Path, source: Path = SOURCE) -> Path:
@@ -116,8 +101,9 @@ class DriverChunks:
     @staticmethod
     def available(spark: SparkSession) -> bool:
         """Spark runs in local mode and the class is on the driver's class path."""
-        return (spark.sparkContext.master.startswith("local")
-                and spark._jvm.org.apache.spark.util.Utils.classIsLoadable(CLASS_NAME))
+        jvm = spark._jvm
+        return ((spark.sparkContext.master or "").startswith("local") and jvm is not None
+                and jvm.org.apache.spark.util.Utils.classIsLoadable(CLASS_NAME))
 
     def partitions(self, n_chunks: int) -> int:
         """One partition for one chunk; else a chunk or more per core."""
