@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 # The shared assertion helpers report their failures with values, as test modules do.
-pytest.register_assert_rewrite("tests.integration.worker_support",
-                               "tests.integration.lock_support")
+pytest.register_assert_rewrite("tests.support.workers",
+                               "tests.support.locks")
 
 from infra.local import postgres  # noqa: E402 (after the rewrite hook, by pytest's rules)
 

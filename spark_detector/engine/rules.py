@@ -14,8 +14,10 @@ from dataclasses import dataclass, fields, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from chunk_contract.settings import InvalidSetting, Range
 
-class RuleError(ValueError):
+
+class RuleError(InvalidSetting):
     """A threshold is malformed or out of its range; the message names the variable."""
 
 
@@ -33,24 +35,12 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class Rule:
-    """One threshold: its ``Thresholds`` field, its variable, its type and its allowed range
-    (None: unbounded; an open end excludes the bound itself)."""
+    """One threshold: its ``Thresholds`` field, its variable, its type and its allowed range."""
 
     field: str
     variable: str
     kind: type
-    low: float | None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    @property
-    def bounds(self) -> str:
-        left = "(" if self.low_open or self.low is None else "["
-        right = ")" if self.high_open or self.high is None else "]"
-        low = "-inf" if self.low is None else f"{self.low:g}"
-        high = "inf" if self.high is None else f"{self.high:g}"
-        return f"{left}{low}, {high}{right}"
+    range: Range
 
     def parse(self, raw: str) -> int | float | Decimal:
         try:
@@ -62,26 +52,20 @@ class Rule:
         return value
 
     def check(self, value: int | float | Decimal) -> None:
-        """RuleError unless ``value`` is within the range (NaN and infinities never are)."""
+        """RuleError unless ``value`` is within the range (NaN never is, nor an infinite
+        amount)."""
         if isinstance(value, Decimal) and not value.is_finite():
-            raise RuleError(f"{self.variable}={value} is out of range: allowed {self.bounds}")
-        number = float(value)
-        inside = number == number and number not in (float("inf"), float("-inf"))
-        if inside and self.low is not None:
-            inside = number > self.low if self.low_open else number >= self.low
-        if inside and self.high is not None:
-            inside = number < self.high if self.high_open else number <= self.high
-        if not inside:
-            raise RuleError(f"{self.variable}={value} is out of range: allowed {self.bounds}")
-
+            raise RuleError(f"{self.variable}={value} is out of range: allowed {self.range}")
+        self.range.check(self.variable, value, RuleError)
 
 RULES: tuple[Rule, ...] = (
-    Rule("upgrade_min_total", "PATID1_MIN_TOTAL", int, 0),
-    Rule("upgrade_count_percentile", "PATID1_COUNT_PERCENTILE", float, 0, 1, True, True),
-    Rule("upgrade_weight_percentile", "PATID1_WEIGHT_PERCENTILE", float, 0, 1, True, True),
-    Rule("child_min_count", "PATID2_MIN_COUNT", int, 1),
-    Rule("child_max_avg_amount", "PATID2_MAX_AVG_AMOUNT", Decimal, 0, low_open=True),
-    Rule("dei_min_female", "PATID3_MIN_FEMALE", int, 0),
+    Rule("upgrade_min_total", "PATID1_MIN_TOTAL", int, Range(0)),
+    Rule("upgrade_count_percentile", "PATID1_COUNT_PERCENTILE", float, Range(0, 1, True, True)),
+    Rule("upgrade_weight_percentile", "PATID1_WEIGHT_PERCENTILE", float,
+         Range(0, 1, True, True)),
+    Rule("child_min_count", "PATID2_MIN_COUNT", int, Range(1)),
+    Rule("child_max_avg_amount", "PATID2_MAX_AVG_AMOUNT", Decimal, Range(0, low_open=True)),
+    Rule("dei_min_female", "PATID3_MIN_FEMALE", int, Range(0)),
 )
 BY_VARIABLE = {rule.variable: rule for rule in RULES}
 # The variable of each Thresholds field: {"child_min_count": "PATID2_MIN_COUNT", ...}

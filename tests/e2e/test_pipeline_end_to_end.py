@@ -24,8 +24,8 @@ import pytest
 from chunk_contract import layout
 from infra.local.stack import REPO_ROOT, LocalServices, poll_until
 from spark_detector.engine.rules import THRESHOLD_ENV, Thresholds
-from tests.integration.worker_support import assert_applied_in_production_order
 from tests.reference_model import ACTION_TYPES
+from tests.support.workers import assert_applied_in_production_order
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 

@@ -23,7 +23,7 @@ from infra.local.spark_cluster import SPARK_HOME
 from infra.local.stack import poll_until
 from producer.generate import generate
 from spark_detector.spark.session import zip_package
-from tests.integration.worker_support import (
+from tests.support.workers import (
     REPO,
     AwsResources,
     applied_by,

@@ -34,8 +34,8 @@ import pytest
 
 from infra import image
 from infra.local.stack import poll_until
-from tests.integration.test_worker_image_layout import queued_stream
-from tests.integration.worker_support import (
+from tests.support.images import queued_stream
+from tests.support.workers import (
     applied_count,
     assert_applied_in_production_order,
     worker_env,

@@ -7,7 +7,7 @@ import pytest
 
 from producer.generate import generate
 from spark_detector.spark.reference_weights import compute_weights
-from tests.integration.worker_support import AwsResources
+from tests.support.workers import AwsResources
 
 
 @pytest.fixture(scope="session")

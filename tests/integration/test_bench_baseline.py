@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.worker_support import THRESHOLDS, expected_detections, split_chunks
+from tests.support.workers import THRESHOLDS, expected_detections, split_chunks
 
 pytestmark = pytest.mark.spark
 

@@ -22,7 +22,7 @@ import pytest
 from chunk_contract.layout import CHUNK_PREFIX, chunk_seq
 from infra.local import postgres
 from infra.local.stack import REPO_ROOT
-from tests.integration.worker_support import log_lines
+from tests.support.workers import log_lines
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 

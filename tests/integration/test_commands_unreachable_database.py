@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from tests.integration.worker_support import AwsResources, command, error_lines, worker_env
+from tests.support.workers import AwsResources, command, error_lines, worker_env
 
 PASSWORD = "s3cret-Pa55"
 

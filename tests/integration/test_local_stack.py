@@ -27,7 +27,7 @@ def test_a_chunk_put_reaches_the_handler_through_s3_notification_and_runner(
 ):
     record_path = tmp_path / "invocations.jsonl"
     with LocalServices.start(tmp_path / "stack", database_url=database_url,
-                          handler="tests.integration.local_handlers.recording_handler",
+                          handler="tests.support.handlers.recording_handler",
                           runner_env={"RECORD_PATH": str(record_path)}) as stack:
         s3, _ = stack.clients()
         s3.put_object(Bucket=stack.bucket, Key="detected_patterns/detections-00000001.csv",
@@ -48,7 +48,7 @@ def test_a_chunk_put_reaches_the_handler_through_s3_notification_and_runner(
 def test_failed_invocations_land_in_the_on_failure_queue(tmp_path: Path, database_url: str):
     record_path = tmp_path / "invocations.jsonl"
     with LocalServices.start(tmp_path / "stack", database_url=database_url,
-                          handler="tests.integration.local_handlers.failing_handler",
+                          handler="tests.support.handlers.failing_handler",
                           runner_env={"RECORD_PATH": str(record_path),
                                       "LAMBDA_RETRY_DELAYS": "0,0",
                                       "LAMBDA_WAIT_TIME_SECONDS": "1"}) as stack:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from spark_detector import db
-from tests.integration.lock_support import held_until_contended
+from tests.support.locks import held_until_contended
 
 
 def test_migrate_applies_every_file_once_and_records_the_version(database_url):

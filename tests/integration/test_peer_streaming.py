@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from tests.integration.worker_support import expected_detections, split_chunks
+from tests.support.workers import expected_detections, split_chunks
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.spark, pytest.mark.timeout(300)]

@@ -11,7 +11,7 @@ import uuid
 
 import boto3
 
-from tests.integration.test_producer_moto_server import REPO, SAMPLE, producer_env, stream_args
+from tests.support.producers import REPO, SAMPLE, producer_env, stream_args
 
 EXIT_STREAM_LEASED = 3
 

@@ -3,32 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import boto3
 
-SAMPLE = Path(__file__).resolve().parent.parent / "data" / "banksim_sample"
-REPO = Path(__file__).resolve().parent.parent.parent
-
-
-def producer_env(endpoint: str, bucket: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(
-        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint, BUCKET=bucket,
-    )
-    return env
-
-
-def stream_args(*extra: str) -> list[str]:
-    return [sys.executable, "-m", "producer", "stream", str(SAMPLE / "transactions.csv"),
-            "--importance", str(SAMPLE / "CustomerImportance.csv"), "--rows-per-chunk", "500",
-            *extra]
+from tests.support.producers import REPO, SAMPLE, producer_env, stream_args
 
 
 def test_sigterm_stops_after_the_current_chunk_and_a_restart_finishes_the_file(

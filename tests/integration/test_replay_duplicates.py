@@ -11,8 +11,8 @@ import pytest
 
 from chunk_contract.layout import CHUNK_PREFIX, chunk_key
 from infra.local import postgres
-from tests.integration.test_replay import query, replay
-from tests.integration.worker_support import (
+from tests.support.replays import query, replay
+from tests.support.workers import (
     applied_order,
     committed_detections,
     expected_detections,

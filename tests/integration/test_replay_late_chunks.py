@@ -24,8 +24,8 @@ from spark_detector.spark.batch_result import weight_table
 from spark_detector.spark.reference_weights import compute_weights
 from spark_detector.worker.loop import Worker
 from spark_detector.worker.spark_runtime import SparkAggregator
-from tests.integration.test_replay import fetch_spec, query
-from tests.integration.worker_support import (
+from tests.support.replays import fetch_spec, query
+from tests.support.workers import (
     THRESHOLDS,
     AwsResources,
     applied_order,

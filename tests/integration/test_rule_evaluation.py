@@ -14,8 +14,8 @@ import pytest
 from spark_detector import db
 from spark_detector.engine.rules import Thresholds
 from spark_detector.engine.state import ChunkRef, apply_chunk
-from tests.integration.test_rule_evaluation_differential import random_stream
 from tests.reference_model import ReferenceEngine
+from tests.support.streams import random_stream
 
 Y_START = datetime(2026, 1, 1, tzinfo=UTC)
 LIMITS = Thresholds(upgrade_min_total=30, child_min_count=3, dei_min_female=1)

@@ -23,8 +23,8 @@ from spark_detector.engine.state import (
     record_rejected_chunk,
     try_apply_chunk,
 )
-from tests.integration.lock_support import held_until_contended
 from tests.reference_model import ReferenceEngine, chunk_from_rows
+from tests.support.locks import held_until_contended
 
 Y_START = datetime(2026, 11, 27, 4, 0, 0, 123000, tzinfo=UTC)
 SMALL = Thresholds(

@@ -10,7 +10,7 @@ import pytest
 from spark_detector import db
 from spark_detector.config import WorkerSettings
 from spark_detector.worker.loop import Worker
-from tests.integration.worker_support import (
+from tests.support.workers import (
     applied_order,
     assert_applied_in_production_order,
     assert_files_hold_each_detection_once,

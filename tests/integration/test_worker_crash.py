@@ -14,7 +14,7 @@ import pytest
 
 from infra.local.stack import poll_until
 from producer.generate import generate
-from tests.integration.worker_support import (
+from tests.support.workers import (
     AwsResources,
     applied_count,
     assert_applied_in_production_order,

@@ -15,7 +15,7 @@ from infra.local.stack import poll_until
 from spark_detector import db
 from spark_detector.config import WorkerSettings
 from spark_detector.ops.status import collect_status, format_status
-from tests.integration.worker_support import (
+from tests.support.workers import (
     AwsResources,
     applied_count,
     applied_order,

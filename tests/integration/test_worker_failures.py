@@ -18,7 +18,7 @@ import pytest
 from infra.local import postgres
 from infra.local.stack import poll_until
 from spark_detector import db
-from tests.integration.worker_support import (
+from tests.support.workers import (
     AwsResources,
     applied_count,
     applied_order,

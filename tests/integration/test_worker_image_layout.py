@@ -21,16 +21,13 @@ import pytest
 
 from infra.local.spark_cluster import create_venv
 from infra.local.stack import poll_until
-from producer.generate import generate
-from tests.integration.worker_support import (
+from tests.support.images import instructions, queued_stream
+from tests.support.workers import (
     REPO,
-    AwsResources,
     applied_count,
     assert_applied_in_production_order,
-    split_chunks,
     worker_env,
 )
-from tests.unit.test_worker_dockerfile import instructions
 
 pytestmark = [pytest.mark.spark, pytest.mark.timeout(600)]
 
@@ -65,18 +62,6 @@ def image_env(root: Path) -> dict[str, str]:
     return env
 
 
-def queued_stream(folder: Path, endpoint: str) -> tuple[dict[str, bytes], bytes, AwsResources]:
-    """3,000 generated rows as three chunks in a new bucket, their messages queued, and the
-    CustomerImportance at the reference key: what an image's worker is given to apply."""
-    generate(folder, rows=3_000, seed=3)
-    chunks = split_chunks((folder / "transactions.csv").read_bytes(), 1000)
-    importance = (folder / "CustomerImportance.csv").read_bytes()
-    resources = AwsResources.create(endpoint)
-    resources.upload(chunks)
-    resources.s3.put_object(Bucket=resources.bucket, Key="reference/CustomerImportance.csv",
-                            Body=importance)
-    resources.enqueue(sorted(chunks))
-    return chunks, importance, resources
 
 
 def test_the_image_layout_runs_the_worker_from_its_own_files_and_pins(

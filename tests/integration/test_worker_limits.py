@@ -21,7 +21,7 @@ import pytest
 from chunk_contract.layout import CHUNK_PREFIX, chunk_key
 from infra.local.stack import poll_until
 from spark_detector.config import DEFAULT_MAX_CHUNK_BYTES, DEFAULT_MAX_CHUNK_ROWS
-from tests.integration.worker_support import (
+from tests.support.workers import (
     AwsResources,
     applied_count,
     applied_order,

@@ -11,7 +11,7 @@ import pytest
 from chunk_contract.layout import CHUNK_PREFIX
 from spark_detector import db
 from spark_detector.ops.status import collect_status
-from tests.integration.worker_support import (
+from tests.support.workers import (
     AwsResources,
     applied_order,
     assert_applied_in_production_order,

@@ -12,7 +12,7 @@ import pytest
 
 from spark_detector.ops.status import collect_status
 from spark_detector.worker.chunk_queue import MAX_HOLD_SECONDS, InFlight, Received
-from tests.integration.worker_support import (
+from tests.support.workers import (
     AwsResources,
     applied_order,
     assert_applied_in_production_order,

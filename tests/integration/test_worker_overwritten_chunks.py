@@ -8,7 +8,7 @@ import psycopg2
 import pytest
 
 from chunk_contract.message import ChunkMessage
-from tests.integration.worker_support import (
+from tests.support.workers import (
     assert_applied_in_production_order,
     make_worker,
     run_until_idle,

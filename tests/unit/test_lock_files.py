@@ -6,7 +6,7 @@ import re
 import tomllib
 
 from tests.conftest import REPO_ROOT
-from tests.unit.test_worker_dockerfile import lock_pins
+from tests.support.images import lock_pins
 
 REQUIREMENTS = REPO_ROOT / "requirements"
 

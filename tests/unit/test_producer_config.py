@@ -33,9 +33,10 @@ def test_missing_bucket_names_the_variable():
     ("env", "match"),
     [
         ({"ROWS_PER_CHUNK": "ten"}, "ROWS_PER_CHUNK"),
-        ({"ROWS_PER_CHUNK": "0"}, "at least 1"),
-        ({"CHUNK_INTERVAL_SECONDS": "-1"}, ">= 0"),
-        ({"PRODUCER_LEASE_SECONDS": "0"}, r"PRODUCER_LEASE_SECONDS must be within \[1, 86400\]"),
+        ({"ROWS_PER_CHUNK": "0"}, r"ROWS_PER_CHUNK=0 is out of range: allowed \[1, inf\)"),
+        ({"CHUNK_INTERVAL_SECONDS": "-1"}, r"CHUNK_INTERVAL_SECONDS=-1.0 is out of range"),
+        ({"PRODUCER_LEASE_SECONDS": "0"},
+         r"PRODUCER_LEASE_SECONDS=0.0 is out of range: allowed \[1, 86400\]"),
     ],
 )
 def test_bad_values_are_refused_with_a_reason(env, match):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -11,13 +10,10 @@ import pytest
 
 from producer import banksim_profile as profile
 from producer.generate import generate, scaled_counts, systematic_allocation
+from tests.support.producers import IMP_ROW, TXN_ROW
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "banksim_sample"
 REAL_FIRST_ROW = "0,'C1093826151','4','M','28007','M348934600','28007','es_transportation',4.55,0"
-TXN_ROW = re.compile(
-    r"^\d{1,3},'C\d+','[0-6U]','[FMEU]','28007','M\d+','28007','es_[a-z]+',\d+\.\d{1,2},[01]$"
-)
-IMP_ROW = re.compile(r"^'C\d+','M\d+',\d+\.\d{1,2},'es_[a-z]+',[01]$")
 
 
 @pytest.fixture(scope="module")

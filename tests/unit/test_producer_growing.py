@@ -13,7 +13,7 @@ import pytest
 from producer import banksim_profile as profile
 from producer.__main__ import main
 from producer.growing import generate_growing, merchant_table
-from tests.unit.test_producer_generate import IMP_ROW, TXN_ROW
+from tests.support.producers import IMP_ROW, TXN_ROW
 
 ROWS, CUSTOMERS = 20_000, 4_000
 

@@ -14,7 +14,7 @@ from producer.lease import LeaseLost, StreamLeased
 from producer.state import ProducerState
 from producer.store import LocalStore
 from producer.stream import ChunkReport, StreamOptions, run_stream
-from tests.unit.test_producer_stream import SETTINGS, TRANSACTIONS, chunk_rows, source_rows
+from tests.support.producers import SETTINGS, TRANSACTIONS, chunk_rows, source_rows
 
 NOW = datetime(2026, 11, 27, 4, 0, tzinfo=UTC)
 

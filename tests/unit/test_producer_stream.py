@@ -14,26 +14,14 @@ from producer.config import ProducerSettings
 from producer.state import SourceChanged
 from producer.store import LocalStore, S3Store, StoreError
 from producer.stream import ChunkReport, StreamOptions, run_stream
-
-SAMPLE = Path(__file__).resolve().parent.parent / "data" / "banksim_sample"
-TRANSACTIONS = SAMPLE / "transactions.csv"
-IMPORTANCE = SAMPLE / "CustomerImportance.csv"
-SETTINGS = ProducerSettings(bucket="data", rows_per_chunk=1000, interval=0.0)
-HEADER = b"step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n"
-
-
-def source_rows(path: Path = TRANSACTIONS) -> list[bytes]:
-    return path.read_bytes().splitlines(keepends=True)[1:]
-
-
-def chunk_rows(store: LocalStore | S3Store) -> list[bytes]:
-    """All data rows of all chunks, in key order; checks every chunk starts with the header."""
-    rows: list[bytes] = []
-    for key in sorted(store.keys(SETTINGS.chunk_prefix)):
-        body = store.get(key)
-        assert body is not None and body.startswith(HEADER), key
-        rows.extend(body.splitlines(keepends=True)[1:])
-    return rows
+from tests.support.producers import (
+    HEADER,
+    IMPORTANCE,
+    SETTINGS,
+    TRANSACTIONS,
+    chunk_rows,
+    source_rows,
+)
 
 
 class FailingStateWrites(LocalStore):

@@ -8,25 +8,16 @@ import json
 import re
 import shlex
 import tomllib
-from pathlib import Path
 
 from infra.local.template import load_template
+from tests.support.images import REPO, instructions, lock_pins
 
-REPO = Path(__file__).resolve().parents[2]
-DOCKERFILE = REPO / "infra" / "worker.Dockerfile"
 REQUIREMENTS = REPO / "requirements" / "worker.txt"
 DOCKERIGNORE = REPO / ".dockerignore"
 
 
-def instructions() -> list[tuple[str, str]]:
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    lines = [line.strip() for line in text.splitlines()]
-    return [tuple(line.split(None, 1)) for line in lines if line and not line.startswith("#")]
 
 
-def lock_pins(path: Path) -> dict[str, str]:
-    """``name -> version`` of a lock file (requirements/*.txt, hashes on continuation lines)."""
-    return dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^\s;\\]+)", path.read_text(), re.MULTILINE))
 
 
 def pins() -> dict[str, str]:
