@@ -4,7 +4,10 @@
   back: which keys carry a producer sequence number);
 - ``listing``: the chunks under the chunk prefix as an S3 listing shows them;
 - ``message``: the chunk message (the SQS body), versioned;
-- ``sqs_batch``: sending chunk messages with SendMessageBatch (the trigger and the backfill).
+- ``sqs_batch``: sending chunk messages with SendMessageBatch (the trigger and the backfill),
+  and the queue's DLQ;
+- ``settings``: the environment reader of every component's settings (unset or empty is the
+  default).
 
 Standard library and botocore only: the Lambda package and the worker image both ship it.
 """

@@ -164,37 +164,18 @@ def cmd_status(settings: WorkerSettings, args: argparse.Namespace) -> int:
 def cmd_skip_seq(settings: WorkerSettings, args: argparse.Namespace) -> int:
     import getpass
 
-    from chunk_contract.layout import seq_key_prefix
-    from chunk_contract.listing import list_chunks
-    from spark_detector.engine import state as detection_state
+    from spark_detector.ops.skip_seq import SkipRefused, refuse_present, skip_numbers
 
     who = args.by or os.environ.get("USER") or getpass.getuser()
     last = args.through if args.through is not None else args.seq
-    if last < args.seq:
-        print("spark_detector: --through must not be below SEQ", file=sys.stderr)
-        return 2
     s3, _ = aws_clients()
-    # every number checked before any is skipped: a refused range changes nothing
-    for seq in range(args.seq, last + 1):
-        present = [c.key for c in list_chunks(
-            s3, settings.bucket, settings.chunk_prefix, settings.chunk_suffix,
-            within=seq_key_prefix(seq)) if c.seq == seq]
-        if present and not args.force:
-            print(f"spark_detector: chunk {seq} exists in S3 ({present[0]})"
-                  ": it will be applied; skipping it would lose it (--force to insist)",
-                  file=sys.stderr)
-            return 2
-    with migrated_connection(settings) as conn:
-        unfinished = db.rebuild_in_progress(conn)
-        if unfinished is not None:  # the rebuild would not see the skip: finish it first
-            print(f"spark_detector: refused: {unfinished.describe()}", file=sys.stderr)
-            return db.EXIT_REBUILD_IN_PROGRESS
-        try:
-            next_seq = detection_state.skip_seq(conn, args.seq, through=last, reason=args.reason,
-                                                decided_by=who)
-        except (detection_state.SeqAlreadySettled, ValueError) as exc:
-            print(f"spark_detector: {exc}", file=sys.stderr)
-            return 2
+    try:
+        refuse_present(s3, settings, args.seq, last, force=args.force)
+        with migrated_connection(settings) as conn:
+            next_seq = skip_numbers(conn, args.seq, last, reason=args.reason, decided_by=who)
+    except SkipRefused as exc:
+        print(f"spark_detector: {exc}", file=sys.stderr)
+        return exc.exit_code
     print(f"skipped {args.seq}" + (f"-{last}" if last != args.seq else "")
           + f"; the stream now waits for chunk {next_seq}")
     return 0

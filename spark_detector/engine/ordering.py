@@ -14,6 +14,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
+
+from chunk_contract.layout import CHUNK_PREFIX, chunk_seq
 
 __all__ = ["DuplicateNumber", "OutOfTurn", "Turn", "number_holder", "ready_run", "turn_of"]
 
@@ -128,3 +131,16 @@ def consecutive_from(first: int, listed: Mapping[str, int | None], limit: int) -
         run.append(key)
         expected += 1
     return run
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    key: str
+    etag: str = ""
+    event_time: datetime | None = None  # S3 event time, kept for latency figures
+    prefix: str = CHUNK_PREFIX  # the chunk prefix the key was found under
+
+    @property
+    def seq(self) -> int | None:
+        """The producer's sequence number in the key; None for a hand-uploaded chunk."""
+        return chunk_seq(self.key, self.prefix)

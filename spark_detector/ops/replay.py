@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -42,17 +41,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Generic, TypeVar, cast
-from urllib.parse import urlsplit, urlunsplit
-
-import psycopg2
-import psycopg2.extensions
-import pyarrow as pa
-import pyarrow.compute as pc
-from psycopg2 import sql
+from typing import TypeVar
 
 from chunk_contract.layout import chunk_seq
-from chunk_contract.listing import list_chunks
 from spark_detector import db
 from spark_detector.chunk_aggregates import WeightKey
 from spark_detector.config import WorkerSettings
@@ -62,17 +53,30 @@ from spark_detector.engine.ordering import DuplicateNumber, OutOfTurn
 from spark_detector.engine.publish import publish_pending
 from spark_detector.engine.rules import Thresholds, changed_rules
 from spark_detector.failpoints import failpoint
-from spark_detector.ops.rebuild import ENGINE_TABLES, REBUILD_SCHEMA, LiveRebuild, adopt_live_files
+from spark_detector.ops.rebuild import LiveRebuild, adopt_live_files
+from spark_detector.ops.replay_archive import (
+    ArchiveAggregates,
+    Background,
+    aggregate_archive,
+    list_archive,
+    read_importance,
+)
+from spark_detector.ops.replay_db import (
+    LiveRun,
+    connect_target,
+    fired_detections,
+    identity,
+    prepare_target,
+    read_live_run,
+    seal_outbox,
+    settle_like_live,
+)
 from spark_detector.ops.replay_plan import (
     RECORDED,
-    ArchivedChunk,
     DetectionChange,
-    FiredDetection,
-    RecordedChunk,
     ReplayError,
     ReplayPlan,
     ReplayRefused,
-    Target,
     check_publish_prefix,
     compare_detections,
     compare_summary,
@@ -83,8 +87,8 @@ from spark_detector.ops.replay_plan import (
     unsettled_gaps,
 )
 from spark_detector.parsing import size_rejection
-from spark_detector.spark.batch_result import BatchResult, assemble_batch, weight_table
-from spark_detector.spark.job import FetchSpec, aggregate_chunks, fetch_chunks
+from spark_detector.spark.batch_result import BatchResult
+from spark_detector.spark.job import FetchSpec
 from spark_detector.spark.reference_weights import compute_weights
 from spark_detector.spark.session import EXIT_ON_OOM
 
@@ -117,37 +121,6 @@ class ReplayOptions:
     publish: str | None = None
     compare: Path | None = None
     reset: bool = False
-
-
-@dataclass(frozen=True)
-class RejectedRecord:
-    key: str
-    reason: str
-    quarantine_key: str
-    etag: str
-    event_time: datetime | None
-    duplicate_of: str | None = None  # the chunk holding its sequence number
-
-
-@dataclass(frozen=True)
-class SettledNumber:
-    """A sequence number the live run settled without applying its chunk."""
-
-    seq: int
-    outcome: str  # "skipped" (by an operator) or "dead_lettered"
-    chunk_key: str | None
-    reason: str | None
-    decided_by: str | None
-
-
-@dataclass(frozen=True)
-class LiveRun:
-    """What the live database recorded; ``recorded`` is None when it has no engine tables."""
-
-    recorded: tuple[RecordedChunk, ...] | None
-    rejected: tuple[RejectedRecord, ...]
-    detections: tuple[FiredDetection, ...]
-    settled: tuple[SettledNumber, ...] = ()
 
 
 @dataclass
@@ -217,253 +190,6 @@ class _Stopwatch:
             self.timings[stage] = self.timings.get(stage, 0) + elapsed
 
 
-# --- PostgreSQL ----------------------------------------------------------------------------
-
-
-def connect(url: str, *, schema: str | None = None) -> psycopg2.extensions.connection:
-    """A connection for the replay's writes: autocommit off, and (safe for a result that can
-    be rebuilt) asynchronous commit, which saves a WAL flush per chunk."""
-    options = "-c synchronous_commit=off"
-    if schema is not None:
-        options += f" -c search_path={schema}"
-    return db.connect(url, options=options)
-
-
-def _with_database(url: str, dbname: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
-
-
-def ensure_database(url: str) -> None:
-    """Create the URL's database on its server if it does not exist."""
-    dbname = urlsplit(url).path.lstrip("/")
-    if not dbname:
-        raise ReplayError(f"--into {db.redact_dsn(url)}: the URL names no database")
-    admin = db.connect(_with_database(url, "postgres"))
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,))
-            if cur.fetchone() is None:
-                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-                logger.info("replay database created", extra={"database": dbname})
-    finally:
-        admin.close()
-
-
-def identity(conn: psycopg2.extensions.connection) -> tuple:
-    """(server start, database, schema): equal for two connections to the same tables."""
-    with db.transaction(conn), conn.cursor() as cur:
-        cur.execute("SELECT pg_postmaster_start_time(), current_database(), current_schema()")
-        return cur.fetchone()
-
-
-def _has_engine_tables(cur: psycopg2.extensions.cursor) -> bool:
-    cur.execute("SELECT to_regclass('processed_chunks') IS NOT NULL"
-                " AND to_regclass('detected_patterns') IS NOT NULL")
-    return bool(cur.fetchone()[0])
-
-
-def read_live_run(conn: psycopg2.extensions.connection) -> LiveRun:
-    """The live run's apply order, rejected chunks and detections (one snapshot)."""
-    with db.transaction(conn), conn.cursor() as cur:
-        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        if not _has_engine_tables(cur):
-            return LiveRun(None, (), ())
-        cur.execute("SELECT chunk_key, apply_order, etag, event_time FROM processed_chunks"
-                    " ORDER BY apply_order")
-        recorded = tuple(RecordedChunk(*row) for row in cur.fetchall())
-        cur.execute("SELECT count(*) = 1 FROM information_schema.columns WHERE table_name ="
-                    " 'rejected_chunks' AND column_name = 'duplicate_of'"
-                    " AND table_schema = current_schema()")
-        duplicate_of = "duplicate_of" if cur.fetchone()[0] else "NULL"  # before migration 8
-        cur.execute("SELECT chunk_key, reason, quarantine_key, etag, event_time,"
-                    f" {duplicate_of} FROM rejected_chunks ORDER BY chunk_key")
-        rejected = tuple(RejectedRecord(*row) for row in cur.fetchall())
-        detections = _fired_detections(cur)
-        settled: tuple[SettledNumber, ...] = ()
-        cur.execute("SELECT to_regclass('sequence_marks') IS NOT NULL")
-        if cur.fetchone()[0]:
-            cur.execute("SELECT seq, outcome, chunk_key, reason, decided_by FROM sequence_marks"
-                        " WHERE outcome IN ('skipped', 'dead_lettered') ORDER BY seq")
-            settled = tuple(SettledNumber(*row) for row in cur.fetchall())
-    return LiveRun(recorded, rejected, detections, settled)
-
-
-def _fired_detections(cur: psycopg2.extensions.cursor) -> tuple[FiredDetection, ...]:
-    cur.execute("SELECT seq, pattern_id, merchant_id, customer_name, chunk_key, apply_order"
-                " FROM detected_patterns ORDER BY seq")
-    return tuple(FiredDetection(*row) for row in cur.fetchall())
-
-
-def fired_detections(conn: psycopg2.extensions.connection) -> tuple[FiredDetection, ...]:
-    with db.transaction(conn), conn.cursor() as cur:
-        return _fired_detections(cur)
-
-
-def empty_engine_tables(conn: psycopg2.extensions.connection) -> None:
-    """As after the migrations: no chunks, no state, the stream waiting for chunk 1 (the
-    reference weight cache and schema_migrations stay)."""
-    with db.transaction(conn), conn.cursor() as cur:
-        cur.execute(sql.SQL("TRUNCATE {}").format(
-            sql.SQL(", ").join(sql.Identifier(t) for t in (*ENGINE_TABLES, "chunk_failures"))))
-        cur.execute("INSERT INTO stream_position (next_seq) VALUES (1)")
-
-
-def _holds_anything(conn: psycopg2.extensions.connection) -> bool:
-    with db.transaction(conn), conn.cursor() as cur:
-        cur.execute("SELECT EXISTS (SELECT 1 FROM processed_chunks)"
-                    " OR EXISTS (SELECT 1 FROM rejected_chunks)"
-                    " OR EXISTS (SELECT 1 FROM detected_patterns)")
-        return bool(cur.fetchone()[0])
-
-
-def connect_target(target: Target, live_url: str) -> psycopg2.extensions.connection:
-    """A connection to the target: a database (created if missing), or a schema of the live
-    database (created if missing); for --replace, the rebuild's schema beside the live
-    tables (``rebuild.LiveRebuild`` installs it)."""
-    schema = REBUILD_SCHEMA if target.replace else target.schema
-    if schema is not None:
-        conn = connect(live_url, schema=schema)
-        with db.transaction(conn), conn.cursor() as cur:
-            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        return conn
-    if target.database_url is None:
-        raise ReplayError("the replay names no database to write to")
-    ensure_database(target.database_url)
-    return connect(target.database_url)
-
-
-def prepare_target(conn: psycopg2.extensions.connection, target: Target,
-                   live_identity: tuple | None, *, reset: bool) -> None:
-    """Migrate the target and make sure it is empty; refuse the live tables (but --replace)."""
-    if not target.replace and live_identity is not None and identity(conn) == live_identity:
-        raise ReplayRefused(f"--into: {target.describe()} holds the live tables; choose"
-                            " another database or schema (or --replace to rebuild them)")
-    db.migrate(conn)
-    if target.replace or reset:
-        empty_engine_tables(conn)
-    elif _holds_anything(conn):
-        raise ReplayError(f"{target.describe()} already holds a replay or a run; add"
-                          " --reset to empty it first, or choose another target")
-
-
-def settle_like_live(conn: psycopg2.extensions.connection, live: LiveRun, gaps: list[int],
-                     prefix: str) -> None:
-    """Settle in the target what the live run settled without applying a chunk - the numbers
-    an operator skipped and the chunks it dead-lettered (reasons and who decided included),
-    its whole-chunk rejections, and ``gaps``, numbers neither in the archive nor settled
-    live - so that the engine's production order lets every planned chunk through, as it did
-    live. The marks come first: a chunk that came late (skipped, then rejected when it came)
-    is then recorded as late, as it was live. A duplicate sequence number is recorded as
-    one, settling nothing: the number is its holder's, applied in its turn."""
-    for n in live.settled:
-        detection_state.settle_number(conn, n.seq, n.outcome, chunk_key=n.chunk_key,
-                                      reason=n.reason, decided_by=n.decided_by)
-    for r in live.rejected:
-        detection_state.record_rejected_chunk(
-            conn, detection_state.ChunkRef(r.key, r.etag, r.event_time, prefix), r.reason,
-            r.quarantine_key, duplicate_of=r.duplicate_of)
-    for seq in gaps:
-        detection_state.settle_number(
-            conn, seq, "skipped", reason="not in the chunk archive: the replay went on without"
-            " it", decided_by="replay")
-
-
-def seal_outbox(conn: psycopg2.extensions.connection) -> None:
-    """Close the last partial file and mark every file as handled, without an S3 key.
-
-    A replay that publishes nothing must leave nothing pending: a worker pointed at this
-    database by mistake would otherwise write its files to the live prefix.
-    """
-    outbox.close_partial_file(conn)
-    with db.transaction(conn), conn.cursor() as cur:
-        cur.execute("UPDATE outbox_files SET written_at = clock_timestamp(), s3_key = NULL"
-                    " WHERE written_at IS NULL")
-
-
-# --- inputs --------------------------------------------------------------------------------
-
-
-def read_importance(s3, settings: WorkerSettings, uri: str | None) -> tuple[str, bytes]:
-    """(where from, bytes) of the CustomerImportance to use: ``uri`` or the live one."""
-    if uri is None:
-        uri = f"s3://{settings.bucket}/{settings.reference_key}"
-    if uri.startswith("s3://"):
-        bucket, _, key = uri.removeprefix("s3://").partition("/")
-        if not bucket or not key:
-            raise ReplayError(f"--importance {uri}: expected s3://bucket/key")
-        try:
-            return uri, s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except s3.exceptions.NoSuchKey as exc:
-            raise ReplayError(f"--importance {uri}: no such object") from exc
-    path = Path(uri)
-    if not path.is_file():
-        raise ReplayError(f"--importance {uri}: no such file")
-    return str(path), path.read_bytes()
-
-
-def list_archive(s3, settings: WorkerSettings) -> list[ArchivedChunk]:
-    return [
-        ArchivedChunk(c.key, c.etag, c.last_modified, c.size)
-        for c in list_chunks(s3, settings.bucket, settings.chunk_prefix, settings.chunk_suffix)
-    ]
-
-
-class ArchiveAggregates:
-    """The Spark job's result for every chunk, as one Arrow table sorted by chunk key."""
-
-    def __init__(self, table: pa.Table, weights: dict[WeightKey, Decimal]) -> None:
-        self.weights = weight_table(weights)
-        self.table = table.sort_by("chunk_key")
-        counts = pc.value_counts(self.table["chunk_key"]).to_pylist()
-        # Arrow sorts strings bytewise; UTF-8 byte order is code point order, as sorted()'s
-        self.slices: dict[str, tuple[int, int]] = {}
-        offset = 0
-        for item in sorted(counts, key=lambda c: c["values"]):
-            self.slices[item["values"]] = (offset, item["counts"])
-            offset += item["counts"]
-
-    def chunk(self, key: str) -> BatchResult:
-        """One chunk's result, assembled and checked (every line counted) by the worker's code."""
-        offset, length = self.slices.get(key, (0, 0))
-        part = self.table.slice(offset, length)
-        return assemble_batch([key], part, self.weights)
-
-
-def aggregate_archive(spark, fetch_spec: FetchSpec, keys: list[str],
-                      weights: dict[WeightKey, Decimal]) -> ArchiveAggregates:
-    """ONE Spark job: every chunk fetched by the executors, parsed, validated, aggregated.
-
-    The same query as a live micro-batch (``aggregate_chunks``), over the whole archive; the
-    weights are applied chunk by chunk on the driver, as live.
-    """
-    query = aggregate_chunks(spark, fetch_chunks(spark, fetch_spec, sorted(set(keys))))
-    return ArchiveAggregates(query.toArrow(), weights)
-
-
-class _Background(Generic[T]):
-    """Run ``fn`` on a thread; ``result()`` joins and re-raises its error in the caller."""
-
-    def __init__(self, fn: Callable[[], T], name: str) -> None:
-        self._value: T | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fn,), name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self, fn: Callable[[], T]) -> None:
-        try:
-            self._value = fn()
-        except BaseException as exc:  # handed to the caller by result()
-            self._error = exc
-
-    def result(self) -> T:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return cast(T, self._value)
-
-
 # --- the command ---------------------------------------------------------------------------
 
 
@@ -498,7 +224,7 @@ def run_replay(
         weights, rejected = compute_weights(data, source)
         return source, rejected, weights
 
-    reference = _Background(parsed_reference, "replay-reference")
+    reference = Background(parsed_reference, "replay-reference")
     # --replace: the live database locked against workers; its record is read under the lock
     rebuild = LiveRebuild.lock(settings.database_url) if target.replace else None
     order = rebuild.order(options.order) if rebuild else options.order or RECORDED

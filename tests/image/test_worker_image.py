@@ -34,10 +34,10 @@ import pytest
 
 from infra import image
 from infra.local.stack import poll_until
-from tests.support.images import queued_stream
 from tests.support.workers import (
     applied_count,
     assert_applied_in_production_order,
+    queued_stream,
     worker_env,
 )
 

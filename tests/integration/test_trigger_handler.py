@@ -249,7 +249,7 @@ def test_built_package_is_the_trigger_and_the_contract_and_imports_nothing_from_
     shipped = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert shipped == [
         *(f"chunk_contract/{name}.py"
-          for name in ("__init__", "layout", "listing", "message", "sqs_batch")),
+          for name in ("__init__", "layout", "listing", "message", "settings", "sqs_batch")),
         *(f"lambda_trigger/{name}.py" for name in ("__init__", "app", "config", "records")),
     ]
     code = (

@@ -14,12 +14,10 @@ import sys
 import pytest
 
 from infra.local.stack import poll_until
-from producer.generate import generate
 from tests.support.workers import (
-    AwsResources,
     applied_count,
     assert_applied_in_production_order,
-    split_chunks,
+    queued_stream,
     start_worker,
     worker_env,
 )
@@ -35,14 +33,7 @@ def test_worker_runs_with_a_bare_python3_first_on_path(
                            capture_output=True, check=False)
     assert probe.returncode != 0, "the bare interpreter must not see boto3"
 
-    generate(tmp_path, rows=4000, seed=3)
-    chunks = split_chunks((tmp_path / "transactions.csv").read_bytes(), 1000)
-    importance = (tmp_path / "CustomerImportance.csv").read_bytes()
-    resources = AwsResources.create(moto_endpoint)
-    resources.upload(chunks)
-    resources.s3.put_object(Bucket=resources.bucket, Key="reference/CustomerImportance.csv",
-                            Body=importance)
-    resources.enqueue(sorted(chunks))
+    chunks, importance, resources = queued_stream(tmp_path, moto_endpoint, rows=4000)
     env = worker_env(resources, migrated_database_url, PATH=f"{bare / 'bin'}:/usr/bin:/bin",
                      WORKER_FETCH_ON="executors")
     env.pop("PYSPARK_PYTHON", None)

@@ -21,11 +21,12 @@ import pytest
 
 from infra.local.spark_cluster import create_venv
 from infra.local.stack import poll_until
-from tests.support.images import instructions, queued_stream
+from tests.support.images import instructions
 from tests.support.workers import (
     REPO,
     applied_count,
     assert_applied_in_production_order,
+    queued_stream,
     worker_env,
 )
 

@@ -33,6 +33,7 @@ import psycopg2
 from chunk_contract.layout import CHUNK_PREFIX, chunk_key, chunk_seq
 from chunk_contract.message import ChunkMessage
 from infra.local.stack import poll_until
+from producer.generate import generate
 from spark_detector.engine.rules import Thresholds
 from tests.reference_model import ChunkRejectedWhole, ReferenceEngine, read_chunk, read_weights
 
@@ -349,6 +350,19 @@ def stage(resources: AwsResources, chunks: dict[str, bytes], importance: bytes) 
     resources.upload(chunks)
     resources.s3.put_object(Bucket=resources.bucket, Key="reference/CustomerImportance.csv",
                             Body=importance)
+
+
+def queued_stream(folder: Path, endpoint: str, rows: int = 3_000
+                  ) -> tuple[dict[str, bytes], bytes, AwsResources]:
+    """``rows`` generated rows as chunks of 1,000 in a new bucket with the CustomerImportance at
+    the reference key, their messages queued: what a worker process is given to apply."""
+    generate(folder, rows=rows, seed=3)
+    chunks = split_chunks((folder / "transactions.csv").read_bytes(), 1000)
+    importance = (folder / "CustomerImportance.csv").read_bytes()
+    resources = AwsResources.create(endpoint)
+    stage(resources, chunks, importance)
+    resources.enqueue(sorted(chunks))
+    return chunks, importance, resources
 
 
 def stop(process: subprocess.Popen, log: Path) -> None:
