@@ -71,7 +71,7 @@ class ChunkAggregates:
 
     def without_pairs(self) -> ChunkAggregates:
         """The counts alone, for a chunk whose pairs were already written out as COPY text
-        (``detection_state.prepare_pairs``); the engine refuses to apply it on its own."""
+        (``engine.state.prepare_pairs``); the engine refuses to apply it on its own."""
         return replace(self, pairs=())
 
 

@@ -1,5 +1,5 @@
 """A chunk's pairs as the text that PostgreSQL's COPY reads into ``chunk_pairs``
-(``detection_state``): one line per (merchant, customer) pair, ``COPY_COLUMNS`` separated by
+(``engine.state``): one line per (merchant, customer) pair, ``COPY_COLUMNS`` separated by
 tabs, in COPY's text format.
 
 Two writers of the one format:

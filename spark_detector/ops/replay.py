@@ -6,15 +6,15 @@ The chunk archive in S3 is the source of truth. A replay:
    sequence numbers settled without their chunk, the detections) and lists the chunk prefix;
    ``replay_plan.plan_chunks`` picks the chunks and their order (the recorded apply order, or
    key order for a database that is gone), skipping the chunks the live run rejected whole;
-2. runs ONE Spark job over all of them - ``spark_job.fetch_chunks`` and ``aggregate_chunks``,
+2. runs ONE Spark job over all of them - ``spark.job.fetch_chunks`` and ``aggregate_chunks``,
    the worker's own fetch / parse / validate / aggregate query, so rows are validated exactly
    as live - which yields every chunk's pair aggregates, the chunks spread over the
    executors. The result stays one compact Arrow table on the driver, turned into one
-   chunk's ``ChunkAggregates`` at a time (``spark_job.assemble_batch``) just before that chunk
-   is applied, so the driver holds Python objects for two chunks at most;
+   chunk's ``ChunkAggregates`` at a time (``spark.batch_result.assemble_batch``) just before
+   that chunk is applied, so the driver holds Python objects for two chunks at most;
 3. settles the numbers the live run settled without their chunk, as it recorded them
    (``settle_like_live``), then applies the chunks one by one, in the planned order, with
-   ``detection_state.apply_chunk`` into the target database or schema - a chunk applied
+   ``engine.state.apply_chunk`` into the target database or schema - a chunk applied
    late live is applied late here too, at its recorded place: the engine's own
    state update, rules at every chunk boundary for the merchants the chunk touched,
    emit-once and detection numbering. The replay is therefore the live semantics by
@@ -23,7 +23,7 @@ The chunk archive in S3 is the source of truth. A replay:
    with the live detections (added, removed, fired after another chunk).
 
 It never writes to the live tables or the live detection prefix, except with ``--replace``
-(rebuild the live database after a loss, ``rebuild.py``), which refuses while any worker
+(rebuild the live database after a loss, ``ops/rebuild.py``), which refuses while any worker
 holds the worker lock (``db.try_worker_lock``), keeps every worker out while it is
 unfinished, and installs its result in one transaction. Every error a replay expects ends it
 with one line and an exit code (``__main__.cmd_replay``).

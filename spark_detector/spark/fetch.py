@@ -219,7 +219,7 @@ def fetch_on_driver(spec: FetchSpec, chunk_keys: Sequence[str],
     return rows, sum(spent)
 
 
-# The warm-up's made-up chunks (``spark_job.warm_up``) live here, not in spark_job: on a
+# The warm-up's made-up chunks (``spark.job.warm_up``) live here, not in spark.job: on a
 # cluster the executors make them, and they import this module but lack spark_job's
 # dependencies (pyarrow). tests/integration/test_worker_on_standalone_cluster.py checks that
 # the warm-up runs there.

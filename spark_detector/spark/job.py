@@ -4,10 +4,10 @@
 ``aggregate_batch`` runs ONE Spark query (one action) for the whole micro-batch, in three
 parts, each in its own module:
 
-1. ``chunk_fetch``: the chunks are fetched from S3 and checked whole, by the executors on a
+1. ``fetch``: the chunks are fetched from S3 and checked whole, by the executors on a
    cluster, by the driver in local mode, which hands them to a query planned once
    (``driver_chunks``);
-2. ``batch_query``: the SQL that parses and validates every line and aggregates per
+2. ``query``: the SQL that parses and validates every line and aggregates per
    (chunk, merchant, customer, category), rejected row and chunk;
 3. ``batch_result``: the result, on the driver, weighed, merged per pair and written out as
    each chunk's counts and COPY text (Arrow compute).

@@ -177,7 +177,7 @@ def package_dir() -> Path:
 def zip_package(destination: Path, source: Path | None = None) -> Path:
     """``spark_detector``'s modules as a zip for ``addPyFile`` / ``--py-files``.
 
-    The whole package, not only the modules the executors import (``chunk_fetch``, ``spark_job``,
+    The whole package, not only the modules the executors import (``spark.fetch``, ``spark.job``,
     ``parsing`` and what they import): the rest is small and never imported there, so the
     executors need none of the driver's other packages (psycopg2, Powertools).
     """

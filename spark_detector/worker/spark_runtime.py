@@ -93,7 +93,7 @@ class SparkAggregator:
         return cls(spark, fetch_spec, table)
 
     def warm_up(self) -> None:
-        """One made-up batch through the whole query (``spark_job.warm_up``): the first real
+        """One made-up batch through the whole query (``spark.job.warm_up``): the first real
         batch then does not pay the Python workers' start, class loading and code generation."""
         started = time.perf_counter()
         warm_up(self.spark, self.fetch_spec)

@@ -152,13 +152,13 @@ def test_a_database_restart_mid_run_loses_and_duplicates_nothing(
     worker = make_worker(resources, migrated_database_url, spark, weights,
                          max_batch_chunks=2)
     assert worker.run_batch().chunks == 2
-    connection_before = worker._conn
+    connection_before = worker.db.conn
     # Every server connection of this database is cut, as a PostgreSQL restart would.
     with psycopg2.connect(migrated_database_url) as conn, conn.cursor() as cur:
         cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                     " WHERE datname = current_database() AND pid <> pg_backend_pid()")
     run_until_idle(worker)
-    assert worker._conn is not connection_before  # it did reconnect
+    assert worker.db.conn is not connection_before  # it did reconnect
     assert_applied_in_production_order(migrated_database_url, chunks, dataset[1])
     worker.close()
 

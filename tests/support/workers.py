@@ -38,7 +38,8 @@ from spark_detector.engine.rules import Thresholds
 from tests.reference_model import ChunkRejectedWhole, ReferenceEngine, read_chunk, read_weights
 
 if TYPE_CHECKING:
-    from spark_detector.worker.loop import BatchSummary, Worker
+    from spark_detector.worker.loop import Worker
+    from spark_detector.worker.summary import BatchSummary
 
 REPO = Path(__file__).resolve().parents[2]
 

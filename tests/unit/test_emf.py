@@ -7,7 +7,8 @@ import json
 import logging
 
 from json_logs import configure
-from spark_detector.worker.loop import BatchSummary, emf
+from spark_detector.worker import emf
+from spark_detector.worker.summary import BatchSummary
 
 
 def test_a_batch_line_publishes_its_numbers_under_the_namespace():

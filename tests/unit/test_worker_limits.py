@@ -6,7 +6,8 @@ from __future__ import annotations
 from spark_detector.config import WorkerSettings
 from spark_detector.spark.batch_result import BatchResult, merged_results
 from spark_detector.spark.job import bounded_groups, line_groups
-from spark_detector.worker.loop import Worker, _broken_gateway
+from spark_detector.worker.loop import Worker
+from spark_detector.worker.spark_jobs import broken_gateway
 
 MiB = 2**20
 
@@ -50,12 +51,12 @@ def worker(alive: bool = True, timeout: float = 30) -> Worker:
 def test_a_job_running_longer_than_its_bound_is_a_dead_runtime():
     w = worker(timeout=30)
     assert w.runtime_lost(1000.0) is None  # no job running
-    w._job = (["stream_chunks/chunk-00000001-x.csv"], 1000.0)
+    w.jobs.job = (["stream_chunks/chunk-00000001-x.csv"], 1000.0)
     assert w.runtime_lost(1030.0) is None
     assert w.runtime_lost(1030.5) == (
         "the Spark job of 1 chunk(s) ran longer than WORKER_SPARK_JOB_TIMEOUT_SECONDS=30:"
         " the runtime is taken for dead")
-    w._job = ([], 1000.0)  # the start-up warm-up is bounded too
+    w.jobs.job = ([], 1000.0)  # the start-up warm-up is bounded too
     assert w.runtime_lost(2000.0).startswith("the warm-up job ran longer")
     assert worker(alive=False).runtime_lost(0.0) == "the Spark JVM has exited"
 
@@ -71,10 +72,10 @@ def test_an_error_of_the_jvms_connection_is_told_from_a_chunks_own():
         except ConnectionRefusedError as exc:
             raise Py4JNetworkError("An error occurred while trying to connect") from exc
     except Py4JNetworkError as gateway:
-        assert _broken_gateway(gateway)
+        assert broken_gateway(gateway)
         try:
             raise RuntimeError("the job failed") from gateway
         except RuntimeError as wrapped:
-            assert _broken_gateway(wrapped)
-    assert not _broken_gateway(ConnectionRefusedError(111, "an S3 endpoint refused"))
-    assert not _broken_gateway(ValueError("bad row"))
+            assert broken_gateway(wrapped)
+    assert not broken_gateway(ConnectionRefusedError(111, "an S3 endpoint refused"))
+    assert not broken_gateway(ValueError("bad row"))

@@ -9,7 +9,7 @@ interleaved), and its first query 2.3-2.6 s against 1.1-1.5 s.
 
 This command starts Spark in local mode with the first flag, runs the worker's warm-up (made-up
 chunks through the real batch query: no S3, no database), stops it, waits for the JVM to write
-the archive, and moves it into place in one rename. ``spark_session`` passes the second flag
+the archive, and moves it into place in one rename. ``spark.session`` passes the second flag
 whenever the archive exists (``archive_path``). An archive written for another Java or
 another Spark install does not break a start: the JVM checks that its class path matches,
 warns and starts without it. ``make`` builds the archive with the virtual environment, the

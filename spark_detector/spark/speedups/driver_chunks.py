@@ -2,7 +2,7 @@
 ``python -m spark_detector.spark.speedups.driver_chunks [PATH]`` builds the jar it needs.
 
 Spark runs a DataFrame's plan again on new data only when a source reads that data at
-execution time. A DataFrame made from each batch's rows (``chunk_fetch.fetched_frame``)
+execution time. A DataFrame made from each batch's rows (``spark.fetch.fetched_frame``)
 is a new query every time: Spark analyses, optimises and plans it and generates its code
 again, which was most of a one-chunk job (measured, one-chunk jobs with their fetch and
 ``assemble_batch``, 100 of each interleaved in one warm process: 163.1 ms with a DataFrame per
@@ -14,10 +14,10 @@ Spark DataSource V2 table), runs the batch query over that table, and empties th
 one-chunk query is planned once; a batch of several chunks, spread over the
 cores, is a new query over the same table (``DriverChunks`` says why). On a cluster the
 executors are other JVMs, which cannot see the map: there the batch query reads
-``chunk_fetch.fetch_chunks`` as before.
+``spark.fetch.fetch_chunks`` as before.
 
 The class is compiled with Janino, the Java compiler inside Spark's own jars, so a Java
-runtime is enough (no JDK). ``spark_session.jvm_defaults`` puts the jar on the driver's class
+runtime is enough (no JDK). ``spark.session.jvm_defaults`` puts the jar on the driver's class
 path when it exists; without it the worker makes a DataFrame per batch, which is slower and
 gives the same results. ``make`` builds the jar with the virtual environment, before the class
 archive (which records the class path); the worker's image builds it at build time.
