@@ -7,18 +7,15 @@ executors fetch (``WORKER_FETCH_ON=executors``), so that Python workers run the 
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 
 import pytest
 
-from infra.local.stack import poll_until
 from tests.support.workers import (
-    applied_count,
     assert_applied_in_production_order,
     queued_stream,
-    start_worker,
+    run_worker_until_applied,
     worker_env,
 )
 
@@ -38,13 +35,6 @@ def test_worker_runs_with_a_bare_python3_first_on_path(
                      WORKER_FETCH_ON="executors")
     env.pop("PYSPARK_PYTHON", None)
     log = tmp_path / "worker.log"
-    worker = start_worker(env, log)
-    try:
-        poll_until(lambda: applied_count(migrated_database_url) == len(chunks), 180,
-                   "every chunk applied", process=worker, log=log)
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        code = worker.wait(timeout=120)
-    assert code == 0, log.read_text()[-3000:]
+    run_worker_until_applied(env, log, migrated_database_url, len(chunks))
     assert '"fetch_on": "executors"' in log.read_text()
     assert assert_applied_in_production_order(migrated_database_url, chunks, importance)

@@ -4,18 +4,17 @@ batch to Spark as a DataFrame, and the result is the same."""
 
 from __future__ import annotations
 
-import signal
+import subprocess
 
 import psutil
 import pytest
 
 from infra.local.stack import poll_until
 from tests.support.workers import (
-    applied_count,
     assert_applied_in_production_order,
     log_lines,
     queued_stream,
-    start_worker,
+    run_worker_until_applied,
     worker_env,
 )
 
@@ -28,18 +27,17 @@ def test_the_worker_without_its_speedups_applies_the_same_stream(
     env = worker_env(resources, migrated_database_url, SPARK_DRIVER_CHUNKS_JAR="",
                      SPARK_CLASS_ARCHIVE="")
     log = tmp_path / "worker.log"
-    worker = start_worker(env, log)
-    try:
+    jvm: list[list[str]] = []
+
+    def jvm_command_line(worker: subprocess.Popen) -> None:
         poll_until(lambda: log_lines(log, "spark ready"), 180, "Spark started",
                    process=worker, log=log)
-        jvm = [p.cmdline() for p in psutil.Process(worker.pid).children(recursive=True)
-               if p.name() == "java"]
-        poll_until(lambda: applied_count(migrated_database_url) == len(chunks), 180,
-                   "every chunk applied", process=worker, log=log)
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        code = worker.wait(timeout=120)
-    assert code == 0, log.read_text()[-3000:]
+        jvm.extend(p.cmdline() for p in psutil.Process(worker.pid).children(recursive=True)
+                   if p.name() == "java")
+
+    run_worker_until_applied(env, log, migrated_database_url, len(chunks),
+                             during=jvm_command_line)
+
     [ready] = log_lines(log, "spark ready")
     assert ready["fetch_on"] == "driver" and ready["driver_chunks"] is False
     assert jvm and not any("SharedArchiveFile" in arg or "driver-chunks" in arg

@@ -294,6 +294,20 @@ def start_worker(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen
                             env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
+def run_worker_until_applied(env: dict[str, str], log: Path, database_url: str, count: int,
+                             during: Callable[[subprocess.Popen], object] = lambda p: None,
+                             timeout: float = 180) -> None:
+    """A worker process (``env``) run until ``count`` chunks are applied, then stopped with
+    SIGTERM, exit code 0 required; ``during(process)`` once it runs."""
+    worker = start_worker(env, log)
+    try:
+        during(worker)
+        poll_until(lambda: applied_count(database_url) == count, timeout,
+                   "every chunk applied", process=worker, log=log)
+    finally:
+        stop(worker, log)
+
+
 @contextlib.contextmanager
 def paused(process: subprocess.Popen) -> Iterator[None]:
     """The worker process and its children (the JVM, Spark's Python workers) stopped with
