@@ -113,6 +113,7 @@ def cmd_run(settings: WorkerSettings, args: argparse.Namespace) -> int:
     worker = Worker(settings, s3=s3, sqs=sqs, connect=lambda: db.connect(settings.database_url),
                     aggregate=aggregator.aggregate, runtime_alive=aggregator.alive,
                     kill_runtime=aggregator.kill, warm_up=aggregator.warm_up,
+                    probe_spark=aggregator.probe,
                     y_start_time=y_start_time, stop_event=stop_event)
     try:
         return worker.run(drain=args.drain)

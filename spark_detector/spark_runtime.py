@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from spark_detector.batch_result import weight_table
 from spark_detector.config import WorkerSettings, fetches_on_driver
+from spark_detector.failpoints import failpoint
 from spark_detector.reference_weights import KeyWeights, load_key_weights
 from spark_detector.spark_job import (
     BatchResult,
@@ -100,6 +101,12 @@ class SparkAggregator:
         logger.info("spark warm", extra={
             "warm_up_ms": round((time.perf_counter() - started) * 1000)})
 
+    def probe(self) -> None:
+        """A made-up batch of one small chunk, no S3: raises if the runtime fails it too (the
+        worker's test of whether a failed job was the chunk's or the runtime's)."""
+        failpoint("spark_job")
+        warm_up(self.spark, self.fetch_spec, lines=100)
+
     def alive(self) -> bool:
         return jvm_alive(self.spark)
 
@@ -111,6 +118,7 @@ class SparkAggregator:
 
     def aggregate(self, chunks: Mapping[str, str]) -> BatchResult:
         """One micro-batch: ``chunks`` maps each key to the version (ETag) to read."""
+        failpoint("spark_job")
         if self._follow_parallelism:
             follow_parallelism(self.spark)
         return aggregate_batch(self.spark, self.fetch_spec, list(chunks), self.weights, chunks)

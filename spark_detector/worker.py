@@ -28,7 +28,9 @@ Failures stay with the chunk that caused them: a failed micro-batch is retried c
 chunk at once, and only a chunk that fails on its own is counted (``failures``); after its
 budget it is moved to the DLQ by the worker, and the stream goes on without it. An outage of
 PostgreSQL is no chunk's failure: the worker gives its messages back and receives nothing
-until the database answers. A dead Spark runtime ends the process (exit code 3) after its
+until the database answers. Nor is an outage of S3 or of the Spark runtime (``outages``):
+the worker keeps the chunks it holds, receives nothing, and retries them once a probe finds
+the dependency answering. A dead Spark runtime ends the process (exit code 3) after its
 messages are given back, so the container platform restarts it: a JVM that exited (an
 OutOfMemoryError ends it: ``-XX:+ExitOnOutOfMemoryError``), or a Spark job that ran longer
 than ``WORKER_SPARK_JOB_TIMEOUT_SECONDS`` (a JVM thrashing in its garbage collector, a stuck
@@ -53,7 +55,7 @@ import psycopg2
 from chunk_contract.layout import chunk_seq, start_after_seq
 from chunk_contract.listing import list_chunks
 from chunk_contract.message import ChunkMessage, InvalidChunkMessage
-from spark_detector import conflicts, db, detection_state, emf, failures, outbox
+from spark_detector import conflicts, db, detection_state, emf, failures, outages, outbox
 from spark_detector.backfill import backfill
 from spark_detector.batch_result import merged_results
 from spark_detector.chunk_queue import (
@@ -263,6 +265,7 @@ class Worker:
         runtime_alive: Callable[[], bool] = lambda: True,
         kill_runtime: Callable[[], None] = lambda: None,
         warm_up: Callable[[], object] | None = None,
+        probe_spark: Callable[[], object] | None = None,
         y_start_time: datetime | None = None,
         clock: Callable[[], float] = time.monotonic,
         stop_event: threading.Event | None = None,
@@ -275,6 +278,7 @@ class Worker:
         self._runtime_alive = runtime_alive
         self._kill_runtime = kill_runtime
         self._warm_up = warm_up
+        self._probe_spark = probe_spark  # a made-up batch, no S3: None, no Spark probe
         # The Spark job running now (one at a time): its chunks, and since when (monotonic);
         # read by the watchdog, which ends the process when it overruns.
         self._job: tuple[list[str], float] | None = None
@@ -306,6 +310,7 @@ class Worker:
         self._failed_before: set[str] = set()  # chunks in hand with a failure record
         self._made_progress = False  # the last batch applied a chunk
         self._database_down = False
+        self.outage = outages.OutageGate(self.stop_event, settings.metrics_namespace)
 
     # --- PostgreSQL: retries, then an outage ----------------------------------------------
 
@@ -455,8 +460,13 @@ class Worker:
                 if self._database_down:
                     self._wait_for_database()
                     continue
+                if self.outage.down is not None:
+                    self.outage.wait(self._probe_outage)
+                    continue
                 summary = self.run_batch()
                 self.idle_work(summary)
+            except outages.DependencyOutage as exc:  # the held chunks wait: not given back
+                self.outage.trip(exc.outage, list(self.chunks))
             except db.RebuildInProgress as exc:
                 logger.error("rebuild in progress: messages given back, exiting", extra={
                     "error": str(exc), "exit_code": EXIT_REBUILD_IN_PROGRESS})
@@ -472,7 +482,11 @@ class Worker:
                              extra={"error": str(exc), "exit_code": EXIT_SPARK_LOST})
                 self._give_back_all("spark runtime lost")
                 return EXIT_SPARK_LOST
-            except Exception:  # the outermost loop: log with context, go on
+            except Exception as exc:  # the outermost loop: log with context, go on
+                reason = outages.s3_outage_reason(exc)  # an S3 call of no chunk (publish, ...)
+                if reason is not None:
+                    self.outage.trip(outages.Outage(outages.S3, reason), list(self.chunks))
+                    continue
                 logger.exception("loop failed; its messages go back to the queue",
                                  extra={"chunk_keys": list(self.chunks)})
                 self._give_back_all("loop failed")
@@ -569,6 +583,8 @@ class Worker:
             summary.files_written = len(self.publish())
         summary.batch_ms = _ms_since(batch_started)
         self._made_progress = summary.chunks > 0
+        if summary.chunks or summary.rejected_chunks:
+            self.outage.settled()
         if received or summary.chunks or summary.failures or summary.rejected_chunks:
             fields = summary.__dict__
             logger.info("batch done", extra={**fields, **emf.metric_directive(
@@ -687,8 +703,18 @@ class Worker:
         ready = list(plan.ready)
         if plan.look_from is not None:
             found = self._look_in_s3(plan.look_from, s.max_batch_chunks - len(ready))
+            # another worker holds their messages: failing ones wait for their retry here too
+            new = [key for key in found if key not in records]
+            records.update((k, r) for k, r in self.db(
+                lambda conn: failures.failures_of(conn, new)).items()
+                if r.dead_lettered_at is None)
+            blocked |= {k for k in new if k in records and records[k].retry_after
+                        and records[k].retry_after > now}
+            self._failed_before = set(records)
             for key in found:
                 if key in blocked:
+                    logger.info("chunk waits for its retry time", extra={
+                        "chunk_key": key, "retry_after": records[key].retry_after.isoformat()})
                     break
                 if key not in ready:
                     ready.append(key)
@@ -767,6 +793,7 @@ class Worker:
                 results = self._results_for(keys, summary)
         except Exception as exc:
             self._raise_if_runtime_lost(exc)
+            self._raise_if_outage(exc, keys, spark=len(keys) == 1)
             if len(keys) == 1:
                 self._chunk_failed(keys[0], exc, summary)
                 return False
@@ -905,7 +932,7 @@ class Worker:
         try:
             effect()
             return True
-        except (DatabaseUnavailable, SparkRuntimeLost):
+        except (DatabaseUnavailable, SparkRuntimeLost, outages.DependencyOutage):
             raise
         except OutOfTurn as exc:
             logger.info("chunk waits for its predecessor", extra={
@@ -917,6 +944,7 @@ class Worker:
                 key, reason, summary, duplicate_of=holder))
         except Exception as exc:
             self._raise_if_runtime_lost(exc)
+            self._raise_if_outage(exc, [key])
             self._chunk_failed(key, exc, summary)
             return False
 
@@ -1027,6 +1055,43 @@ class Worker:
                 time.sleep(0.1)
         if not self._runtime_alive():
             raise SparkRuntimeLost(failure_text(exc)) from exc
+
+    def _raise_if_outage(self, exc: BaseException, keys: list[str], spark: bool = False
+                         ) -> None:
+        """``DependencyOutage`` when ``exc``, met while working on ``keys``, is an outage of
+        S3 or of the Spark runtime, not theirs (``outages``): S3 did not serve, or denied
+        another chunk too; or (``spark``: ``exc`` came from their Spark job) a made-up batch
+        fails as well."""
+        reason = outages.s3_outage_reason(exc)
+        if reason is not None:
+            raise outages.DependencyOutage(outages.Outage(outages.S3, reason)) from exc
+        if isinstance(exc, ChunkUnavailable) and outages.access_denied(str(exc)):
+            s = self.settings
+            outage = outages.probe_s3(self.s3, s.bucket, s.chunk_prefix, avoid=keys)
+            if outage is not None:
+                raise outages.DependencyOutage(outage) from exc
+        if spark and self._probe_spark is not None:
+            outage = self._spark_outage()
+            if outage is not None:
+                raise outages.DependencyOutage(outages.Outage(
+                    outages.SPARK, f"{failure_text(exc)}; a made-up batch: {outage.reason}",
+                    hint="every Spark job fails alike: see the driver's log")) from exc
+
+    def _spark_outage(self) -> outages.Outage | None:
+        """None if a made-up batch (no S3) runs, else why not."""
+        try:
+            self._bounded([], self._probe_spark)
+        except Exception as exc:
+            self._raise_if_runtime_lost(exc)
+            return outages.Outage(outages.SPARK, failure_text(exc))
+        return None
+
+    def _probe_outage(self) -> outages.Outage | None:
+        """The gate's probe of the dependency that is out: None once it answers."""
+        if self.outage.down is not None and self.outage.down.dependency == outages.SPARK:
+            return self._spark_outage()
+        s = self.settings
+        return outages.probe_s3(self.s3, s.bucket, s.chunk_prefix)
 
     def _chunk_failed(self, key: str, exc: BaseException, summary: BatchSummary) -> None:
         s = self.settings

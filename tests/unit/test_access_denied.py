@@ -9,6 +9,7 @@ from botocore.stub import Stubber
 
 from spark_detector.chunk_fetch import MISSING, REJECTED, fetch_chunk
 from spark_detector.config import WorkerSettings
+from spark_detector.outages import S3UnavailableError
 from spark_detector.reference_weights import ReferenceRejected, load_key_weights
 
 
@@ -27,10 +28,10 @@ def test_a_chunk_answered_with_access_denied_is_treated_as_missing_with_the_reas
     assert row[1] == MISSING and "s3:ListBucket" in row[2]
 
 
-def test_other_s3_errors_are_raised_for_the_batch_to_retry():
+def test_throttling_is_raised_as_an_s3_outage_not_a_chunk_answer():
     s3, stub = stubbed_s3()
     stub.add_client_error("get_object", service_error_code="SlowDown", http_status_code=503)
-    with stub, pytest.raises(s3.exceptions.ClientError):
+    with stub, pytest.raises(S3UnavailableError, match=r"s3://b/k: SlowDown"):
         fetch_chunk(s3, "b", "k")
 
 
