@@ -49,7 +49,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from spark_detector.emf import metric_directive
+from spark_detector.emf import OUTAGE_METRICS, metric_directive
 from spark_detector.failpoints import failpoint
 
 logger = logging.getLogger(__name__)
@@ -158,7 +158,6 @@ def probe_s3(s3, bucket: str, prefix: str, avoid: Iterable[str] = ()) -> Outage 
     else the outage, naming the permission that is missing when S3 denied it."""
     avoid = set(avoid)
     try:
-        failpoint("s3_probe", f"s3://{bucket}/{prefix}")
         listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=len(avoid) + 5)
     except Exception as exc:
         return _probe_failure(exc, "s3:ListBucket", f"arn:aws:s3:::{bucket}")
@@ -187,9 +186,6 @@ def _probe_failure(exc: BaseException, action: str, resource: str) -> Outage | N
         reason = f"{type(exc).__name__}: {exc}"
     return Outage(S3, reason[:1000], hint="S3 does not answer: network, endpoint, credentials")
 
-
-# The outage line's figures published as metrics (emf): its length so far, per episode.
-OUTAGE_METRICS = {"outage_s": "Seconds"}
 
 # The gate's waits between probes: 0.5 s doubling to at most 30 s (the database's are the
 # same shape); a round that fails again after a probe answered waits longer.
@@ -228,7 +224,7 @@ class OutageGate:
         if self._since is None:
             self._since = self._clock()
         fields = {"dependency": outage.dependency, "error": outage.reason, "hint": outage.hint,
-                  "episode": self.episodes, "outage_s": round(self._clock() - self._since, 1),
+                  "episode": self.episodes, "outage_s": self._lasted(),
                   "chunks_held": len(chunk_keys), "chunk_keys": chunk_keys[:20]}
         logger.error(f"{outage.dependency} unavailable: holding the chunks, receiving nothing"
                      " until it answers", extra={**fields, **metric_directive(
@@ -248,20 +244,25 @@ class OutageGate:
             found = probe()
             if found is None:
                 break
+            fields = {"dependency": outage.dependency, "error": found.reason,
+                      "hint": found.hint, "round": self._rounds,
+                      "retry_in_s": gate_delay(self._rounds + 1), "outage_s": self._lasted()}
             logger.warning(f"{outage.dependency} still unavailable: receiving nothing", extra={
-                "dependency": outage.dependency, "error": found.reason, "hint": found.hint,
-                "round": self._rounds, "retry_in_s": gate_delay(self._rounds + 1)})
+                **fields, **metric_directive(self._namespace, fields, OUTAGE_METRICS)})
         if not self._stop.is_set():
             self.down = None
             logger.info(f"{outage.dependency} answers: retrying the held chunks", extra={
                 "dependency": outage.dependency, "round": self._rounds})
+
+    def _lasted(self) -> float:
+        return 0.0 if self._since is None else round(self._clock() - self._since, 1)
 
     def settled(self) -> None:
         """Work succeeded: an outage, if there was one, is over."""
         if self._since is None:
             return
         logger.info("dependency outage over: resuming", extra={
-            "outage_s": round(self._clock() - self._since, 1), "episodes": self.episodes})
+            "outage_s": self._lasted(), "episodes": self.episodes})
         self._since = None
         self._rounds = 0
         self.episodes = 0

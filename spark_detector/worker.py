@@ -279,6 +279,9 @@ class Worker:
         self._kill_runtime = kill_runtime
         self._warm_up = warm_up
         self._probe_spark = probe_spark  # a made-up batch, no S3: None, no Spark probe
+        # chunks that failed after a probe found the dependency answering: the next failure
+        # is theirs (``_own_failure``)
+        self._confirming: set[str] = set()
         # The Spark job running now (one at a time): its chunks, and since when (monotonic);
         # read by the watchdog, which ends the process when it overruns.
         self._job: tuple[list[str], float] | None = None
@@ -656,6 +659,7 @@ class Worker:
         self._aggregated.pop(key, None)
         self._ahead.discard(key)
         self._redriven.discard(key)
+        self._confirming.discard(key)
 
     def _reject_duplicate_numbers(self, summary: BatchSummary) -> None:
         """Reject whole, without reading them, the chunks in hand whose sequence number
@@ -793,9 +797,10 @@ class Worker:
                 results = self._results_for(keys, summary)
         except Exception as exc:
             self._raise_if_runtime_lost(exc)
-            self._raise_if_outage(exc, keys, spark=len(keys) == 1)
+            self._raise_if_s3_outage(exc)
             if len(keys) == 1:
-                self._chunk_failed(keys[0], exc, summary)
+                if self._own_failure(exc, keys[0], spark=True):
+                    self._chunk_failed(keys[0], exc, summary)
                 return False
             logger.warning("micro-batch failed: its chunks are retried one by one", extra={
                 "chunk_keys": keys, "error": failure_text(exc)})
@@ -944,8 +949,8 @@ class Worker:
                 key, reason, summary, duplicate_of=holder))
         except Exception as exc:
             self._raise_if_runtime_lost(exc)
-            self._raise_if_outage(exc, [key])
-            self._chunk_failed(key, exc, summary)
+            if self._own_failure(exc, key):
+                self._chunk_failed(key, exc, summary)
             return False
 
     def _settle(self, outcome: ChunkOutcome, result: BatchResult, summary: BatchSummary) -> None:
@@ -1056,26 +1061,35 @@ class Worker:
         if not self._runtime_alive():
             raise SparkRuntimeLost(failure_text(exc)) from exc
 
-    def _raise_if_outage(self, exc: BaseException, keys: list[str], spark: bool = False
-                         ) -> None:
-        """``DependencyOutage`` when ``exc``, met while working on ``keys``, is an outage of
-        S3 or of the Spark runtime, not theirs (``outages``): S3 did not serve, or denied
-        another chunk too; or (``spark``: ``exc`` came from their Spark job) a made-up batch
-        fails as well."""
+    def _raise_if_s3_outage(self, exc: BaseException) -> None:
         reason = outages.s3_outage_reason(exc)
         if reason is not None:
             raise outages.DependencyOutage(outages.Outage(outages.S3, reason)) from exc
+
+    def _own_failure(self, exc: BaseException, key: str, spark: bool = False) -> bool:
+        """Whether ``exc`` is ``key``'s own failure, to be counted; ``DependencyOutage`` when
+        it is an outage of S3 or of the Spark runtime (``outages``). An AccessDenied, or a
+        failed Spark job (``spark``), is the chunk's only if a probe finds the dependency
+        serving other work and the chunk fails again after that probe: the first time it is
+        tried again uncounted, so that a fault that ended meanwhile is charged to nobody."""
+        self._raise_if_s3_outage(exc)
+        s = self.settings
         if isinstance(exc, ChunkUnavailable) and outages.access_denied(str(exc)):
-            s = self.settings
-            outage = outages.probe_s3(self.s3, s.bucket, s.chunk_prefix, avoid=keys)
-            if outage is not None:
-                raise outages.DependencyOutage(outage) from exc
-        if spark and self._probe_spark is not None:
+            outage = outages.probe_s3(self.s3, s.bucket, s.chunk_prefix, avoid=[key])
+        elif spark and self._probe_spark is not None:
             outage = self._spark_outage()
-            if outage is not None:
-                raise outages.DependencyOutage(outages.Outage(
-                    outages.SPARK, f"{failure_text(exc)}; a made-up batch: {outage.reason}",
-                    hint="every Spark job fails alike: see the driver's log")) from exc
+        else:
+            return True
+        if outage is not None:
+            self._confirming.discard(key)
+            raise outages.DependencyOutage(outage) from exc
+        if key in self._confirming:
+            self._confirming.discard(key)
+            return True
+        self._confirming.add(key)
+        logger.info("chunk failed while its dependency answers: tried again before it is"
+                    " counted", extra={"chunk_key": key, "error": failure_text(exc)})
+        return False
 
     def _spark_outage(self) -> outages.Outage | None:
         """None if a made-up batch (no S3) runs, else why not."""
