@@ -65,11 +65,12 @@ class TcpProxy:
             return
         with self._lock:
             self._open.update((client, upstream))
-        threading.Thread(target=_pump, args=(upstream, client), daemon=True).start()
-        _pump(client, upstream)
+        threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+        pump(client, upstream)
 
 
-def _pump(source: socket.socket, sink: socket.socket) -> None:
+def pump(source: socket.socket, sink: socket.socket) -> None:
+    """Copy ``source`` to ``sink`` until either ends, then shut both down."""
     with contextlib.suppress(OSError):
         while data := source.recv(65536):
             sink.sendall(data)

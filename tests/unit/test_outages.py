@@ -7,7 +7,6 @@ import logging
 import threading
 from io import BytesIO
 
-import boto3
 import pytest
 from botocore.exceptions import (
     ClientError,
@@ -17,7 +16,6 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 from botocore.response import StreamingBody
-from botocore.stub import Stubber
 
 from spark_detector import outages
 from spark_detector.failpoints import InjectedFailure, failpoint
@@ -30,6 +28,7 @@ from spark_detector.outages import (
     probe_s3,
     s3_outage_reason,
 )
+from tests.unit.test_access_denied import stubbed_s3
 
 
 def client_error(code: str, status: int) -> ClientError:
@@ -83,12 +82,6 @@ def test_an_outage_is_found_in_a_spark_tasks_report():
               "\tat org.apache.spark.api.python.BasePythonRunner...")
     assert s3_outage_reason(RuntimeError(report)) == "s3://b/k: SlowDown: reduce your rate"
     assert s3_outage_reason(S3UnavailableError("s3://b/k: x")) == "s3://b/k: x"
-
-
-def stubbed_s3():
-    s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x",
-                      aws_secret_access_key="x")
-    return s3, Stubber(s3)
 
 
 def listing(*keys: str, size: int = 10) -> dict:
