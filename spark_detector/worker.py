@@ -1097,7 +1097,8 @@ class Worker:
             self._bounded([], self._probe_spark)
         except Exception as exc:
             self._raise_if_runtime_lost(exc)
-            return outages.Outage(outages.SPARK, failure_text(exc))
+            return outages.Outage(outages.SPARK, failure_text(exc), hint="a made-up batch"
+                                  " fails too: every Spark job fails alike; see the driver's log")
         return None
 
     def _probe_outage(self) -> outages.Outage | None:
