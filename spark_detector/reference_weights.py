@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 import psycopg2
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from spark_detector import db
 from spark_detector.chunk_aggregates import WeightKey, key_weights
 from spark_detector.config import WorkerSettings
+from spark_detector.outages import s3_outage_reason
 from spark_detector.parsing import RejectedRow, iter_customer_importance
 from spark_detector.retry import backoff_delays
 
@@ -61,8 +62,10 @@ def _reference_head(s3, settings: WorkerSettings, stop: threading.Event) -> dict
     """HEAD of the CustomerImportance object, waiting for the producer to upload it if need be.
 
     The worker may start before the producer's first upload; it waits (backing off to 10 s
-    between looks) rather than detect with no weights, which would fire wrong PatId1s. The
-    size is checked here, so an oversized object is a clear error, not an out-of-memory kill.
+    between looks) rather than detect with no weights, which would fire wrong PatId1s. It
+    waits the same way while S3 is out (``outages.s3_outage_reason``), rather than exit and
+    be restarted again and again. The size is checked here, so an oversized object is a clear
+    error, not an out-of-memory kill.
     """
     where = f"s3://{settings.bucket}/{settings.reference_key}"
     attempt = 0
@@ -79,12 +82,22 @@ def _reference_head(s3, settings: WorkerSettings, stop: threading.Event) -> dict
             code = str(exc.response.get("Error", {}).get("Code"))
             if code in {"AccessDenied", "403", "Forbidden"}:
                 raise ReferenceRejected(f"{where}: {ACCESS_DENIED_HINT}") from exc
-            if code not in {"NoSuchKey", "404", "NotFound"}:
+            outage = s3_outage_reason(exc)
+            if code not in {"NoSuchKey", "404", "NotFound"} and outage is None:
+                raise
+        except BotoCoreError as exc:
+            outage = s3_outage_reason(exc)
+            if outage is None:
                 raise
         delay = backoff_delays(attempt + 2, base=0.5, cap=10.0)[-1]
         attempt += 1
-        logger.warning("reference data not there yet; waiting", extra={
-            "bucket": settings.bucket, "key": settings.reference_key, "retry_in_s": delay})
+        if outage is not None:
+            logger.warning("s3 unavailable at start-up: waiting for the reference data", extra={
+                "bucket": settings.bucket, "key": settings.reference_key, "error": outage,
+                "retry_in_s": delay})
+        else:
+            logger.warning("reference data not there yet; waiting", extra={
+                "bucket": settings.bucket, "key": settings.reference_key, "retry_in_s": delay})
         if stop.wait(delay):
             raise ReferenceUnavailable(where)
 

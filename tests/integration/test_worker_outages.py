@@ -56,7 +56,8 @@ def assert_nothing_charged(resources: AwsResources, url: str, log: Path) -> None
 
 def test_s3_endpoint_down_stops_intake_and_the_stream_resumes_by_itself(
         dataset, moto_endpoint, migrated_database_url, tmp_path):
-    """S3's endpoint resets every connection (a proxy in front of moto, taken down) while
+    """S3's endpoint resets every connection (a proxy in front of moto, taken down): first
+    while the worker starts (it waits for the reference data instead of exiting), then while
     chunks are queued; SQS and PostgreSQL stay up."""
     transactions, importance = dataset
     chunks = dict(list(split_chunks(transactions, 500).items())[:8])
@@ -64,20 +65,26 @@ def test_s3_endpoint_down_stops_intake_and_the_stream_resumes_by_itself(
     resources = AwsResources.create(moto_endpoint, visibility_timeout=20, max_receive_count=5)
     stage(resources, chunks, importance)
     proxy = TcpProxy(moto_endpoint)
+    proxy.down()
     log = tmp_path / "worker.log"
     url = migrated_database_url
     worker = start_worker(worker_env(resources, url, AWS_ENDPOINT_URL_S3=proxy.url, **BUDGET),
                           log)
     try:
+        poll_until(lambda: log_lines(log, "s3 unavailable at start-up: waiting for the"
+                                          " reference data"), 300,
+                   "the worker waiting for S3 at start-up", process=worker, log=log)
+        proxy.up()
         resources.enqueue(keys[:2])
         poll_until(lambda: applied_count(url) == 2, 300, "the first 2 chunks applied",
                    process=worker, log=log)
 
         proxy.down()
+        before = proxy.reset
         resources.enqueue(keys[2:])
         # 20 connections reset: 4 fetches of botocore's 5 attempts each, i.e. two chunks'
         # failure budgets spent, had the chunks been charged
-        poll_until(lambda: proxy.reset >= 20, 300, "20 S3 connections reset",
+        poll_until(lambda: proxy.reset - before >= 20, 300, "20 S3 connections reset",
                    process=worker, log=log)
         assert_nothing_charged(resources, url, log)
         assert applied_count(url) == 2

@@ -28,7 +28,8 @@ from spark_detector.outages import (
     probe_s3,
     s3_outage_reason,
 )
-from tests.unit.test_access_denied import stubbed_s3
+from spark_detector.reference_weights import ReferenceRejected, load_key_weights
+from tests.unit.test_access_denied import SETTINGS, stubbed_s3
 
 
 def client_error(code: str, status: int) -> ClientError:
@@ -203,3 +204,13 @@ def test_an_armed_fault_raises_only_while_its_file_exists_and_counts(tmp_path, m
     switch.unlink()
     failpoint("spark_fetch", "k")
     assert not switch.exists()
+
+
+def test_the_reference_is_waited_for_while_s3_is_out_at_start_up():
+    s3, stub = stubbed_s3()
+    stub.add_client_error("head_object", service_error_code="503", http_status_code=503)
+    stub.add_response("head_object", {"ContentLength": 101})
+    stop = FakeStop()
+    with stub, pytest.raises(ReferenceRejected, match="too large: 101 bytes"):
+        load_key_weights(s3, lambda: None, SETTINGS, stop)  # looked at again after a wait
+    assert stop.waits == [0.5]
