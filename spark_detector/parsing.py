@@ -85,7 +85,9 @@ class ChunkRejected(InputRejected):
 
 
 class ReferenceRejected(InputRejected):
-    """The CustomerImportance object cannot be read at all."""
+    """The CustomerImportance object cannot be used at all: too large, not readable (access
+    denied), empty, not UTF-8, not CSV or a header without the required columns. The one error
+    for all of them: the worker and ``replay`` stop at start-up with it (exit code 2)."""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ from botocore.stub import Stubber
 
 from spark_detector.chunk_fetch import MISSING, REJECTED, fetch_chunk
 from spark_detector.config import WorkerSettings
-from spark_detector.reference_weights import ReferenceRejected, load_key_weights
+from spark_detector.parsing import ReferenceRejected
+from spark_detector.reference_weights import load_key_weights
 
 
 def stubbed_s3():
