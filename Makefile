@@ -18,7 +18,7 @@ LOCKS  := requirements/build.txt requirements/worker.txt requirements/dev.txt
 IMAGE  ?= txn-worker:latest
 IMAGE_ARGS ?=
 
-.PHONY: test lint demo up down bench clean check-java build-TriggerFunction lock audit image push image-test
+.PHONY: test lint demo up down bench bench-state-size bench-growing clean check-java build-TriggerFunction lock audit image push image-test
 
 # pip installs exactly the lock (--require-hashes, --no-deps); the build backend is locked
 # too and used without build isolation, so nothing unpinned is fetched to build pyspark.
@@ -97,6 +97,15 @@ down: $(STAMP)
 # Output: bench/results/<UTC timestamp>/.
 bench: $(STAMP) check-java $(CLASS_ARCHIVE)
 	@$(PY) -m bench $(ARGS)
+
+# The third wave (docs/performance.md): (a) apply_chunk against the state's size (~5 min), and
+# (b) 30 minutes at 1 chunk/s on a stream growing to 2,000,000 customers then (c) a backlog
+# drain at that state (~45 min). ARGS as for the modules (`python -m bench.state_size --help`).
+bench-state-size: $(STAMP)
+	@$(PY) -m bench.state_size $(ARGS)
+
+bench-growing: $(STAMP) check-java $(CLASS_ARCHIVE)
+	@$(PY) -m bench.growing $(ARGS)
 
 # Called by `sam build` (template.yaml: TriggerFunction, BuildMethod: makefile) with
 # ARTIFACTS_DIR set. The package is lambda_trigger/ and the shared chunk_contract/: boto3 is in

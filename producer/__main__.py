@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 import json_logs
-from producer import banksim_profile
+from producer import banksim_profile, growing
 from producer.config import InvalidSetting, MissingSetting, ProducerSettings
 from producer.generate import generate
 from producer.lease import LeaseLost, StreamLeased
@@ -82,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--rows", type=int, default=banksim_profile.FULL_ROWS,
                      help="number of transactions (default: %(default)s, the real file's)")
     gen.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    gen.add_argument("--customers", type=int,
+                     help="a growing stream (producer/growing.py): this many distinct customers, "
+                     "new ones arriving throughout the file (default: BankSim's 4,112 customers, "
+                     "all known from the first days)")
+    gen.add_argument("--merchants", type=int,
+                     help="with --customers: merchants, the two largest with 85%% of the "
+                     "transactions (default: 50)")
+    gen.add_argument("--importance-customers", type=int,
+                     help="with --customers: CustomerImportance rows for the transactions of the "
+                     f"first this many customers (default: {growing.IMPORTANCE_CUSTOMERS:,})")
 
     st = commands.add_parser("stream", help="stream the master file to S3 in chunks")
     st.add_argument("source", help="master transactions CSV: a path, s3://bucket/key or "
@@ -121,12 +131,40 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def run_generate(args: argparse.Namespace) -> int:
+def run_generate(args: argparse.Namespace, err: TextIO) -> int:
     started = time.perf_counter()
-    summary = generate(args.out, rows=args.rows, seed=args.seed)
+    if args.customers is None:
+        if args.merchants is not None or args.importance_customers is not None:
+            raise ValueError("--merchants and --importance-customers go with --customers")
+        summary = generate(args.out, rows=args.rows, seed=args.seed)
+        logger.info("generated", extra={
+            "rows": summary.rows, "customers": summary.customers, "merchants": summary.merchants,
+            "pairs": summary.pairs, "seed": args.seed,
+            "transactions": str(summary.transactions_path),
+            "importance": str(summary.importance_path),
+            "seconds": round(time.perf_counter() - started, 2)})
+        return 0
+
+    def progress(rows: int) -> None:
+        elapsed = time.perf_counter() - started
+        if err.isatty():
+            err.write(f"\rrows {rows:,} of {args.rows:,}  ({rows / elapsed:,.0f} rows/s)   ")
+            err.flush()
+        else:
+            logger.info("generating", extra={"rows": rows, "of_rows": args.rows,
+                                             "seconds": round(elapsed, 1)})
+
+    summary = growing.generate_growing(
+        args.out, rows=args.rows, customers=args.customers,
+        merchants=50 if args.merchants is None else args.merchants, seed=args.seed,
+        importance_customers=(growing.IMPORTANCE_CUSTOMERS if args.importance_customers is None
+                              else args.importance_customers),
+        progress=progress)
+    if err.isatty() and args.rows >= growing.PROGRESS_EVERY:
+        err.write("\n")
     logger.info("generated", extra={
         "rows": summary.rows, "customers": summary.customers, "merchants": summary.merchants,
-        "pairs": summary.pairs, "seed": args.seed,
+        "importance_rows": summary.importance_rows, "seed": args.seed, "growing": True,
         "transactions": str(summary.transactions_path),
         "importance": str(summary.importance_path),
         "seconds": round(time.perf_counter() - started, 2)})
@@ -173,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     json_logs.configure("producer", "chunk_contract")
     try:
         if args.command == "generate":
-            return run_generate(args)
+            return run_generate(args, sys.stderr)
         return run_stream_command(args, sys.stderr)
     except (SourceError, SourceChanged, BadState, MissingSetting, InvalidSetting,
             ValueError) as exc:

@@ -21,9 +21,11 @@ from __future__ import annotations
 import math
 import random
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from producer import banksim_profile as profile
 
@@ -192,6 +194,23 @@ def plan_days(rng: random.Random, pairs: Sequence[Pair], steps: int) -> list[arr
     return days
 
 
+@contextmanager
+def output_files(out_dir: Path) -> Iterator[tuple[TextIO, TextIO]]:
+    """``transactions.csv`` and ``CustomerImportance.csv`` in ``out_dir``, open for writing
+    with their header lines written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    buffer_size = 1 << 20
+    with (
+        open(out_dir / TRANSACTIONS_FILE, "w", encoding="utf-8", newline="",
+             buffering=buffer_size) as txn,
+        open(out_dir / IMPORTANCE_FILE, "w", encoding="utf-8", newline="",
+             buffering=buffer_size) as imp,
+    ):
+        txn.write(profile.TRANSACTION_HEADER + "\n")
+        imp.write(profile.IMPORTANCE_HEADER + "\n")
+        yield txn, imp
+
+
 def generate(out_dir: Path, rows: int = profile.FULL_ROWS, seed: int = 0) -> GenerationSummary:
     """Write ``transactions.csv`` and ``CustomerImportance.csv`` (same rows, same order)."""
     if rows < 1:
@@ -220,18 +239,10 @@ def generate(out_dir: Path, rows: int = profile.FULL_ROWS, seed: int = 0) -> Gen
         mean_amount.append(mean * customer.spend)
         fraud_rate.append(fraud)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    transactions_path = out_dir / TRANSACTIONS_FILE
-    importance_path = out_dir / IMPORTANCE_FILE
+    transactions_path, importance_path = out_dir / TRANSACTIONS_FILE, out_dir / IMPORTANCE_FILE
     gamma, uniform = rng.gammavariate, rng.random
     scale = 1 / AMOUNT_SHAPE
-    buffer_size = 1 << 20
-    with (
-        open(transactions_path, "w", encoding="utf-8", newline="", buffering=buffer_size) as txn,
-        open(importance_path, "w", encoding="utf-8", newline="", buffering=buffer_size) as imp,
-    ):
-        txn.write(profile.TRANSACTION_HEADER + "\n")
-        imp.write(profile.IMPORTANCE_HEADER + "\n")
+    with output_files(out_dir) as (txn, imp):
         for step, day in enumerate(days):
             for index in day:
                 amount = repr(round(mean_amount[index] * gamma(AMOUNT_SHAPE, scale), 2))

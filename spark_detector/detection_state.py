@@ -10,13 +10,17 @@ of set-based statements whatever the chunk's size:
 1. lock; claim the chunk in ``processed_chunks`` (gap-free ``apply_order``), unless it is there
    or in ``rejected_chunks`` already;
 2. COPY the chunk's pairs into a session temp table;
-3. one upsert of ``pair_state`` chained (CTE) with one upsert of ``merchant_state``;
-4. one statement evaluating the three rules and inserting the new detection keys, numbered
-   gap-free in (patternId, MerchantId, customerName) order;
+3. one upsert of ``pair_state`` chained (CTE) with the upserts of ``merchant_state`` and
+   ``pair_count_histogram`` (``rule_evaluation.update_state``);
+4. the three rules for the merchants the chunk touched, at a cost that follows the chunk's
+   pairs, not the merchants' customers, and the new detection keys inserted, numbered gap-free
+   in (patternId, MerchantId, customerName) order (``rule_evaluation.evaluate``: a handful of
+   set-based statements);
 5. close outbox files of 50; record the chunk's timing; commit.
 
-Percentiles are ``percentile_cont`` on double precision (its only numeric form); ``avg_weight``
-is ``weight_sum::float8 / weighted_count``, so a Python model computing the same IEEE operations
+Percentiles are those of ``percentile_cont`` on double precision (its only numeric form),
+computed without sorting a merchant (``rule_evaluation``); ``avg_weight`` is
+``weight_sum::float8 / weighted_count``, so a Python model computing the same IEEE operations
 (``tests/reference_model.py``) gets bit-identical results.
 """
 
@@ -33,9 +37,10 @@ from decimal import Decimal
 import psycopg2.extensions
 
 from chunk_contract.layout import CHUNK_PREFIX, DETECTIONS_PREFIX, chunk_seq
+from spark_detector import rule_evaluation
 from spark_detector.chunk_aggregates import ChunkAggregates
 from spark_detector.db import ENGINE_LOCK, LOCK_NAMESPACE, transaction
-from spark_detector.detection import DETECTION_COLUMNS, Detection, detection_from_row
+from spark_detector.detection import Detection, detection_from_row
 from spark_detector.failpoints import failpoint
 from spark_detector.ordering import DuplicateNumber, OutOfTurn, Turn, number_holder, turn_of
 from spark_detector.outbox import close_full_files
@@ -133,6 +138,7 @@ CREATE TEMP TABLE IF NOT EXISTS chunk_pairs (
     weighted_count  bigint NOT NULL,
     first_gender    text NOT NULL
 ) ON COMMIT DELETE ROWS;
+""" + rule_evaluation.TEMP_TABLES_SQL + """
 INSERT INTO processed_chunks
     (chunk_key, apply_order, etag, rows_good, rows_rejected, pairs, event_time, spark_ms, seq)
 SELECT %(key)s, next.apply_order, %(etag)s, %(rows_good)s, %(rows_rejected)s, %(pairs)s,
@@ -144,118 +150,6 @@ RETURNING apply_order
 """
 
 _COPY_SQL = f"COPY chunk_pairs ({', '.join(COPY_COLUMNS)}) FROM STDIN"
-
-# A pair is new when this chunk inserted it (first_apply_order is set on insert only); only new
-# pairs change a merchant's customer and female/male counts, because a pair's gender is the one
-# on its first applied transaction and never changes.
-_UPSERT_STATE_SQL = """
-WITH upserted AS (
-    INSERT INTO pair_state AS s
-        (merchant, customer, txn_count, amount_sum, weight_sum, weighted_count, gender,
-         first_apply_order, last_apply_order)
-    SELECT merchant, customer, txn_count, amount_sum, weight_sum, weighted_count, first_gender,
-           %(apply_order)s, %(apply_order)s
-    FROM chunk_pairs
-    ON CONFLICT (merchant, customer) DO UPDATE SET
-        txn_count = s.txn_count + excluded.txn_count,
-        amount_sum = s.amount_sum + excluded.amount_sum,
-        weight_sum = s.weight_sum + excluded.weight_sum,
-        weighted_count = s.weighted_count + excluded.weighted_count,
-        last_apply_order = excluded.last_apply_order
-    RETURNING s.merchant, s.gender, s.first_apply_order = %(apply_order)s AS is_new
-), new_customers AS (
-    SELECT merchant,
-           count(*) FILTER (WHERE is_new) AS customers,
-           count(*) FILTER (WHERE is_new AND gender = 'F') AS female,
-           count(*) FILTER (WHERE is_new AND gender = 'M') AS male
-    FROM upserted
-    GROUP BY merchant
-), chunk_totals AS (
-    SELECT merchant, sum(txn_count) AS total FROM chunk_pairs GROUP BY merchant
-)
-INSERT INTO merchant_state AS ms (merchant, total, customers, female, male)
-SELECT t.merchant, t.total, n.customers, n.female, n.male
-FROM chunk_totals t
-JOIN new_customers n USING (merchant)
-ON CONFLICT (merchant) DO UPDATE SET
-    total = ms.total + excluded.total,
-    customers = ms.customers + excluded.customers,
-    female = ms.female + excluded.female,
-    male = ms.male + excluded.male
-"""
-
-# The rules on the state after this chunk, for all customers of the merchants it touched, as
-# docs/detection-semantics.md says. (With fixed thresholds only the chunk's own pairs could
-# newly satisfy PatId2, but scanning the touched merchants' pairs costs the same one pass over
-# pair_state and stays right when thresholds are changed between runs.) Keys that fired before are
-# skipped before numbering, which keeps seq gap-free; ON CONFLICT stays as the guard of emit-once.
-# Text ordering uses the "C" collation: bytewise, the same as Python's.
-_EVALUATE_SQL = f"""
-WITH touched AS (
-    SELECT DISTINCT merchant FROM chunk_pairs
-), upgrade_merchants AS (
-    SELECT m.merchant, m.total
-    FROM merchant_state m
-    JOIN touched USING (merchant)
-    WHERE m.total > %(upgrade_min_total)s
-), upgrade_pairs AS MATERIALIZED (
-    SELECT p.merchant, p.customer, p.txn_count, p.amount_sum, p.avg_weight, u.total
-    FROM pair_state p
-    JOIN upgrade_merchants u USING (merchant)
-), percentiles AS (
-    SELECT merchant,
-           percentile_cont(%(count_percentile)s::float8)
-               WITHIN GROUP (ORDER BY txn_count::float8) AS p90_count,
-           percentile_cont(%(weight_percentile)s::float8)
-               WITHIN GROUP (ORDER BY avg_weight) AS p10_weight
-    FROM upgrade_pairs
-    GROUP BY merchant
-), candidates AS (
-    SELECT 'PatId1' AS pattern_id, 'UPGRADE' AS action_type, p.customer, p.merchant,
-           p.txn_count, p.amount_sum, p.avg_weight, q.p90_count, q.p10_weight,
-           NULL::integer AS female, NULL::integer AS male, p.total AS merchant_total
-    FROM upgrade_pairs p
-    JOIN percentiles q USING (merchant)
-    WHERE p.txn_count::float8 >= q.p90_count AND p.avg_weight <= q.p10_weight
-    UNION ALL
-    SELECT 'PatId2', 'CHILD', p.customer, p.merchant,
-           p.txn_count, p.amount_sum, NULL, NULL, NULL, NULL, NULL, NULL
-    FROM pair_state p
-    JOIN touched USING (merchant)
-    WHERE p.txn_count >= %(child_min_count)s
-      AND p.amount_sum < %(child_max_avg_amount)s::numeric * p.txn_count
-    UNION ALL
-    SELECT 'PatId3', 'DEI-NEEDED', '', m.merchant,
-           NULL, NULL, NULL, NULL, NULL, m.female, m.male, m.total
-    FROM merchant_state m
-    JOIN touched USING (merchant)
-    WHERE m.female > %(dei_min_female)s AND m.female < m.male
-), fresh AS (
-    SELECT c.*
-    FROM candidates c
-    WHERE NOT EXISTS (
-        SELECT 1 FROM detected_patterns d
-        WHERE d.pattern_id = c.pattern_id
-          AND d.merchant_id = c.merchant
-          AND d.customer_name = c.customer
-    )
-), base AS (
-    SELECT coalesce(max(seq), 0) AS last_seq FROM detected_patterns
-)
-INSERT INTO detected_patterns AS d
-    (seq, pattern_id, action_type, customer_name, merchant_id, chunk_key, apply_order,
-     y_start_time, txn_count, avg_amount, avg_weight, p90_count, p10_weight, female, male,
-     merchant_total, amount_sum)
-SELECT base.last_seq + row_number() OVER (
-           ORDER BY f.pattern_id, f.merchant COLLATE "C", f.customer COLLATE "C"),
-       f.pattern_id, f.action_type, f.customer, f.merchant, %(chunk_key)s, %(apply_order)s,
-       %(y_start_time)s, f.txn_count, round(f.amount_sum / f.txn_count, 6), f.avg_weight,
-       f.p90_count, f.p10_weight, f.female, f.male, f.merchant_total, f.amount_sum
-FROM fresh f CROSS JOIN base
-ON CONFLICT (pattern_id, merchant_id, customer_name) DO NOTHING
-RETURNING {", ".join("d." + c.strip() for c in DETECTION_COLUMNS.split(","))}
-"""
-
 
 def _validate(aggregates: ChunkAggregates) -> None:
     key = aggregates.chunk_key
@@ -368,23 +262,20 @@ def try_apply_chunk(
             _settle(cur, chunk.seq, "applied", chunk.key)
         failpoint("apply_chunk", chunk.key)
         cur.copy_expert(_COPY_SQL, io.StringIO(prepared.copy_text))
-        cur.execute(_UPSERT_STATE_SQL, {"apply_order": apply_order})
-        cur.execute(
-            _EVALUATE_SQL,
-            {
-                "chunk_key": chunk.key,
-                "apply_order": apply_order,
-                "y_start_time": y_start_time,
-                "upgrade_min_total": thresholds.upgrade_min_total,
-                "count_percentile": thresholds.upgrade_count_percentile,
-                "weight_percentile": thresholds.upgrade_weight_percentile,
-                "child_min_count": thresholds.child_min_count,
-                "child_max_avg_amount": thresholds.child_max_avg_amount,
-                "dei_min_female": thresholds.dei_min_female,
-            },
-        )
-        detections = sorted((detection_from_row(r) for r in cur.fetchall()),
-                            key=lambda d: d.seq)
+        rules = {
+            "chunk_key": chunk.key,
+            "apply_order": apply_order,
+            "y_start_time": y_start_time,
+            "upgrade_min_total": thresholds.upgrade_min_total,
+            "count_percentile": thresholds.upgrade_count_percentile,
+            "weight_percentile": thresholds.upgrade_weight_percentile,
+            "child_min_count": thresholds.child_min_count,
+            "child_max_avg_amount": thresholds.child_max_avg_amount,
+            "dei_min_female": thresholds.dei_min_female,
+        }
+        rule_evaluation.update_state(cur, rules)
+        rows = rule_evaluation.evaluate(cur, rules, chunk.key)
+        detections = sorted((detection_from_row(r) for r in rows), key=lambda d: d.seq)
         files = close_full_files(cur, prefix=detections_prefix)
         apply_ms = round((time.perf_counter() - started) * 1000)
         cur.execute(

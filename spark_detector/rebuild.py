@@ -38,7 +38,8 @@ REBUILD_SCHEMA = "spark_detector_rebuild"
 # replay does not redo: its dead-lettered numbers are in sequence_marks) and the reference
 # weight cache.
 ENGINE_TABLES = ("processed_chunks", "rejected_chunks", "outbox_files", "detected_patterns",
-                 "pair_state", "merchant_state", "sequence_marks", "stream_position")
+                 "pair_state", "merchant_state", "pair_count_histogram", "merchant_rule_state",
+                 "weight_order", "waiting_pairs", "sequence_marks", "stream_position")
 
 
 def operator() -> str:

