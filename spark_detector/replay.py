@@ -393,6 +393,7 @@ def read_importance(s3, settings: WorkerSettings, uri: str | None) -> tuple[str,
     Checked as the worker checks it, before anything is touched: ``ReferenceRejected`` when
     it is too large (known before it is read), not readable, empty, not UTF-8, not CSV or
     its header lacks a column. Its rows are parsed later (``compute_weights``)."""
+    named = "--importance" if uri is not None else "CustomerImportance"
     if uri is None:
         uri = f"s3://{settings.bucket}/{settings.reference_key}"
     if uri.startswith("s3://"):
@@ -402,7 +403,7 @@ def read_importance(s3, settings: WorkerSettings, uri: str | None) -> tuple[str,
         try:
             found = s3.get_object(Bucket=bucket, Key=key)
         except s3.exceptions.NoSuchKey as exc:
-            raise ReplayError(f"--importance {uri}: no such object") from exc
+            raise ReplayError(f"{named} {uri}: no such object") from exc
         except ClientError as exc:
             if access_denied(exc):
                 raise ReferenceRejected(uri, ACCESS_DENIED_HINT) from exc
