@@ -30,7 +30,9 @@ BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 8},
                      connect_timeout=5, read_timeout=30)
 
 
-EXIT_BAD_SETTING = 2  # also: a request refused (skip-seq), a replay that cannot run as asked
+# also: CustomerImportance unusable (run, replay), a request refused (skip-seq), a replay that
+# cannot run as asked
+EXIT_BAD_SETTING = 2
 EXIT_DATABASE_UNREACHABLE = 4
 # run: 3 = the Spark runtime was lost (worker.EXIT_SPARK_LOST);
 # 5 = a rebuild is unfinished (db.EXIT_REBUILD_IN_PROGRESS)
@@ -75,7 +77,8 @@ def cmd_run(settings: WorkerSettings, args: argparse.Namespace) -> int:
     # before any thread or child process exists (the JVM inherits the environment set here)
     # and before pyarrow's import (the modules below import it)
     tuned = {**tune_malloc(), **tune_arrow_pool()}
-    from spark_detector.reference_weights import ReferenceRejected, ReferenceUnavailable
+    from spark_detector.parsing import ReferenceRejected
+    from spark_detector.reference_weights import ReferenceUnavailable
     from spark_detector.spark_runtime import SparkAggregator
     from spark_detector.worker import DatabaseUnavailable, Worker, logger
 
@@ -106,8 +109,8 @@ def cmd_run(settings: WorkerSettings, args: argparse.Namespace) -> int:
     except ReferenceUnavailable:
         return 0  # asked to stop while waiting: nothing was started, nothing to clean up
     except ReferenceRejected as exc:
-        print(f"spark_detector: {exc}", file=sys.stderr)
-        return 2
+        print(f"spark_detector: refusing to start: CustomerImportance {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTING
     # PySpark installs its own SIGINT handler when the session starts: take it back.
     signal.signal(signal.SIGINT, stop)
     worker = Worker(settings, s3=s3, sqs=sqs, connect=lambda: db.connect(settings.database_url),
@@ -205,6 +208,7 @@ def cmd_migrate(settings: WorkerSettings, _args: argparse.Namespace) -> int:
 
 
 def cmd_replay(settings: WorkerSettings, args: argparse.Namespace) -> int:
+    from spark_detector.parsing import ReferenceRejected
     from spark_detector.replay import ReplayOptions, run_replay, submit_args_for_local_driver
     from spark_detector.replay_plan import ReplayError, ReplayRefused
     from spark_detector.spark_job import FetchSpec
@@ -232,6 +236,9 @@ def cmd_replay(settings: WorkerSettings, args: argparse.Namespace) -> int:
         return 3
     except ReplayError as exc:
         print(f"replay: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTING
+    except ReferenceRejected as exc:
+        print(f"replay: CustomerImportance {exc}", file=sys.stderr)
         return EXIT_BAD_SETTING
     except psycopg2.OperationalError:
         raise  # main() says which database, exit 4

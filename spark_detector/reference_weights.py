@@ -25,8 +25,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from spark_detector import db
 from spark_detector.chunk_aggregates import WeightKey, key_weights
 from spark_detector.config import WorkerSettings
-from spark_detector.outages import s3_outage_reason
-from spark_detector.parsing import RejectedRow, iter_customer_importance
+from spark_detector.outages import ACCESS_DENIED_CODES, s3_outage_reason
+from spark_detector.parsing import ReferenceRejected, RejectedRow, iter_customer_importance
 from spark_detector.retry import backoff_delays
 
 logger = logging.getLogger(__name__)
@@ -38,13 +38,14 @@ class ReferenceUnavailable(RuntimeError):
     """CustomerImportance could not be read before the worker was asked to stop."""
 
 
-class ReferenceRejected(RuntimeError):
-    """CustomerImportance cannot be used (too large, or not readable): a start-up error."""
-
-
 ACCESS_DENIED_HINT = (
     "access denied: check that the worker's role has s3:GetObject on the object and "
     "s3:ListBucket on the bucket (without ListBucket, S3 answers 403 for a missing key)")
+
+
+def access_denied(exc: ClientError) -> bool:
+    """S3 refused the caller (HEAD answers a bare 403, GET names AccessDenied)."""
+    return str(exc.response.get("Error", {}).get("Code")) in ACCESS_DENIED_CODES
 
 
 @dataclass(frozen=True)
@@ -73,15 +74,12 @@ def _reference_head(s3, settings: WorkerSettings, stop: threading.Event) -> dict
         try:
             head = s3.head_object(Bucket=settings.bucket, Key=settings.reference_key)
             size = int(head["ContentLength"])
-            if size > settings.max_reference_bytes:
-                raise ReferenceRejected(
-                    f"{where} is too large: {size:,} bytes, the limit is "
-                    f"{settings.max_reference_bytes:,} (WORKER_MAX_REFERENCE_BYTES)")
+            check_reference_size(where, size, settings)
             return head
         except ClientError as exc:
+            if access_denied(exc):
+                raise ReferenceRejected(where, ACCESS_DENIED_HINT) from exc
             code = str(exc.response.get("Error", {}).get("Code"))
-            if code in {"AccessDenied", "403", "Forbidden"}:
-                raise ReferenceRejected(f"{where}: {ACCESS_DENIED_HINT}") from exc
             outage = s3_outage_reason(exc)
             if code not in {"NoSuchKey", "404", "NotFound"} and outage is None:
                 raise
@@ -109,10 +107,17 @@ def _get(s3, settings: WorkerSettings, head: dict) -> bytes:
         return s3.get_object(Bucket=settings.bucket, Key=settings.reference_key,
                              IfMatch=head["ETag"])["Body"].read()
     except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code"))
-        if code in {"AccessDenied", "403", "Forbidden"}:
-            raise ReferenceRejected(f"{where}: {ACCESS_DENIED_HINT}") from exc
+        if access_denied(exc):
+            raise ReferenceRejected(where, ACCESS_DENIED_HINT) from exc
         raise
+
+
+def check_reference_size(where: str, size: int, settings: WorkerSettings) -> None:
+    """``ReferenceRejected`` for an object over ``WORKER_MAX_REFERENCE_BYTES``, known from its
+    size before it is read, so that it is a clear error, not an out-of-memory kill."""
+    if size > settings.max_reference_bytes:
+        raise ReferenceRejected(where, f"too large: {size:,} bytes, the limit is "
+                                f"{settings.max_reference_bytes:,} (WORKER_MAX_REFERENCE_BYTES)")
 
 
 def compute_weights(data: bytes, source: str) -> tuple[dict[WeightKey, Decimal], int]:

@@ -32,6 +32,7 @@ with one line and an exit code (``__main__.cmd_replay``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -48,6 +49,7 @@ import psycopg2
 import psycopg2.extensions
 import pyarrow as pa
 import pyarrow.compute as pc
+from botocore.exceptions import ClientError
 from psycopg2 import sql
 
 from chunk_contract.layout import chunk_seq
@@ -58,9 +60,15 @@ from spark_detector.chunk_aggregates import WeightKey
 from spark_detector.config import WorkerSettings
 from spark_detector.failpoints import failpoint
 from spark_detector.ordering import DuplicateNumber, OutOfTurn
+from spark_detector.parsing import ReferenceRejected, iter_customer_importance
 from spark_detector.publish import publish_pending
 from spark_detector.rebuild import ENGINE_TABLES, REBUILD_SCHEMA, LiveRebuild, adopt_live_files
-from spark_detector.reference_weights import compute_weights
+from spark_detector.reference_weights import (
+    ACCESS_DENIED_HINT,
+    access_denied,
+    check_reference_size,
+    compute_weights,
+)
 from spark_detector.replay_plan import (
     RECORDED,
     ArchivedChunk,
@@ -380,7 +388,12 @@ def seal_outbox(conn: psycopg2.extensions.connection) -> None:
 
 
 def read_importance(s3, settings: WorkerSettings, uri: str | None) -> tuple[str, bytes]:
-    """(where from, bytes) of the CustomerImportance to use: ``uri`` or the live one."""
+    """(where from, bytes) of the CustomerImportance to use: ``uri`` or the live one.
+
+    Checked as the worker checks it, before anything is touched: ``ReferenceRejected`` when
+    it is too large (known before it is read), not readable, empty, not UTF-8, not CSV or
+    its header lacks a column. Its rows are parsed later (``compute_weights``)."""
+    named = "--importance" if uri is not None else "CustomerImportance"
     if uri is None:
         uri = f"s3://{settings.bucket}/{settings.reference_key}"
     if uri.startswith("s3://"):
@@ -388,13 +401,23 @@ def read_importance(s3, settings: WorkerSettings, uri: str | None) -> tuple[str,
         if not bucket or not key:
             raise ReplayError(f"--importance {uri}: expected s3://bucket/key")
         try:
-            return uri, s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            found = s3.get_object(Bucket=bucket, Key=key)
         except s3.exceptions.NoSuchKey as exc:
-            raise ReplayError(f"--importance {uri}: no such object") from exc
-    path = Path(uri)
-    if not path.is_file():
-        raise ReplayError(f"--importance {uri}: no such file")
-    return str(path), path.read_bytes()
+            raise ReplayError(f"{named} {uri}: no such object") from exc
+        except ClientError as exc:
+            if access_denied(exc):
+                raise ReferenceRejected(uri, ACCESS_DENIED_HINT) from exc
+            raise
+        check_reference_size(uri, int(found["ContentLength"]), settings)
+        where, data = uri, found["Body"].read()
+    else:
+        path = Path(uri)
+        if not path.is_file():
+            raise ReplayError(f"--importance {uri}: no such file")
+        check_reference_size(str(path), path.stat().st_size, settings)
+        where, data = str(path), path.read_bytes()
+    iter_customer_importance(data, where)  # the whole-file checks, before the first row
+    return where, data
 
 
 def list_archive(s3, settings: WorkerSettings) -> list[ArchivedChunk]:
@@ -471,7 +494,7 @@ def run_replay(
 ) -> ReplayReport:
     """Replay the archive as ``options`` say; the report of what was done.
 
-    ``spark_factory`` is called once, while the reference data is read and parsed on another
+    ``spark_factory`` is called once, while the reference data is parsed on another
     thread (the two are the replay's biggest fixed costs and use different processes).
     """
     started_at = datetime.now(UTC)
@@ -487,12 +510,11 @@ def run_replay(
             options.publish, detections_prefix=settings.detections_prefix,
             chunk_prefix=settings.chunk_prefix, replace=options.replace)
 
-    def parsed_reference() -> tuple[str, int, dict[WeightKey, Decimal]]:
-        source, data = read_importance(s3, settings, options.importance)
-        weights, rejected = compute_weights(data, source)
-        return source, rejected, weights
-
-    reference = _Background(parsed_reference, "replay-reference")
+    # checked whole before anything is touched (no lock taken, no target created): a bad one
+    # stops the replay with nothing changed; its rows are parsed while the rest gets ready
+    source, data = read_importance(s3, settings, options.importance)
+    reference = _Background(functools.partial(compute_weights, data, source), "replay-reference")
+    del data  # the thread's alone: freed once the weights are computed
     # --replace: the live database locked against workers; its record is read under the lock
     rebuild = LiveRebuild.lock(settings.database_url) if target.replace else None
     order = rebuild.order(options.order) if rebuild else options.order or RECORDED
@@ -521,7 +543,7 @@ def run_replay(
             with clock("spark_start"):
                 spark = spark_factory()
             with clock("reference"):
-                source, _, weights = reference.result()  # compute_weights logged any rejects
+                weights, _ = reference.result()  # compute_weights logged any rejects
             report = ReplayReport(target.describe(), plan, changed_rules(settings.thresholds,
                                                                            thresholds), source)
             prefix = settings.chunk_prefix

@@ -79,7 +79,11 @@ class SparkAggregator:
             except BaseException:
                 stop.set()  # a weights loader waiting for the object gives up
                 raise
-            weights, table = loading.result()
+            try:
+                weights, table = loading.result()
+            except BaseException:  # CustomerImportance rejected, say: no session left behind
+                spark.stop()
+                raise
         context = spark.sparkContext
         logger.info("spark ready", extra={
             "master": context.master, "default_parallelism": context.defaultParallelism,

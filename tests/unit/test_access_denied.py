@@ -10,7 +10,8 @@ from botocore.stub import Stubber
 from spark_detector.chunk_fetch import MISSING, REJECTED, fetch_chunk
 from spark_detector.config import WorkerSettings
 from spark_detector.outages import S3UnavailableError
-from spark_detector.reference_weights import ReferenceRejected, load_key_weights
+from spark_detector.parsing import ReferenceRejected
+from spark_detector.reference_weights import load_key_weights
 
 
 def stubbed_s3():
