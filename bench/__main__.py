@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 
 from bench.run import BenchError, default_config, format_table, run
+from infra.local.interrupt import stops_cleanly
 
 
+@stops_cleanly("bench")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true",

@@ -15,12 +15,14 @@ import argparse
 import json
 import random
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import boto3
 from moto.server import ThreadedMotoServer
 
+from infra.local.interrupt import stops_cleanly
 from spark_detector.spark.batch_result import weight_table
 from spark_detector.spark.job import FetchSpec, aggregate_batch
 from spark_detector.spark.reference_weights import compute_weights
@@ -50,7 +52,8 @@ def customer_importance(chunk: bytes) -> bytes:
     return ("\n".join(out) + "\n").encode()
 
 
-def main() -> None:
+@stops_cleanly("bench.bench_aggregate_batch")
+def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--csv", type=Path, help="a chunk of transactions (BankSim format)")
     parser.add_argument("--importance", type=Path, default=None,
@@ -99,7 +102,8 @@ def main() -> None:
     finally:
         spark.stop()
         server.stop()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

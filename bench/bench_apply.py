@@ -22,6 +22,7 @@ import csv
 import json
 import random
 import statistics
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from bench.measure import percentile_cont
 from infra.local import postgres
+from infra.local.interrupt import stops_cleanly
 from spark_detector import db
 from spark_detector.chunk_aggregates import (
     ChunkAggregates,
@@ -176,7 +178,8 @@ def run(extra_chunks: int, seed: int, files: tuple[Path, Path] | None = None) ->
     }
 
 
-def main() -> None:
+@stops_cleanly("bench.bench_apply")
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--extra-chunks", type=int, default=40)
     parser.add_argument("--seed", type=int, default=7)
@@ -187,7 +190,8 @@ def main() -> None:
         parser.error("--transactions and --importance go together")
     files = (args.transactions, args.importance) if args.transactions else None
     print(json.dumps(run(args.extra_chunks, args.seed, files), indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -33,6 +33,7 @@ from bench import measure
 from bench.run import BenchConfig, Phase, read_chunks
 from infra.local import postgres
 from infra.local.demo import sample_data
+from infra.local.interrupt import stops_cleanly
 from infra.local.spark_cluster import EXECUTOR_REQUIREMENTS, create_venv, standalone_cluster
 from infra.local.stack import REPO_ROOT, LocalServices
 
@@ -111,7 +112,8 @@ def run(rows: int, batch_chunks: int, work_dir: Path) -> dict:
     return results
 
 
-def main() -> None:
+@stops_cleanly("bench.bench_cluster")
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=300_000)
     parser.add_argument("--batch-chunks", type=int, default=10)
@@ -119,7 +121,8 @@ def main() -> None:
                         default=Path(tempfile.mkdtemp(prefix="bench-cluster-")))
     args = parser.parse_args()
     print(json.dumps(run(args.rows, args.batch_chunks, args.work_dir), indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

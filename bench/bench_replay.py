@@ -40,7 +40,8 @@ from bench.memory import RssSampler, classify
 from chunk_contract.layout import chunk_key
 from infra.local import postgres
 from infra.local.demo import sample_data
-from infra.local.stack import REPO_ROOT, LocalServices
+from infra.local.interrupt import stops_cleanly
+from infra.local.stack import REPO_ROOT, LocalServices, stopped_on_exit
 
 SPARK_STAGES = ("spark_start", "reference", "spark_job")
 POSTGRES_STAGES = ("target", "live_read", "apply_chunk", "outbox")
@@ -103,7 +104,8 @@ def run_replay(name: str, args: list[str], env: dict[str, str], log_dir: Path) -
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "spark_detector", "replay", *args],
                                    cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        with RssSampler(process.pid, every=0.1, label=name) as memory, \
+        with stopped_on_exit(process, timeout=60), \
+                RssSampler(process.pid, every=0.1, label=name) as memory, \
                 CpuSampler(process.pid) as cpu:
             rc = process.wait()
     wall_s = time.perf_counter() - started
@@ -130,7 +132,8 @@ def run_replay(name: str, args: list[str], env: dict[str, str], log_dir: Path) -
     }
 
 
-def main() -> None:
+@stops_cleanly("bench.bench_replay")
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=594_643)
     parser.add_argument("--rows-per-chunk", type=int, default=10_000)
@@ -175,7 +178,8 @@ def main() -> None:
         print(f"\n[{name}]\n" + "\n".join(results[name]["summary"]))
     print(f"\nload average {results['load_average_start']} -> {results['load_average_end']};"
           f" results: {out_dir}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 import zlib
 from collections import Counter
@@ -38,6 +39,7 @@ from typing import Any
 
 from bench.bench_apply import synthetic_stream
 from infra.local import postgres
+from infra.local.interrupt import stops_cleanly
 from spark_detector import db
 from spark_detector.chunk_aggregates import ChunkAggregates
 from spark_detector.engine.state import ChunkRef, apply_chunk
@@ -168,14 +170,16 @@ def run(chunk_count: int, shard_counts: list[int], seed: int) -> dict:
     }
 
 
-def main() -> None:
+@stops_cleanly("bench.bench_shards")
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=60)
     parser.add_argument("--shards", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     print(json.dumps(run(args.chunks, args.shards, args.seed), indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

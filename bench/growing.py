@@ -55,7 +55,15 @@ from bench.memory import RssSampler
 from bench.run import load_average, queue_visible, read_chunks
 from chunk_contract import layout
 from infra.local import postgres
-from infra.local.stack import REPO_ROOT, LocalServices, poll_until, stop_process, wait_for_line
+from infra.local.interrupt import stops_cleanly
+from infra.local.stack import (
+    REPO_ROOT,
+    LocalServices,
+    poll_until,
+    stop_process,
+    stopped_on_exit,
+    wait_for_line,
+)
 
 SAMPLE_EVERY_S = 2.0
 QUEUE_LIMIT = 5  # chunks: at 1 chunk/s, five seconds behind
@@ -299,10 +307,12 @@ class Pipeline:
                       timeout=600)
         return self.worker
 
-    def stop_worker(self) -> None:
+    def stop_worker(self, check: bool = True) -> None:
+        """Stop the worker; with ``check``, a worker that exits non-zero fails the bench
+        (without: on the way out of an error or a signal, which must not be masked)."""
         if self.worker is not None and self.worker.poll() is None:
             rc = stop_process(self.worker, timeout=120)
-            if rc != 0:
+            if rc != 0 and check:
                 raise BenchError(f"the worker exited with {rc}; see {self.worker_log}")
 
     def producer(self, chunks: int, interval: float, log_name: str) -> subprocess.Popen:
@@ -389,9 +399,12 @@ def run_backlog(pipeline: Pipeline, config: Config, after: int) -> dict:
     _, sqs = pipeline.stack.clients()
     print(f"[growing] backlog: the next {config.backlog_chunks} chunks queued with no worker",
           flush=True)
-    producer = pipeline.producer(config.backlog_chunks, 0, "bench-growing-backlog-producer.log")
-    if producer.wait(timeout=1800) != 0:
-        raise BenchError("the backlog producer failed; see bench-growing-backlog-producer.log")
+    with stopped_on_exit(pipeline.producer(config.backlog_chunks, 0,
+                                           "bench-growing-backlog-producer.log"),
+                         timeout=30) as producer:
+        if producer.wait(timeout=1800) != 0:
+            raise BenchError("the backlog producer failed; see"
+                             " bench-growing-backlog-producer.log")
     poll_until(lambda: queue_visible(sqs, pipeline.stack.resources.queue_url)
                >= config.backlog_chunks, 600, "the backlog queued", error=BenchError)
     load_before = load_average()
@@ -458,7 +471,7 @@ def run(config: Config) -> dict:
             # all the run's worker starts; a merchant's first evaluation is not logged
             results["full_evaluations"] = pipeline.full_evaluations()
         finally:
-            pipeline.stop_worker()
+            pipeline.stop_worker(check=False)
     results["machine"]["load_average_at_end"] = load_average()
     config.out.mkdir(parents=True, exist_ok=True)
     results["plots"] = [p.name for p in plots(results, config.out)]
@@ -557,6 +570,7 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+@stops_cleanly("bench.growing")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.growing",
                                      description=__doc__.splitlines()[0])

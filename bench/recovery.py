@@ -19,9 +19,11 @@ import sys
 from bench.run import Phase, default_config, load_average, measure_recovery
 from infra.local import postgres
 from infra.local.demo import sample_data
+from infra.local.interrupt import stops_cleanly
 from infra.local.stack import LocalServices
 
 
+@stops_cleanly("bench.recovery")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.recovery", description=__doc__)
     parser.add_argument("--rows", type=int, default=300_000,
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                                       args.kill_after, args.interval, after_seq=0)
             phase.stop_worker()
         finally:
-            phase.stop_worker()
+            phase.stop_worker(check=False)
     result.update(load_average_before=load_before, load_average_after=load_average())
     print(json.dumps(result, indent=2))
     return 0

@@ -55,7 +55,14 @@ from chunk_contract.layout import CHUNK_PREFIX, start_after_seq
 from chunk_contract.listing import list_chunks
 from infra.local import postgres
 from infra.local.demo import count_rows, sample_data
-from infra.local.stack import REPO_ROOT, LocalServices, poll_until, stop_process, wait_for_line
+from infra.local.stack import (
+    REPO_ROOT,
+    LocalServices,
+    poll_until,
+    stop_process,
+    stopped_on_exit,
+    wait_for_line,
+)
 from spark_detector.config import WorkerSettings
 
 FULL_ROWS, FULL_ROWS_PER_CHUNK = 594_643, 10_000
@@ -253,10 +260,11 @@ class Phase:
                       from_start: bool = False) -> None:
         """The whole stream written at once, with no worker running, every message queued."""
         _, sqs = self.stack.clients()
-        producer = self.producer(transactions, importance, config, interval=0,
-                                 from_start=from_start, passes=config.passes)
-        if producer.wait(timeout=900) != 0:
-            raise BenchError(f"{self.name}: the producer failed; see {self.producer_log}")
+        with stopped_on_exit(self.producer(transactions, importance, config, interval=0,
+                                           from_start=from_start, passes=config.passes),
+                             timeout=30) as producer:
+            if producer.wait(timeout=900) != 0:
+                raise BenchError(f"{self.name}: the producer failed; see {self.producer_log}")
         poll(lambda: queue_visible(sqs, self.stack.resources.queue_url) >= config.chunks, 600,
              f"{self.name}: {config.chunks} chunk messages queued")
 
@@ -289,10 +297,12 @@ class Phase:
         poll(lambda: applied_count(self.database_url) >= chunks, timeout,
              f"{self.name}: {chunks} chunks applied", self.worker, self.worker_log)
 
-    def stop_worker(self) -> None:
+    def stop_worker(self, check: bool = True) -> None:
+        """Stop the worker; with ``check``, a worker that exits non-zero fails the bench
+        (without: on the way out of an error or a signal, which must not be masked)."""
         if self.worker is not None and self.worker.poll() is None:
             rc = stop_process(self.worker, timeout=120)
-            if rc != 0:
+            if rc != 0 and check:
                 raise BenchError(f"{self.name}: the worker exited with {rc}; see "
                                  f"{self.worker_log}")
 
@@ -370,7 +380,7 @@ def run_backlog(stack: LocalServices, server_url: str, config: BenchConfig,
             phase.wait_applied(config.chunks, timeout=900 + config.chunks * 3)
             phase.stop_worker()
     finally:
-        phase.stop_worker()
+        phase.stop_worker(check=False)
     figures = measure.backlog_figures(phase.batches(), read_chunks(phase.database_url))
     return {**figures, "startup": phase.startup()}, memory, phase
 
@@ -395,7 +405,7 @@ def run_nominal(stack: LocalServices, server_url: str, config: BenchConfig,
             if producer.wait(timeout=60) != 0:
                 raise BenchError(f"nominal: the producer failed; see {phase.producer_log}")
     except BaseException:
-        phase.stop_worker()
+        phase.stop_worker(check=False)
         raise
     finally:
         if producer is not None and producer.poll() is None:
@@ -556,11 +566,13 @@ def _run_peer(mode: str, config: BenchConfig, chunk_paths: list[Path], importanc
                     name="peer-feed", daemon=True)
                 feeder.start()
             rc = process.wait(timeout=timeout)
-    except (subprocess.TimeoutExpired, BenchError):
+    except BaseException as exc:  # a timeout, or a signal that stops the bench
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-        raise BenchError(f"peer {mode}: did not finish; see {stderr}") from None
+        if isinstance(exc, subprocess.TimeoutExpired | BenchError):
+            raise BenchError(f"peer {mode}: did not finish; see {stderr}") from None
+        raise
     if feeder is not None:
         feeder.join(timeout=60)
     summary = summary_line(stdout.read_text(errors="replace"))
@@ -758,7 +770,7 @@ def run(config: BenchConfig) -> dict:
                 results["recovery"] = {"skipped": True}
             nominal.stop_worker()
         finally:
-            nominal.stop_worker()
+            nominal.stop_worker(check=False)
 
         results["startup"] = {
             "ready_s": measure.spread(s["ready_s"] for s in startups),

@@ -45,6 +45,7 @@ import psycopg2.sql
 
 from bench.measure import percentile_cont
 from infra.local import postgres
+from infra.local.interrupt import stops_cleanly
 from spark_detector import db
 from spark_detector.chunk_aggregates import ChunkAggregates, PairAggregate
 from spark_detector.engine import rule_evaluation
@@ -402,6 +403,7 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+@stops_cleanly("bench.state_size")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.state_size",
                                      description=__doc__.splitlines()[0])

@@ -31,7 +31,9 @@ BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 8},
                      connect_timeout=5, read_timeout=30)
 
 
-EXIT_BAD_SETTING = 2  # also: a request refused (skip-seq), a replay that cannot run as asked
+# also: CustomerImportance unusable (run, replay), a request refused (skip-seq), a replay that
+# cannot run as asked
+EXIT_BAD_SETTING = 2
 EXIT_DATABASE_UNREACHABLE = 4
 # run: 3 = the Spark runtime was lost (worker.EXIT_SPARK_LOST);
 # 5 = a rebuild is unfinished (db.EXIT_REBUILD_IN_PROGRESS)
@@ -77,8 +79,10 @@ def cmd_run(settings: WorkerSettings, args: argparse.Namespace) -> int:
     # and before pyarrow's import (the modules below import it)
     tuned = {**tune_malloc(), **tune_arrow_pool()}
     from spark_detector.ops.backfill import backfill
-    from spark_detector.spark.reference_weights import ReferenceRejected, ReferenceUnavailable
-    from spark_detector.worker.loop import DatabaseUnavailable, Worker, logger
+    from spark_detector.parsing import ReferenceRejected
+    from spark_detector.spark.reference_weights import ReferenceUnavailable
+    from spark_detector.worker.errors import DatabaseUnavailable
+    from spark_detector.worker.loop import Worker, logger
     from spark_detector.worker.spark_runtime import SparkAggregator
 
     logger.info("malloc tuned", extra={"set": tuned})
@@ -108,13 +112,14 @@ def cmd_run(settings: WorkerSettings, args: argparse.Namespace) -> int:
     except ReferenceUnavailable:
         return 0  # asked to stop while waiting: nothing was started, nothing to clean up
     except ReferenceRejected as exc:
-        print(f"spark_detector: {exc}", file=sys.stderr)
-        return 2
+        print(f"spark_detector: refusing to start: CustomerImportance {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTING
     # PySpark installs its own SIGINT handler when the session starts: take it back.
     signal.signal(signal.SIGINT, stop)
     worker = Worker(settings, s3=s3, sqs=sqs, connect=lambda: db.connect(settings.database_url),
                     aggregate=aggregator.aggregate, runtime_alive=aggregator.alive,
                     kill_runtime=aggregator.kill, warm_up=aggregator.warm_up,
+                    probe_spark=aggregator.probe,
                     y_start_time=y_start_time, stop_event=stop_event,
                     backfill=lambda conn: backfill(conn, s3, sqs, settings))
     try:
@@ -191,6 +196,7 @@ def cmd_replay(settings: WorkerSettings, args: argparse.Namespace) -> int:
     from spark_detector.engine.failures import failure_text
     from spark_detector.ops.replay import ReplayOptions, run_replay, submit_args_for_local_driver
     from spark_detector.ops.replay_plan import ReplayError, ReplayRefused
+    from spark_detector.parsing import ReferenceRejected
     from spark_detector.spark.job import FetchSpec
     from spark_detector.spark.session import build_spark
 
@@ -215,6 +221,9 @@ def cmd_replay(settings: WorkerSettings, args: argparse.Namespace) -> int:
         return 3
     except ReplayError as exc:
         print(f"replay: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTING
+    except ReferenceRejected as exc:
+        print(f"replay: CustomerImportance {exc}", file=sys.stderr)
         return EXIT_BAD_SETTING
     except psycopg2.OperationalError:
         raise  # main() says which database, exit 4

@@ -46,6 +46,36 @@ class DatabaseUnreachable(psycopg2.OperationalError):
     an ``OperationalError`` still, so that callers that retry one retry this too."""
 
 
+# SQLSTATEs that say the server cannot serve this session at all, whatever it runs: class 08
+# (connection exception), class 53 (insufficient resources: disk full, out of memory, too
+# many connections) and the shutdowns of class 57 (57P01 admin shutdown, 57P02 crash
+# shutdown, 57P03 cannot connect now). psycopg2 raises these, and many statement errors
+# besides (54000 "index row size exceeds btree maximum", 55P03 lock not available, ...), as
+# OperationalError: the class alone does not tell an outage from a refused statement.
+OUTAGE_CLASSES = ("08", "53")
+OUTAGE_CODES = ("57P01", "57P02", "57P03")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` means PostgreSQL cannot be reached or cannot serve anyone (an outage:
+    wait for it), rather than an error about the statement it ran (the work's own failure).
+
+    No SQLSTATE at all means libpq never got an answer: the connection could not be opened
+    or was lost (``InterfaceError``: already closed)."""
+    if isinstance(exc, psycopg2.InterfaceError):
+        return True
+    if not isinstance(exc, psycopg2.OperationalError):
+        return False
+    code = exc.pgcode
+    return code is None or code[:2] in OUTAGE_CLASSES or code in OUTAGE_CODES
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether running the same work again may succeed: an outage, or a transaction the
+    server rolled back for a conflict with another (a deadlock, a serialization failure)."""
+    return is_outage(exc) or isinstance(exc, psycopg2.extensions.TransactionRollbackError)
+
+
 def redact_dsn(dsn: str) -> str:
     """A connection string (URL or ``key=value`` form) without its password."""
     dsn = re.sub(r"(://[^:/@?#]*):[^@/?#]*@", r"\1:***@", dsn)  # postgresql://user:secret@host

@@ -9,7 +9,14 @@ production a failpoint costs one dict lookup):
   ``InjectedFailure`` whenever ``key`` contains ``text``: one chunk that keeps failing at one
   place (the Spark fetch, the apply, the quarantine write), while its neighbours do not;
 - ``WORKER_HANG=name@text[,...]`` makes ``failpoint(name, key)`` block for ever whenever
-  ``key`` contains ``text``: a Spark job that never finishes.
+  ``key`` contains ``text``: a Spark job that never finishes;
+- ``WORKER_FAULT=name@kind@path[,...]`` makes every ``failpoint(name, ...)`` raise the
+  fault ``kind`` while the file ``path`` exists, and append a line to that file each time:
+  a dependency's outage the test switches on and off from outside the process, and counts.
+  ``kind``: ``connect`` (S3's endpoint does not answer: botocore's
+  ``EndpointConnectionError``), ``spark`` (a Spark runtime that fails every job:
+  ``InjectedFailure``), or an S3 error code (``InternalError``, ``SlowDown``,
+  ``AccessDenied``, ...: a ``ClientError`` with that code).
 """
 
 from __future__ import annotations
@@ -42,7 +49,42 @@ def _armed_for(variable: str, name: str, key: str) -> bool:
     return False
 
 
+_FAULT_STATUS = {"AccessDenied": 403, "SlowDown": 503, "ServiceUnavailable": 503}
+
+
+def _fault(kind: str, name: str) -> Exception:
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    if kind == "connect":
+        return EndpointConnectionError(endpoint_url=f"https://failpoint.invalid/{name}")
+    if kind == "spark":
+        return InjectedFailure(f"injected Spark runtime failure at {name}")
+    return ClientError({"Error": {"Code": kind, "Message": f"injected at {name}"},
+                        "ResponseMetadata": {"HTTPStatusCode": _FAULT_STATUS.get(kind, 500)}},
+                       "GetObject")
+
+
+def _raise_armed_fault(name: str) -> None:
+    spec = os.environ.get("WORKER_FAULT", "")
+    for item in filter(None, spec.split(",")):
+        point, _, rest = item.partition("@")
+        kind, _, path = rest.partition("@")
+        if point != name or not path:
+            continue
+        try:  # no O_CREAT: the fault is on only while the file exists
+            switch = os.open(path, os.O_WRONLY | os.O_APPEND)
+        except FileNotFoundError:
+            continue
+        try:
+            os.write(switch, f"{name}\n".encode())
+        finally:
+            os.close(switch)
+        raise _fault(kind, name)
+
+
 def failpoint(name: str, key: str = "") -> None:
+    if "WORKER_FAULT" in os.environ:
+        _raise_armed_fault(name)
     if key and _armed_for("WORKER_RAISE", name, key):
         raise InjectedFailure(f"injected failure at {name} for {key}")
     if key and _armed_for("WORKER_HANG", name, key):

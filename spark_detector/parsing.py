@@ -16,6 +16,9 @@ Format rules, beyond the documented ones:
   other empty line is a rejected row.
 - An amount is a plain decimal (``12``, ``4.55``, ``.5``, ``+3``; no exponent), rounded half-up
   to 2 places, at least 0 and within ``decimal(18,2)``.
+- The text values the state keeps (customer, merchant, category, gender; Source, Target,
+  typeTrans) are identifiers (``identifier_problem``): at most ``MAX_IDENTIFIER_CHARS``
+  characters, no control character, and no first character a spreadsheet reads as a formula.
 """
 
 from __future__ import annotations
@@ -47,11 +50,25 @@ AMOUNT_INTEGER_DIGITS = 16
 WEIGHT_INTEGER_DIGITS = 12
 
 # Whole-value patterns: Python matches them with fullmatch, Spark's rlike gets them anchored
-# (see batch_query.java_fullmatch). No backslashes, so that they read the same inside SQL text.
+# (see batch_query.java_fullmatch). Every pattern here is one text for both regex engines;
+# the SQL quotes it as a raw literal (R'...'), so its backslashes reach Java as written.
 DECIMAL_PATTERN = r"[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)"
 NON_FINITE_PATTERN = r"(?i)[+-]?(inf|infinity|nan|snan)"
 _DECIMAL = re.compile(DECIMAL_PATTERN)
 _NON_FINITE = re.compile(NON_FINITE_PATTERN)
+
+# Identifiers. A fixed part of the input rules, not a setting: a limit that differed between
+# two workers, or between a live run and its replay, would judge the same row differently.
+# 64 characters hold any real account or merchant id (UUIDs, IBANs) and keep pair_state's
+# btree key (merchant, customer) far below PostgreSQL's ~2,700-byte limit (4 bytes a
+# character at most in UTF-8), so no value of a good row can fail an insert.
+MAX_IDENTIFIER_CHARS = 64
+# Unicode's control characters (category Cc): C0, DEL and C1. A search pattern (re.search;
+# Spark's rlike searches too).
+CONTROL_PATTERN = r"[\x00-\x1f\x7f-\x9f]"
+# A cell starting with one of these is read as a formula by spreadsheets (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@")
+_CONTROL = re.compile(CONTROL_PATTERN)
 
 
 class InputRejected(ValueError):
@@ -68,7 +85,9 @@ class ChunkRejected(InputRejected):
 
 
 class ReferenceRejected(InputRejected):
-    """The CustomerImportance object cannot be read at all."""
+    """The CustomerImportance object cannot be used at all: too large, not readable (access
+    denied), empty, not UTF-8, not CSV or a header without the required columns. The one error
+    for all of them: the worker and ``replay`` stop at start-up with it (exit code 2)."""
 
 
 @dataclass(frozen=True)
@@ -179,6 +198,19 @@ def prepare_chunk(key: str, data: bytes) -> PreparedChunk:
     return PreparedChunk(key, layout, body, n_lines)
 
 
+def identifier_problem(name: str, value: str) -> str | None:
+    """Why ``value`` (a cleaned field called ``name``) cannot be kept as an identifier, or None:
+    longer than ``MAX_IDENTIFIER_CHARS``, a control character, or a formula's first character.
+    An empty value is none of these (whether it may be empty is the caller's rule)."""
+    if len(value) > MAX_IDENTIFIER_CHARS:
+        return f"{name} is longer than {MAX_IDENTIFIER_CHARS} characters ({len(value)})"
+    if _CONTROL.search(value):
+        return f"{name} contains a control character"
+    if value.startswith(FORMULA_STARTS):
+        return f"{name} starts with '{value[0]}', which a spreadsheet reads as a formula"
+    return None
+
+
 def parse_decimal(text: str, what: str, integer_digits: int) -> Decimal | str:
     """A finite, non-negative plain decimal as ``Decimal``, or the reason it is not one."""
     if not text:
@@ -229,17 +261,18 @@ def parse_row(layout: ChunkLayout, row: int, line: str) -> Transaction | Rejecte
     merchant = clean_field(fields[layout.merchant])
     if not merchant:
         return RejectedRow(row, "empty merchant", line)
+    category = clean_field(fields[layout.category])
+    gender = clean_field(fields[layout.gender])
+    for name, value in (("customer", customer), ("merchant", merchant),
+                        ("category", category), ("gender", gender)):
+        problem = identifier_problem(name, value)
+        if problem is not None:
+            return RejectedRow(row, problem, line)
     amount = parse_amount(clean_field(fields[layout.amount]))
     if isinstance(amount, str):
         return RejectedRow(row, amount, line)
-    return Transaction(
-        row=row,
-        customer=customer,
-        merchant=merchant,
-        category=clean_field(fields[layout.category]),
-        gender=clean_field(fields[layout.gender]),
-        amount=amount,
-    )
+    return Transaction(row=row, customer=customer, merchant=merchant, category=category,
+                       gender=gender, amount=amount)
 
 
 def data_lines(prepared: PreparedChunk) -> Iterator[tuple[int, str]]:
@@ -307,6 +340,12 @@ def _weight_rows(names: list[str], at: dict[str, int], body: str | None
         )
         if not customer or not merchant:
             yield RejectedRow(row, "empty Source" if not customer else "empty Target", line)
+            continue
+        problem = next(filter(None, (
+            identifier_problem(name, value) for name, value in
+            (("Source", customer), ("Target", merchant), ("typeTrans", category)))), None)
+        if problem is not None:
+            yield RejectedRow(row, problem, line)
             continue
         weight = parse_weight(clean_field(fields[at["Weight"]]))
         if isinstance(weight, str):

@@ -19,6 +19,7 @@ def retry(
     fn: Callable[[], T],
     *,
     retry_on: tuple[type[BaseException], ...],
+    retry_if: Callable[[BaseException], bool] = lambda _exc: True,
     attempts: int = 6,
     base: float = 0.2,
     cap: float = 10.0,
@@ -26,6 +27,7 @@ def retry(
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """Call `fn` until it succeeds or `attempts` tries have failed with `retry_on` errors.
+    ``retry_if`` narrows them: an error it says no to is raised at once.
 
     Full jitter keeps several workers that failed together from retrying in lockstep.
     """
@@ -34,7 +36,7 @@ def retry(
         try:
             return fn()
         except retry_on as exc:
-            if attempt == attempts - 1:
+            if attempt == attempts - 1 or not retry_if(exc):
                 raise
             delay = random.uniform(delays[attempt] / 2, delays[attempt])
             if on_retry is not None:

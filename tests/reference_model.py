@@ -23,7 +23,8 @@ A chunk key seen before is ignored.
 
 Input is read by this module's own code, straight from the rules of docs/detection-semantics.md
 (no CSV quoting, fields stripped of blanks then one pair of single quotes, plain ASCII decimals,
-the ranges of the types the state keeps), never by ``spark_detector.parsing``: the tests compare
+the ranges of the types the state keeps, identifiers of at most 64 characters without control
+characters or a formula's first character), never by ``spark_detector.parsing``: the tests compare
 the two row by row (``tests/unit/test_reference_model.py``). The one thing shared with the
 worker is the shape of its hand-over to the engine (``ChunkAggregates``), not how it is built.
 """
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
@@ -256,12 +258,23 @@ ASCII_DIGITS = frozenset("0123456789")
 AMOUNT_LIMIT = Decimal(10) ** 16  # decimal(18,2): 16 digits before the point
 WEIGHT_LIMIT = Decimal(10) ** 12  # decimal(22,10): 12 digits before the point
 BOM = "\ufeff"
+IDENTIFIER_LIMIT = 64  # characters
+FORMULA_FIRST = frozenset("=+-@")  # what a spreadsheet takes for a formula's start
 
 
 def _unquote(value: str) -> str:
     """Surrounding spaces and tabs off, then one pair of single quotes: ``'C123'`` -> ``C123``."""
     value = value.strip(" \t")
     return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == "'" else value
+
+
+def _is_identifier(value: str) -> bool:
+    """Whether the rules keep ``value`` as a customer, merchant, category or gender (or
+    Source, Target, typeTrans): at most 64 characters, none of them a control character
+    (Unicode category Cc), the first not one that starts a spreadsheet formula."""
+    return (len(value) <= IDENTIFIER_LIMIT
+            and all(unicodedata.category(c) != "Cc" for c in value)
+            and value[:1] not in FORMULA_FIRST)
 
 
 def _half_up(value: Decimal, places: int) -> Decimal:
@@ -318,7 +331,8 @@ def read_chunk(data: bytes) -> ReferenceChunk:
     of docs/detection-semantics.md: a row is left out when its number of comma-separated
     fields is not the header's (no CSV quoting: a quoted comma makes one field more), it is
     empty, its customer or merchant is empty, or its amount is not a plain decimal >= 0 that,
-    rounded half-up to cents, fits decimal(18,2). Raises ``ChunkRejectedWhole``."""
+    rounded half-up to cents, fits decimal(18,2); or its customer, merchant, category or
+    gender is no identifier (``_is_identifier``). Raises ``ChunkRejectedWhole``."""
     header, lines = _lines(data)
     at = _columns(header, CHUNK_COLUMNS)
     rows, rejected = [], []
@@ -326,7 +340,9 @@ def read_chunk(data: bytes) -> ReferenceChunk:
         fields = [_unquote(f) for f in line.split(",")]
         amount = _in_range(fields[at["amount"]], 2, AMOUNT_LIMIT) if len(
             fields) == len(header) else None
-        if amount is None or not fields[at["customer"]] or not fields[at["merchant"]]:
+        if (amount is None or not fields[at["customer"]] or not fields[at["merchant"]]
+                or not all(_is_identifier(fields[at[name]])
+                           for name in ("customer", "merchant", "category", "gender"))):
             rejected.append(number)
             continue
         rows.append(ReferenceRow(fields[at["customer"]], fields[at["merchant"]],
@@ -342,8 +358,9 @@ class ReferenceWeightRows:
 
 def read_weight_rows(data: bytes) -> ReferenceWeightRows:
     """CustomerImportance's rows by the rules: left out when the number of fields is not the
-    header's, Source or Target is empty, or Weight is not a plain decimal >= 0 that, rounded
-    half-up to 6 places, fits decimal(22,10). Raises ``ChunkRejectedWhole`` for the file."""
+    header's, Source or Target is empty, Weight is not a plain decimal >= 0 that, rounded
+    half-up to 6 places, fits decimal(22,10), or Source, Target or typeTrans is no identifier
+    (``_is_identifier``). Raises ``ChunkRejectedWhole`` for the file."""
     header, lines = _lines(data)
     at = _columns(header, WEIGHT_COLUMNS)
     kept, left_out = [], []
@@ -351,7 +368,9 @@ def read_weight_rows(data: bytes) -> ReferenceWeightRows:
         fields = [_unquote(f) for f in line.split(",")]
         weight = _in_range(fields[at["Weight"]], 6, WEIGHT_LIMIT) if len(
             fields) == len(header) else None
-        if weight is None or not fields[at["Source"]] or not fields[at["Target"]]:
+        if (weight is None or not fields[at["Source"]] or not fields[at["Target"]]
+                or not all(_is_identifier(fields[at[name]])
+                           for name in ("Source", "Target", "typeTrans"))):
             left_out.append(number)
             continue
         key = (fields[at["Source"]], fields[at["Target"]], fields[at["typeTrans"]])

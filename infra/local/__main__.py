@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from infra.local import postgres
+from infra.local.interrupt import stops_cleanly
 from infra.local.stack import REPO_ROOT, LocalServices, _Handles, launch
 from infra.local.template import spec_from_template
 
@@ -79,7 +80,7 @@ def cmd_up(work_dir: Path, port: int) -> int:
     try:
         stack = launch(work_dir, database="txn_pipeline", database_url=None,
                        spec=spec_from_template(), handler="lambda_trigger.app.handler",
-                       runner_env=None, detached=True, handles=handles, port=port)
+                       runner_env=None, handles=handles, port=port)
     except BaseException:
         handles.stop()
         raise
@@ -108,6 +109,7 @@ def cmd_down(work_dir: Path) -> int:
     return 0
 
 
+@stops_cleanly("infra.local")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.local")
     parser.add_argument("command", choices=["up", "down", "env"])

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import psycopg2
 
 from chunk_contract import layout
 from infra.local import postgres
+from infra.local.interrupt import stops_cleanly
 from infra.local.stack import REPO_ROOT, LocalServices, stop_process, wait_for_line
 from infra.local.view import (
     Snapshot,
@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@stops_cleanly("infra.local.demo")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -140,11 +141,6 @@ def run_demo(args: argparse.Namespace, transactions: Path, importance: Path,
     total_rows = count_rows(transactions)
     chunks_expected = -(-total_rows // args.rows_per_chunk)
     interrupted = False
-
-    def on_sigint(_signum, _frame):
-        nonlocal interrupted
-        interrupted = True
-
     print("starting the local stack (moto, Lambda runner, PostgreSQL) ...", flush=True)
     with LocalServices.start(args.work_dir, database=DEMO_DATABASE) as stack:
         logs = stack.logs
@@ -161,7 +157,6 @@ def run_demo(args: argparse.Namespace, transactions: Path, importance: Path,
                 [sys.executable, "-m", "spark_detector", "run", "--drain"], cwd=REPO_ROOT,
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         producer = None
-        signal.signal(signal.SIGINT, on_sigint)
         try:
             print(f"starting the worker (Spark) ... log: {worker_log}", flush=True)
             wait_for_line(worker_log, offset, "worker started", worker, timeout=300)
@@ -176,22 +171,27 @@ def run_demo(args: argparse.Namespace, transactions: Path, importance: Path,
             history: list[Snapshot] = []
             with psycopg2.connect(stack.database_url) as conn:
                 completed = False
-                while not interrupted:
-                    snapshot = collect_snapshot(stack, s3, sqs, conn, time.monotonic() - started)
-                    history = [*history[-30:], snapshot]
-                    state = ("streaming" if producer.poll() is None else
-                             "finished" if producer.returncode == 0 else
-                             f"FAILED (exit {producer.returncode}, see {logs}/producer.log)")
-                    show(history, chunks_expected, state, args.no_view)
-                    if worker.poll() is not None:
-                        print(f"\nthe worker exited with {worker.returncode}: see {worker_log}")
-                        break
-                    if producer.returncode not in (None, 0):
-                        break
-                    if is_settled(snapshot, producer.returncode == 0):
-                        completed = True
-                        break
-                    time.sleep(1.0)  # the view's refresh period, not a wait for a condition
+                try:
+                    while True:
+                        snapshot = collect_snapshot(stack, s3, sqs, conn,
+                                                    time.monotonic() - started)
+                        history = [*history[-30:], snapshot]
+                        state = ("streaming" if producer.poll() is None else
+                                 "finished" if producer.returncode == 0 else
+                                 f"FAILED (exit {producer.returncode}, see {logs}/producer.log)")
+                        show(history, chunks_expected, state, args.no_view)
+                        if worker.poll() is not None:
+                            print(f"\nthe worker exited with {worker.returncode}: see"
+                                  f" {worker_log}")
+                            break
+                        if producer.returncode not in (None, 0):
+                            break
+                        if is_settled(snapshot, producer.returncode == 0):
+                            completed = True
+                            break
+                        time.sleep(1.0)  # the view's refresh period, not a wait for a condition
+                except KeyboardInterrupt:  # Ctrl-C or SIGTERM while streaming: drain, summarise
+                    interrupted = True
                 print("\nstopping: producer first, then the worker drains ...", flush=True)
                 if producer.poll() is None:
                     stop_process(producer, timeout=60)
@@ -214,7 +214,6 @@ def run_demo(args: argparse.Namespace, transactions: Path, importance: Path,
             for process in (producer, worker):
                 if process is not None and process.poll() is None:
                     stop_process(process, timeout=30)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
             print("local stack stopped.", flush=True)
 
 

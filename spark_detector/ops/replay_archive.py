@@ -12,6 +12,7 @@ from typing import Generic, TypeVar, cast
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from botocore.exceptions import ClientError
 
 from chunk_contract.listing import list_chunks
 from spark_detector.chunk_aggregates import WeightKey
@@ -20,14 +21,25 @@ from spark_detector.ops.replay_plan import (
     ArchivedChunk,
     ReplayError,
 )
+from spark_detector.parsing import ReferenceRejected, iter_customer_importance
 from spark_detector.spark.batch_result import BatchResult, assemble_batch, weight_table
 from spark_detector.spark.job import FetchSpec, aggregate_chunks, fetch_chunks
+from spark_detector.spark.reference_weights import (
+    ACCESS_DENIED_HINT,
+    access_denied,
+    check_reference_size,
+)
 
 T = TypeVar("T")
 
 
 def read_importance(s3, settings: WorkerSettings, uri: str | None) -> tuple[str, bytes]:
-    """(where from, bytes) of the CustomerImportance to use: ``uri`` or the live one."""
+    """(where from, bytes) of the CustomerImportance to use: ``uri`` or the live one.
+
+    Checked as the worker checks it, before anything is touched: ``ReferenceRejected`` when
+    it is too large (known before it is read), not readable, empty, not UTF-8, not CSV or
+    its header lacks a column. Its rows are parsed later (``compute_weights``)."""
+    named = "--importance" if uri is not None else "CustomerImportance"
     if uri is None:
         uri = f"s3://{settings.bucket}/{settings.reference_key}"
     if uri.startswith("s3://"):
@@ -35,13 +47,23 @@ def read_importance(s3, settings: WorkerSettings, uri: str | None) -> tuple[str,
         if not bucket or not key:
             raise ReplayError(f"--importance {uri}: expected s3://bucket/key")
         try:
-            return uri, s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            found = s3.get_object(Bucket=bucket, Key=key)
         except s3.exceptions.NoSuchKey as exc:
-            raise ReplayError(f"--importance {uri}: no such object") from exc
-    path = Path(uri)
-    if not path.is_file():
-        raise ReplayError(f"--importance {uri}: no such file")
-    return str(path), path.read_bytes()
+            raise ReplayError(f"{named} {uri}: no such object") from exc
+        except ClientError as exc:
+            if access_denied(exc):
+                raise ReferenceRejected(uri, ACCESS_DENIED_HINT) from exc
+            raise
+        check_reference_size(uri, int(found["ContentLength"]), settings)
+        where, data = uri, found["Body"].read()
+    else:
+        path = Path(uri)
+        if not path.is_file():
+            raise ReplayError(f"--importance {uri}: no such file")
+        check_reference_size(str(path), path.stat().st_size, settings)
+        where, data = str(path), path.read_bytes()
+    iter_customer_importance(data, where)  # the whole-file checks, before the first row
+    return where, data
 
 
 def list_archive(s3, settings: WorkerSettings) -> list[ArchivedChunk]:

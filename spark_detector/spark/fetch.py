@@ -28,13 +28,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from pyspark import Accumulator
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import IntegerType, StringType, StructField, StructType
 
 from spark_detector.failpoints import failpoint
 from spark_detector.parsing import ChunkRejected, prepare_chunk
+from spark_detector.s3_errors import (
+    ACCESS_DENIED_REASON,
+    error_code,
+    s3_outage_reason,
+    s3_unavailable,
+)
 
 # What an executor emits per chunk: its status, and for a readable chunk its column layout
 # and its data lines as one string (split in the JVM, which is cheaper than shipping rows).
@@ -77,11 +83,13 @@ class FetchSpec:
 
     @classmethod
     def from_env(cls, bucket: str, environ: Mapping[str, str] = os.environ) -> FetchSpec:
-        """Region and endpoint as the driver's boto3 sees them (AWS_REGION, AWS_ENDPOINT_URL)."""
+        """Region and endpoint as the driver's boto3 sees them (AWS_REGION; S3's own
+        AWS_ENDPOINT_URL_S3 before AWS_ENDPOINT_URL, as boto3 reads them)."""
         return cls(
             bucket=bucket,
             region=environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-            endpoint_url=environ.get("AWS_ENDPOINT_URL") or None,
+            endpoint_url=(environ.get("AWS_ENDPOINT_URL_S3")
+                          or environ.get("AWS_ENDPOINT_URL") or None),
         )
 
 
@@ -107,24 +115,36 @@ def fetch_chunk(s3: Any, bucket: str, key: str, max_rows: int = 200_000,
 
     ``etag``: the version the chunk's message names; the GET reads that one or none
     (If-Match), never what an overwrite put there after the message's event. Empty: the
-    object as it is."""
-    failpoint("spark_fetch", key)
+    object as it is.
+
+    An S3 outage (no answer, 5xx, throttling, credentials: ``s3_errors.s3_outage_reason``) is
+    raised as ``S3UnavailableError``, which the worker does not charge to the chunk; an
+    AccessDenied is the chunk's ``MISSING`` reason, which the worker checks against a probe
+    (one object denied, or the role's permission gone: ``worker.outages.probe_s3``)."""
     pinned = {"IfMatch": f'"{etag}"'} if etag else {}
     try:
+        failpoint("spark_fetch", key)
         data = s3.get_object(Bucket=bucket, Key=key, **pinned)["Body"].read()
-    except s3.exceptions.NoSuchKey:
-        return (key, MISSING, "object does not exist", 0, *([None] * 7))
     except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code")
+        code = error_code(exc)
+        if code in ("NoSuchKey", "404"):
+            return (key, MISSING, "object does not exist", 0, *([None] * 7))
         if code == "PreconditionFailed":
             return (key, SUPERSEDED, f"the object is no longer version {etag}: it was"
                     " overwritten after its event", 0, *([None] * 7))
-        if code != "AccessDenied":
-            raise
-        # S3 answers 403, not 404, for a missing key when the caller may not list the bucket
-        return (key, MISSING, "access denied: the object is missing, or the worker's role "
-                "lacks s3:GetObject on it (and s3:ListBucket to be told it is missing)",
-                0, *([None] * 7))
+        if code == "AccessDenied":
+            # S3 answers 403, not 404, for a missing key when the caller may not list the
+            # bucket
+            return (key, MISSING, f"{ACCESS_DENIED_REASON}: the object is missing, or the"
+                    " worker's role lacks s3:GetObject on it (and s3:ListBucket to be told it"
+                    " is missing)", 0, *([None] * 7))
+        if s3_outage_reason(exc) is not None:
+            raise s3_unavailable(exc, bucket, key) from exc
+        raise
+    except BotoCoreError as exc:
+        if s3_outage_reason(exc) is not None:
+            raise s3_unavailable(exc, bucket, key) from exc
+        raise
     try:
         chunk = prepare_chunk(key, data)
     except ChunkRejected as exc:

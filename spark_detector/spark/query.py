@@ -18,7 +18,14 @@ from __future__ import annotations
 
 from pyspark.sql import DataFrame, SparkSession
 
-from spark_detector.parsing import DECIMAL_PATTERN, FIELD_WHITESPACE, NON_FINITE_PATTERN
+from spark_detector.parsing import (
+    CONTROL_PATTERN,
+    DECIMAL_PATTERN,
+    FIELD_WHITESPACE,
+    FORMULA_STARTS,
+    MAX_IDENTIFIER_CHARS,
+    NON_FINITE_PATTERN,
+)
 
 # The kinds of output row
 PAIR, REJECTED_ROW, CHUNK = "pair", "rejected_row", "chunk"
@@ -48,6 +55,24 @@ _TRIM = "'" + FIELD_WHITESPACE.replace("\t", "\\t") + "'"  # as a SQL literal: '
 
 # Rounds half-up, as parsing.parse_amount does; null when the value overflows the type.
 _AMOUNT_SQL = "try_cast(amount_text AS DECIMAL(18,2))"
+_FORMULA_STARTS_SQL = ", ".join(f"'{c}'" for c in FORMULA_STARTS)
+
+
+def _identifier_reason_sql(name: str) -> str:
+    """The WHEN clauses of ``parsing.identifier_problem`` for column ``name``, same order and
+    reasons. ``has_control``, one search per line, spares the four fields' own searches on
+    the lines without any control character (nearly all of them). R'' (a raw literal) hands
+    the pattern's backslashes to Java's regex as they are."""
+    return f"""
+  WHEN length({name}) > {MAX_IDENTIFIER_CHARS} THEN
+    format_string('{name} is longer than {MAX_IDENTIFIER_CHARS} characters (%d)', length({name}))
+  WHEN has_control AND {name} RLIKE R'{CONTROL_PATTERN}' THEN '{name} contains a control character'
+  WHEN left({name}, 1) IN ({_FORMULA_STARTS_SQL}) THEN
+    concat("{name} starts with '", left({name}, 1), "', which a spreadsheet reads as a formula")"""
+
+
+_IDENTIFIER_REASONS_SQL = "".join(
+    _identifier_reason_sql(name) for name in ("customer", "merchant", "category", "gender"))
 
 # The row rules of parsing.parse_row, in the same order, with the same reasons.
 _ROW_REASON_SQL = f"""
@@ -56,7 +81,7 @@ CASE
   WHEN line = '' THEN 'empty line'
   WHEN n_fields != n_columns THEN format_string('expected %d fields, got %d', n_columns, n_fields)
   WHEN customer = '' THEN 'empty customer'
-  WHEN merchant = '' THEN 'empty merchant'
+  WHEN merchant = '' THEN 'empty merchant'{_IDENTIFIER_REASONS_SQL}
   WHEN amount_text = '' THEN 'empty amount'
   WHEN NOT amount_text RLIKE R'{java_fullmatch(DECIMAL_PATTERN)}' THEN
     CASE WHEN amount_text RLIKE R'{java_fullmatch(NON_FINITE_PATTERN)}'
@@ -90,11 +115,12 @@ _STEPS = (
   SELECT {_CHUNK}, n_columns, {_INDEXES},
          posexplode_outer(split(body, '\\n', -1)) AS (pos, line)"""),
     ("split", f"""
-  SELECT {_CHUNK}, n_columns, {_INDEXES}, pos + 1 AS row, line, split(line, ',', -1) AS fields"""),
+  SELECT {_CHUNK}, n_columns, {_INDEXES}, pos + 1 AS row, line, split(line, ',', -1) AS fields,
+         line RLIKE R'{CONTROL_PATTERN}' AS has_control"""),
     ("trimmed", f"""
-  SELECT {_CHUNK}, n_columns, row, line, size(fields) AS n_fields, {_TRIMMED}"""),
+  SELECT {_CHUNK}, n_columns, row, line, has_control, size(fields) AS n_fields, {_TRIMMED}"""),
     ("cleaned", f"""
-  SELECT {_CHUNK}, n_columns, row, line, n_fields, {_CLEANED}"""),
+  SELECT {_CHUNK}, n_columns, row, line, has_control, n_fields, {_CLEANED}"""),
     # one row per data line, or one marker row (line NULL) per chunk without data lines
     ("parsed", f"""
   SELECT {_CHUNK}, row, line, {_ROW_REASON_SQL} AS reason,

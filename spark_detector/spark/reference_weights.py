@@ -22,12 +22,13 @@ from typing import Protocol
 
 import psycopg2
 import psycopg2.extensions
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from spark_detector import db
 from spark_detector.chunk_aggregates import WeightKey, key_weights
-from spark_detector.parsing import RejectedRow, iter_customer_importance
+from spark_detector.parsing import ReferenceRejected, RejectedRow, iter_customer_importance
 from spark_detector.retry import backoff_delays
+from spark_detector.s3_errors import ACCESS_DENIED_CODES, s3_outage_reason
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +39,14 @@ class ReferenceUnavailable(RuntimeError):
     """CustomerImportance could not be read before the worker was asked to stop."""
 
 
-class ReferenceRejected(RuntimeError):
-    """CustomerImportance cannot be used (too large, or not readable): a start-up error."""
-
-
 ACCESS_DENIED_HINT = (
     "access denied: check that the worker's role has s3:GetObject on the object and "
     "s3:ListBucket on the bucket (without ListBucket, S3 answers 403 for a missing key)")
+
+
+def access_denied(exc: ClientError) -> bool:
+    """S3 refused the caller (HEAD answers a bare 403, GET names AccessDenied)."""
+    return str(exc.response.get("Error", {}).get("Code")) in ACCESS_DENIED_CODES
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,10 @@ def _reference_head(s3, settings: ReferenceSettings, stop: threading.Event) -> d
     """HEAD of the CustomerImportance object, waiting for the producer to upload it if need be.
 
     The worker may start before the producer's first upload; it waits (backing off to 10 s
-    between looks) rather than detect with no weights, which would fire wrong PatId1s. The
-    size is checked here, so an oversized object is a clear error, not an out-of-memory kill.
+    between looks) rather than detect with no weights, which would fire wrong PatId1s. It
+    waits the same way while S3 is out (``s3_errors.s3_outage_reason``), rather than exit and
+    be restarted again and again. The size is checked here, so an oversized object is a clear
+    error, not an out-of-memory kill.
     """
     where = f"s3://{settings.bucket}/{settings.reference_key}"
     attempt = 0
@@ -82,21 +86,28 @@ def _reference_head(s3, settings: ReferenceSettings, stop: threading.Event) -> d
         try:
             head = s3.head_object(Bucket=settings.bucket, Key=settings.reference_key)
             size = int(head["ContentLength"])
-            if size > settings.max_reference_bytes:
-                raise ReferenceRejected(
-                    f"{where} is too large: {size:,} bytes, the limit is "
-                    f"{settings.max_reference_bytes:,} (WORKER_MAX_REFERENCE_BYTES)")
+            check_reference_size(where, size, settings)
             return head
         except ClientError as exc:
+            if access_denied(exc):
+                raise ReferenceRejected(where, ACCESS_DENIED_HINT) from exc
             code = str(exc.response.get("Error", {}).get("Code"))
-            if code in {"AccessDenied", "403", "Forbidden"}:
-                raise ReferenceRejected(f"{where}: {ACCESS_DENIED_HINT}") from exc
-            if code not in {"NoSuchKey", "404", "NotFound"}:
+            outage = s3_outage_reason(exc)
+            if code not in {"NoSuchKey", "404", "NotFound"} and outage is None:
+                raise
+        except BotoCoreError as exc:
+            outage = s3_outage_reason(exc)
+            if outage is None:
                 raise
         delay = backoff_delays(attempt + 2, base=0.5, cap=10.0)[-1]
         attempt += 1
-        logger.warning("reference data not there yet; waiting", extra={
-            "bucket": settings.bucket, "key": settings.reference_key, "retry_in_s": delay})
+        if outage is not None:
+            logger.warning("s3 unavailable at start-up: waiting for the reference data", extra={
+                "bucket": settings.bucket, "key": settings.reference_key, "error": outage,
+                "retry_in_s": delay})
+        else:
+            logger.warning("reference data not there yet; waiting", extra={
+                "bucket": settings.bucket, "key": settings.reference_key, "retry_in_s": delay})
         if stop.wait(delay):
             raise ReferenceUnavailable(where)
 
@@ -108,10 +119,17 @@ def _get(s3, settings: ReferenceSettings, head: dict) -> bytes:
         return s3.get_object(Bucket=settings.bucket, Key=settings.reference_key,
                              IfMatch=head["ETag"])["Body"].read()
     except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code"))
-        if code in {"AccessDenied", "403", "Forbidden"}:
-            raise ReferenceRejected(f"{where}: {ACCESS_DENIED_HINT}") from exc
+        if access_denied(exc):
+            raise ReferenceRejected(where, ACCESS_DENIED_HINT) from exc
         raise
+
+
+def check_reference_size(where: str, size: int, settings: ReferenceSettings) -> None:
+    """``ReferenceRejected`` for an object over ``WORKER_MAX_REFERENCE_BYTES``, known from its
+    size before it is read, so that it is a clear error, not an out-of-memory kill."""
+    if size > settings.max_reference_bytes:
+        raise ReferenceRejected(where, f"too large: {size:,} bytes, the limit is "
+                                f"{settings.max_reference_bytes:,} (WORKER_MAX_REFERENCE_BYTES)")
 
 
 def compute_weights(data: bytes, source: str) -> tuple[dict[WeightKey, Decimal], int]:

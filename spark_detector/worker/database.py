@@ -23,6 +23,7 @@ from spark_detector.worker.errors import DatabaseUnavailable
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# The psycopg2 errors that may be an outage; db.is_outage / db.is_transient tell which are.
 TRANSIENT_DB_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
 
@@ -79,17 +80,32 @@ class Database:
             return False
 
     def run(self, fn: Callable[[Any], T]) -> T:
-        """``fn(conn)``, reconnecting with bounded backoff; ``DatabaseUnavailable`` when
-        PostgreSQL stays unreachable. An error from a database that does answer is raised as
-        it is: it belongs to the work, not to an outage."""
+        """``fn(conn)``, reconnecting with bounded backoff while PostgreSQL is out of reach
+        (``db.is_transient``); ``DatabaseUnavailable`` when it stays so. An error from a
+        database that does answer - a statement it refused, even one psycopg2 reports as
+        ``OperationalError`` - is raised at once, as it is: it belongs to the work (a chunk's
+        failure), not to an outage."""
         try:
             return retry(lambda: fn(self._connection()), retry_on=TRANSIENT_DB_ERRORS,
-                         attempts=self._attempts, base=0.25, cap=4.0,
-                         on_retry=self._reset_connection)
-        except TRANSIENT_DB_ERRORS as exc:
+                         retry_if=db.is_transient, attempts=self._attempts, base=0.25,
+                         cap=4.0, on_retry=self._reset_connection)
+        except psycopg2.Error as exc:
+            if not db.is_outage(exc):
+                self._end_failed_transaction()
+                raise
             if self.answers():
                 raise
             raise DatabaseUnavailable(str(exc).strip()) from exc
+
+    def _end_failed_transaction(self) -> None:
+        """Roll back what a refused statement left open, so that the connection serves the
+        next work (``db.transaction`` does it already; work outside one may not)."""
+        conn = self.conn
+        if conn is not None and not conn.closed:
+            try:
+                conn.rollback()
+            except psycopg2.Error:
+                self._drop_connection()
 
     def wait_until_back(self) -> None:
         """Block, receiving nothing, until PostgreSQL answers again (or a stop is asked)."""

@@ -36,6 +36,8 @@ BATCH_METRICS: Mapping[str, str] = {
 }
 # The "stream gap" line's: how long the next chunk in production order has been missing.
 GAP_METRICS: Mapping[str, str] = {"waiting_s": "Seconds"}
+# The S3 / Spark outage lines' (spark_detector/worker/outages.py): how long intake has been stopped.
+OUTAGE_METRICS: Mapping[str, str] = {"outage_s": "Seconds"}
 
 
 def metric_directive(namespace: str, fields: Mapping[str, Any], units: Mapping[str, str],

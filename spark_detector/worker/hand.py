@@ -50,6 +50,9 @@ class Hand:
         self.redriven: set[str] = set()
         self.applied_unacked: list[str] = []  # applied; their messages not deleted yet
         self.failed_before: set[str] = set()  # chunks in hand with a failure record
+        # chunks that failed after a probe found their dependency answering: the next
+        # failure is theirs (``outages.DependencyChecks.own_failure``)
+        self.confirming: set[str] = set()
 
     def seq(self, key: str) -> int | None:
         """The producer's sequence number of ``key``; None for a hand upload."""
@@ -86,6 +89,7 @@ class Hand:
         self.aggregated.pop(key, None)
         self.ahead.discard(key)
         self.redriven.discard(key)
+        self.confirming.discard(key)
 
     def delete_applied(self, summary: BatchSummary) -> None:
         """Delete the messages of the chunks applied since the last call, ten per SQS call.

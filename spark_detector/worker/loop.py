@@ -29,7 +29,9 @@ Failures stay with the chunk that caused them: a failed micro-batch is retried c
 chunk at once, and only a chunk that fails on its own is counted (``failures``); after its
 budget it is moved to the DLQ by the worker, and the stream goes on without it. An outage of
 PostgreSQL is no chunk's failure: the worker gives its messages back and receives nothing
-until the database answers. A dead Spark runtime ends the process (exit code 3) after its
+until the database answers. Nor is an outage of S3 or of the Spark runtime (``outages``):
+the worker keeps the chunks it holds, receives nothing, and retries them once a probe finds
+the dependency answering. A dead Spark runtime ends the process (exit code 3) after its
 messages are given back, so the container platform restarts it: a JVM that exited (an
 OutOfMemoryError ends it: ``-XX:+ExitOnOutOfMemoryError``), or a Spark job that ran longer
 than ``WORKER_SPARK_JOB_TIMEOUT_SECONDS`` (a JVM thrashing in its garbage collector, a stuck
@@ -55,12 +57,21 @@ from spark_detector.config import WorkerSettings
 from spark_detector.engine import outbox
 from spark_detector.engine.failures import failure_text
 from spark_detector.engine.publish import publish_pending
+from spark_detector.s3_errors import s3_outage_reason
 from spark_detector.spark.batch_result import BatchResult
 from spark_detector.worker import emf
 from spark_detector.worker.chunk_queue import InFlight, Received, receive_batch
 from spark_detector.worker.database import Database, ping
-from spark_detector.worker.errors import DatabaseUnavailable, SparkJobFailed, SparkRuntimeLost
+from spark_detector.worker.errors import (
+    S3,
+    DatabaseUnavailable,
+    DependencyOutage,
+    Outage,
+    SparkJobFailed,
+    SparkRuntimeLost,
+)
 from spark_detector.worker.hand import Hand
+from spark_detector.worker.outages import DependencyChecks, OutageGate
 from spark_detector.worker.settle import Settler, chunk_outcome
 from spark_detector.worker.spark_jobs import SparkJobs
 from spark_detector.worker.summary import BatchSummary, ms_since, timed
@@ -90,6 +101,7 @@ class Worker:
         runtime_alive: Callable[[], bool] = lambda: True,
         kill_runtime: Callable[[], None] = lambda: None,
         warm_up: Callable[[], object] | None = None,
+        probe_spark: Callable[[], object] | None = None,
         y_start_time: datetime | None = None,
         clock: Callable[[], float] = time.monotonic,
         stop_event: threading.Event | None = None,
@@ -118,9 +130,12 @@ class Worker:
         self.db = Database(connect, settings.db_retry_attempts, self.stop_event)
         self.jobs = SparkJobs(settings, self.hand, aggregate, runtime_alive)
         self.turns = Turns(settings, s3, self.db, self.hand, clock)
+        self.checks = DependencyChecks(settings, s3, self.hand, self.jobs, probe_spark)
+        self.outage = OutageGate(self.stop_event, settings.metrics_namespace)
         self.settler = Settler(settings, s3, sqs, self.db, self.hand,
                                y_start_time=self.y_start_time,
-                               raise_if_runtime_lost=self.jobs.raise_if_runtime_lost)
+                               raise_if_runtime_lost=self.jobs.raise_if_runtime_lost,
+                               own_failure=self.checks.own_failure)
 
     @property
     def chunks(self) -> dict[str, ChunkMessage]:
@@ -199,8 +214,13 @@ class Worker:
                 if self.db.down:
                     self.db.wait_until_back()
                     continue
+                if self.outage.down is not None:
+                    self.outage.wait(lambda: self.checks.probe(self.outage.down))
+                    continue
                 summary = self.run_batch()
                 self.idle_work(summary)
+            except DependencyOutage as exc:  # the held chunks wait: not given back
+                self.outage.trip(exc.outage, list(self.hand.chunks))
             except db.RebuildInProgress as exc:
                 logger.error("rebuild in progress: messages given back, exiting", extra={
                     "error": str(exc), "exit_code": EXIT_REBUILD_IN_PROGRESS})
@@ -216,7 +236,11 @@ class Worker:
                              extra={"error": str(exc), "exit_code": EXIT_SPARK_LOST})
                 self._give_back_all("spark runtime lost")
                 return EXIT_SPARK_LOST
-            except Exception:  # the one catch-all, at the top: log with context, go on
+            except Exception as exc:  # the one catch-all, at the top: log with context, go on
+                reason = s3_outage_reason(exc)  # an S3 call of no chunk (publish, ...)
+                if reason is not None:
+                    self.outage.trip(Outage(S3, reason), list(self.hand.chunks))
+                    continue
                 logger.exception("loop failed; its messages go back to the queue",
                                  extra={"chunk_keys": list(self.hand.chunks)})
                 self._give_back_all("loop failed")
@@ -306,6 +330,8 @@ class Worker:
             summary.files_written = len(self.publish())
         summary.batch_ms = ms_since(batch_started)
         self._made_progress = summary.chunks > 0
+        if summary.chunks or summary.rejected_chunks:
+            self.outage.settled()
         if received or summary.chunks or summary.failures or summary.rejected_chunks:
             fields = summary.__dict__
             logger.info("batch done", extra={**fields, **emf.metric_directive(
@@ -323,8 +349,10 @@ class Worker:
             results = self.jobs.results_for(keys, summary)
         except SparkJobFailed as failed:
             cause = failed.__cause__ or failed
+            self.checks.raise_if_s3_outage(cause)
             if len(keys) == 1:
-                settler.chunk_failed(keys[0], cause, summary)
+                if self.checks.own_failure(cause, keys[0], spark=True):
+                    settler.chunk_failed(keys[0], cause, summary)
                 return False
             logger.warning("micro-batch failed: its chunks are retried one by one", extra={
                 "chunk_keys": keys, "error": failure_text(cause)})

@@ -31,7 +31,12 @@ from spark_detector.worker.chunk_queue import (
     send_to_dead_letter_queue,
 )
 from spark_detector.worker.database import Database
-from spark_detector.worker.errors import ChunkUnavailable, DatabaseUnavailable, SparkRuntimeLost
+from spark_detector.worker.errors import (
+    ChunkUnavailable,
+    DatabaseUnavailable,
+    DependencyOutage,
+    SparkRuntimeLost,
+)
 from spark_detector.worker.hand import Hand, message_etag
 from spark_detector.worker.summary import BatchSummary, parse_event_time, timed
 
@@ -80,7 +85,8 @@ def chunk_outcome(key: str, result: BatchResult) -> ChunkOutcome:
 class Settler:
     def __init__(self, settings: WorkerSettings, s3, sqs, db: Database, hand: Hand, *,
                  y_start_time: datetime,
-                 raise_if_runtime_lost: Callable[[BaseException], None]) -> None:
+                 raise_if_runtime_lost: Callable[[BaseException], None],
+                 own_failure: Callable[[BaseException, str], bool]) -> None:
         self.settings = settings
         self.s3 = s3
         self.sqs = sqs
@@ -88,6 +94,7 @@ class Settler:
         self.hand = hand
         self.y_start_time = y_start_time
         self._raise_if_runtime_lost = raise_if_runtime_lost
+        self._own_failure = own_failure  # or a DependencyOutage: ``outages.DependencyChecks``
         self.dlq_url = settings.dlq_url  # the queue's own, found at start-up when unset
 
     # --- before any Spark work: what is done already ---------------------------------------
@@ -170,7 +177,7 @@ class Settler:
         try:
             effect()
             return True
-        except (DatabaseUnavailable, SparkRuntimeLost):
+        except (DatabaseUnavailable, SparkRuntimeLost, DependencyOutage):
             raise
         except OutOfTurn as exc:
             logger.info("chunk waits for its predecessor", extra={
@@ -182,7 +189,8 @@ class Settler:
                 key, reason, summary, duplicate_of=holder))
         except Exception as exc:  # the chunk's boundary: its failure, counted, not the loop's
             self._raise_if_runtime_lost(exc)
-            self.chunk_failed(key, exc, summary)
+            if self._own_failure(exc, key):
+                self.chunk_failed(key, exc, summary)
             return False
 
     def settle(self, outcome: ChunkOutcome, result: BatchResult, summary: BatchSummary) -> None:

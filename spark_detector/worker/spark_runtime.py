@@ -12,6 +12,7 @@ from dataclasses import replace
 import pyarrow as pa
 
 from spark_detector.config import WorkerSettings, fetches_on_driver
+from spark_detector.failpoints import failpoint
 from spark_detector.spark.batch_result import weight_table
 from spark_detector.spark.job import (
     BatchResult,
@@ -78,7 +79,11 @@ class SparkAggregator:
             except BaseException:
                 stop.set()  # a weights loader waiting for the object gives up
                 raise
-            weights, table = loading.result()
+            try:
+                weights, table = loading.result()
+            except BaseException:  # CustomerImportance rejected, say: no session left behind
+                spark.stop()
+                raise
         context = spark.sparkContext
         logger.info("spark ready", extra={
             "master": context.master, "default_parallelism": context.defaultParallelism,
@@ -100,6 +105,12 @@ class SparkAggregator:
         logger.info("spark warm", extra={
             "warm_up_ms": round((time.perf_counter() - started) * 1000)})
 
+    def probe(self) -> None:
+        """A made-up batch of one small chunk, no S3: raises if the runtime fails it too (the
+        worker's test of whether a failed job was the chunk's or the runtime's)."""
+        failpoint("spark_job")
+        warm_up(self.spark, self.fetch_spec, lines=100)
+
     def alive(self) -> bool:
         return jvm_alive(self.spark)
 
@@ -111,6 +122,7 @@ class SparkAggregator:
 
     def aggregate(self, chunks: Mapping[str, str]) -> BatchResult:
         """One micro-batch: ``chunks`` maps each key to the version (ETag) to read."""
+        failpoint("spark_job")
         if self._follow_parallelism:
             follow_parallelism(self.spark)
         return aggregate_batch(self.spark, self.fetch_spec, list(chunks), self.weights, chunks)

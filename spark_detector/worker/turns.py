@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from chunk_contract.layout import start_after_seq
 from chunk_contract.listing import list_chunks
 from spark_detector.config import WorkerSettings
+from spark_detector.engine import failures
 from spark_detector.engine import state as detection_state
 from spark_detector.engine.failures import ChunkFailure
 from spark_detector.engine.ordering import consecutive_from, ready_run
@@ -47,8 +48,20 @@ class Turns:
         ready = list(plan.ready)
         if plan.look_from is not None:
             found = self.look_in_s3(plan.look_from, s.max_batch_chunks - len(ready))
+            # another worker holds their messages: failing ones wait for their retry here too
+            new = [key for key in found if key not in records]
+            records.update((k, r) for k, r in self.db.run(
+                lambda conn: failures.failures_of(conn, new)).items()
+                if r.dead_lettered_at is None)
+            blocked |= {k for k in new if k in records and (retry := records[k].retry_after)
+                        and retry > now}
+            hand.failed_before = set(records)
             for key in found:
                 if key in blocked:
+                    retry_after = records[key].retry_after
+                    logger.info("chunk waits for its retry time", extra={
+                        "chunk_key": key,
+                        "retry_after": retry_after.isoformat() if retry_after else None})
                     break
                 if key not in ready:
                     ready.append(key)

@@ -34,6 +34,7 @@ import pytest
 
 from infra import image
 from infra.local.stack import poll_until
+from tests.support.tcp_proxy import pump
 from tests.support.workers import (
     applied_count,
     assert_applied_in_production_order,
@@ -120,14 +121,6 @@ def loopback_url(database_url: str) -> Iterator[str]:
     dsn = psycopg2.extensions.parse_dsn(database_url)
     socket_path = f"{dsn['host']}/.s.PGSQL.{dsn.get('port', 5432)}"
     server = socket.create_server(("127.0.0.1", 0))
-
-    def pump(source: socket.socket, target: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                target.sendall(data)
-        for end in (source, target):
-            with contextlib.suppress(OSError):
-                end.shutdown(socket.SHUT_RDWR)
 
     def serve() -> None:
         while True:

@@ -25,7 +25,11 @@ def unreachable(moto_endpoint: str) -> tuple[dict[str, str], str]:
     messages must show it."""
     port = closed_port()
     url = f"postgresql://app:{PASSWORD}@127.0.0.1:{port}/live"
-    env = worker_env(AwsResources.create(moto_endpoint), url, WORKER_DB_RETRY_ATTEMPTS="1")
+    resources = AwsResources.create(moto_endpoint)
+    # a usable CustomerImportance: replay checks it before it connects to anything
+    resources.s3.put_object(Bucket=resources.bucket, Key="reference/CustomerImportance.csv",
+                            Body=b"Source,Target,Weight,typeTrans,fraud\n'C1','M1',1,'x',0\n")
+    env = worker_env(resources, url, WORKER_DB_RETRY_ATTEMPTS="1")
     return env, f"postgresql://app:***@127.0.0.1:{port}/live"
 
 

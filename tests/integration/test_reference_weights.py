@@ -31,7 +31,7 @@ IMPORTANCE = (
     b"'C2','M1',0.0000004,'es_food',0\n"
     b"'C3','M2',999999999999.999999,'es_food',0\n"
     b"'C\"4','M 2','',0.5,0\n"  # wrong column order on purpose: a rejected row
-    b"'C\"4','M\t2',0.5,'',0\n"  # a quote, a tab, an empty category
+    b"'C\"4','M \\2',0.5,'',0\n"  # a quote, a space, a backslash, an empty category
     b"'C5','M3',not-a-number,'es_food',0\n"
 )
 
@@ -42,7 +42,7 @@ def test_compute_weights_are_the_contract_means_and_count_the_rejected_rows():
     assert weights == key_weights(parse_customer_importance(IMPORTANCE).rows)
     assert weights[("C1", "M1", "es_food")] == Decimal("1.6666666667")
     assert weights[("C2", "M1", "es_food")] == Decimal("0.5000005000")
-    assert weights[('C"4', "M\t2", "")] == Decimal("0.5000000000")
+    assert weights[('C"4', "M \\2", "")] == Decimal("0.5000000000")
     assert len(weights) == 5 and rejected == 2
 
 

@@ -148,10 +148,18 @@ def test_spark_aggregation_equals_the_python_reference(spark, s3, bucket, fetch_
         result.prepared["stream_chunks/chunk-01.csv"].copy_text))
 
 
+# identifiers out of the rules (too long in characters, a control character, a formula's
+# first character) and some just within them
+BAD_IDENTIFIERS = ["'" + "C" * 65 + "'", "'" + "\U0001f600" * 65 + "'", "'x\x01'", "'x\t1'",
+                   "'x\x85'", "'=x'", " '+x' ", "-x", "'@x'"]
+FAIR_IDENTIFIERS = ["'" + "\U0001f600" * 64 + "'", "'x=1'", "'x\u00a0'", "'\uff1dx'"]
 NASTY_FIELDS = {
-    "customer": ["'C1'", "C1", " 'C2' ", "''", "", "  ", "'", "'C3", "\t'C1'\t", "'C 4'"],
-    "merchant": ["'M1'", "M1", "''", "", "'M2' ", "\"M3\"", "'M1''"],
-    "gender": ["'F'", "'M'", "F", "''", " 'U' "],
+    "customer": ["'C1'", "C1", " 'C2' ", "''", "", "  ", "'", "'C3", "\t'C1'\t", "'C 4'",
+                 *BAD_IDENTIFIERS[:5], *FAIR_IDENTIFIERS[:2]],
+    "merchant": ["'M1'", "M1", "''", "", "'M2' ", "\"M3\"", "'M1''", *BAD_IDENTIFIERS[5:],
+                 *FAIR_IDENTIFIERS[2:]],
+    "category": ["'es_food'", "es_food", "'es_bar'", "''", *BAD_IDENTIFIERS[2:5]],
+    "gender": ["'F'", "'M'", "F", "''", " 'U' ", *BAD_IDENTIFIERS[::4]],
     "amount": ["4.55", "'4.55'", " 12 ", "1.005", "2.0049", ".5", "7.", "+3", "-0.00", "-0.001",
                "-1", "abc", "", "''", "1e3", "inf", "-Infinity", "NaN", "1.2.3", "0x10",
                "9999999999999999.994", "9999999999999999.995", "12345678901234567", "١٢",
@@ -168,7 +176,7 @@ def nasty_line(rng: random.Random) -> str:
         "'28007'",
         rng.choice(NASTY_FIELDS["merchant"]),
         "'28007'",
-        rng.choice(["'es_food'", "es_food", "'es_bar'"]),
+        rng.choice(NASTY_FIELDS["category"]),
         rng.choice(NASTY_FIELDS["amount"]),
         "0",
     ]
@@ -202,7 +210,11 @@ def test_every_row_rule_and_reason_agrees_with_the_reference(spark, s3, bucket, 
     reasons = {r.reason for r in result.rejected_rows["stream_chunks/nasty-lf.csv"]}
     assert {"empty customer", "empty merchant", "empty amount", "empty line",
             "amount 'inf' is not a finite number", "amount -1 is negative",
-            "amount 9999999999999999.995 is too large for decimal(18,2)"} <= reasons
+            "amount 9999999999999999.995 is too large for decimal(18,2)",
+            "customer is longer than 64 characters (65)", "customer contains a control character",
+            "merchant starts with '=', which a spreadsheet reads as a formula",
+            "category contains a control character",
+            "gender is longer than 64 characters (65)"} <= reasons
     assert result.aggregates["stream_chunks/nasty-lf.csv"].rows_good > 100
 
 

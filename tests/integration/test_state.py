@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import psycopg2.errors
 import psycopg2.extensions
 import pytest
 
 from spark_detector import db
 from spark_detector.chunk_aggregates import ChunkAggregates
+from spark_detector.config import WorkerSettings
 from spark_detector.engine.rules import Thresholds
 from spark_detector.engine.state import (
     ChunkRef,
@@ -23,6 +27,8 @@ from spark_detector.engine.state import (
     record_rejected_chunk,
     try_apply_chunk,
 )
+from spark_detector.worker.database import ping
+from spark_detector.worker.loop import Worker
 from tests.reference_model import ReferenceEngine, chunk_from_rows
 from tests.support.locks import held_until_contended
 
@@ -383,3 +389,74 @@ def test_detection_latency_is_measured_from_the_s3_event(conn):
     assert float(latency_ms) == pytest.approx(
         (fired.detected_at - event_time).total_seconds() * 1000
     )
+
+
+# --- the worker's database calls: a refused statement is the work's failure, not an outage ---
+
+def long_customer() -> str:
+    """3,000 characters PostgreSQL cannot compress: over the ~2,700 bytes a btree index row
+    may hold, so pair_state's key refuses it (SQLSTATE 54000, an ``OperationalError``)."""
+    return secrets.token_hex(1500)
+
+
+def worker_on(database_url: str, connections: list[object]) -> Worker:
+    def connect():
+        connections.append(db.connect(database_url))
+        return connections[-1]
+
+    settings = WorkerSettings(bucket="b", queue_url="q", database_url=database_url,
+                              db_retry_attempts=4)
+    return Worker(settings, s3=None, sqs=None, connect=connect, aggregate=lambda _: None)
+
+
+def test_a_statement_the_database_refuses_fails_at_once_and_is_no_outage(migrated_database_url):
+    connections: list[object] = []
+    worker = worker_on(migrated_database_url, connections)
+    attempts = []
+
+    def apply_long_key(conn):
+        attempts.append(conn)
+        return apply(conn, chunk_from_rows("c1", [(long_customer(), "M1", "1", "F")]))
+
+    try:
+        with pytest.raises(psycopg2.errors.ProgramLimitExceeded) as refused:
+            worker.db.run(apply_long_key)
+        assert isinstance(refused.value, psycopg2.OperationalError)  # what misled the worker
+        assert not db.is_outage(refused.value) and not db.is_transient(refused.value)
+        # one attempt, on the one connection: no retry, no reconnect, no DatabaseUnavailable
+        assert len(attempts) == 1 and len(connections) == 1
+        # the connection goes on serving the next chunk
+        assert keys(worker.db.run(lambda conn: apply(conn, chunk_from_rows(
+            "c2", [("C1", "M1", "1", "F")] * 3)))) == [("PatId2", "M1", "C1")]
+        assert len(connections) == 1
+        assert chunk_status(connections[0], "c1") is None
+    finally:
+        worker.close()
+
+
+def test_a_lost_connection_is_an_outage_and_retried_on_a_new_one(migrated_database_url):
+    connections: list[object] = []
+    worker = worker_on(migrated_database_url, connections)
+    errors = []
+
+    def terminated_once(conn):
+        if not errors:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_backend_pid()")
+                (pid,) = cur.fetchone()
+            conn.rollback()
+            with closing(db.connect(migrated_database_url)) as admin, admin.cursor() as cur:
+                cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            try:
+                ping(conn)
+            except psycopg2.Error as exc:  # 57P01 admin shutdown, or the connection lost
+                errors.append(exc)
+                raise
+        return apply(conn, chunk_from_rows("c1", [("C1", "M1", "1", "F")] * 3))
+
+    try:
+        assert keys(worker.db.run(terminated_once)) == [("PatId2", "M1", "C1")]
+        assert len(errors) == 1 and db.is_outage(errors[0])
+        assert len(connections) == 2  # reconnected
+    finally:
+        worker.close()

@@ -291,7 +291,7 @@ def test_the_bucket_is_versioned_and_old_versions_expire(resources):
 
 def test_every_alarm_notifies_the_alarm_topic(resources):
     alarms = [r for r in resources.values() if r["Type"] == "AWS::CloudWatch::Alarm"]
-    assert len(alarms) == 8
+    assert len(alarms) == 9
     for alarm in alarms:
         assert alarm["Properties"]["AlarmActions"] == ALARM_ACTIONS
 
@@ -361,6 +361,14 @@ def test_alarms_watch_the_dlq_the_oldest_message_and_stream_gaps(resources):
     assert gap["FilterPattern"] == '{ $.message = "stream gap" }'  # worker._note_gap's line
     assert gap["LogGroupName"] == {"Ref": "WorkerLogGroup"}
     assert resources["StreamGapAlarm"]["Properties"]["MetricName"] == "StreamGap"
+
+
+def test_an_s3_or_spark_outage_of_more_than_a_minute_raises_an_alarm(resources):
+    outage = resources["DependencyOutageAlarm"]["Properties"]
+    assert outage["Namespace"] == {"Fn::Sub": "${AWS::StackName}/Worker"}
+    assert outage["MetricName"] in emf.OUTAGE_METRICS  # the outage lines publish it
+    assert (outage["Statistic"], outage["ComparisonOperator"], outage["Threshold"]) == (
+        "Maximum", "GreaterThanThreshold", 60)
 
 
 def test_the_queue_recovers_fast_and_counts_deliveries_only_as_a_backstop(sam_template):

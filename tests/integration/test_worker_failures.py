@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import secrets
 import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -287,3 +288,45 @@ def test_a_200_mb_chunk_is_rejected_unread_and_the_chunks_after_it_are_applied(
     print(f"driver RSS at start {peak['at_start'] / 2**20:.0f} MiB,"
           f" peak {peak['driver'] / 2**20:.0f} MiB")
     assert peak["driver"] - peak["at_start"] < 100 * 2**20
+
+
+def test_a_3_kb_customer_is_rejected_alone_and_its_chunk_applied_not_dead_lettered(
+        dataset, moto_endpoint, migrated_database_url, tmp_path):
+    """One row of a 10,000-row chunk names a customer of 3,000 characters that PostgreSQL
+    cannot compress: over a btree row's limit, so pair_state's key would refuse it, which
+    psycopg2 reports as an OperationalError. The row is a bad row (SPEC: identifiers are
+    bounded); the 9,999 others are applied, and nothing is charged or dead-lettered."""
+    transactions, importance = dataset
+    chunks = split_chunks(transactions, 10_000)
+    keys = sorted(chunks)
+    lines = chunks[keys[0]].decode().split("\n")
+    fields = lines[5000].split(",")  # data row 5000 (line 0 is the header)
+    fields[1] = f"'{secrets.token_hex(1500)}'"  # the customer
+    lines[5000] = ",".join(fields)
+    chunks[keys[0]] = "\n".join(lines).encode()
+    resources = AwsResources.create(moto_endpoint, visibility_timeout=20, max_receive_count=50)
+    stage(resources, chunks, importance)
+    resources.enqueue(keys)
+    log = tmp_path / "worker.log"
+    worker = start_worker(worker_env(
+        resources, migrated_database_url, WORKER_RETRY_DELAY_SECONDS="0.2",
+        WORKER_MAX_CHUNK_FAILURES="2", WORKER_DB_RETRY_ATTEMPTS="2",
+        WORKER_VISIBILITY_TIMEOUT_SECONDS="20", WORKER_HEARTBEAT_AFTER_SECONDS="5"), log)
+    try:
+        poll_until(lambda: applied_count(migrated_database_url) == 2
+                   or resources.depth(resources.dlq_url) > 0, 300,
+                   "both chunks applied (or one dead-lettered)", process=worker, log=log)
+    finally:
+        stop(worker, log)
+
+    assert resources.depth(resources.dlq_url) == 0
+    assert_applied_in_production_order(migrated_database_url, chunks, importance)
+    with psycopg2.connect(migrated_database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT rows_good, rows_rejected FROM processed_chunks WHERE chunk_key = %s",
+                    (keys[0],))
+        assert cur.fetchone() == (9_999, 1)
+        cur.execute("SELECT count(*) FROM chunk_failures")
+        assert cur.fetchone() == (0,)
+    rows = resources.read(f"quarantine/rows/{keys[0].split('/')[-1]}").decode().splitlines()
+    assert rows[1].startswith("5000,customer is longer than 64 characters (3000),")
+    assert not log_lines(log, "chunk failed")

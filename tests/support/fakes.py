@@ -9,8 +9,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import boto3
 import psycopg2
 from botocore.exceptions import ClientError
+from botocore.stub import Stubber
 
 from chunk_contract.message import ChunkMessage
 from spark_detector.chunk_aggregates import ChunkAggregates
@@ -176,3 +178,10 @@ class FakeConnection:
 
     def close(self) -> None:
         self.closed = 1
+
+
+def stubbed_s3():
+    """An S3 client whose answers the test queues (botocore's ``Stubber``): no endpoint."""
+    s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x",
+                      aws_secret_access_key="x")
+    return s3, Stubber(s3)

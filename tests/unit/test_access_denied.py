@@ -3,19 +3,14 @@ bucket: a chunk is then treated like a missing one, and the reference gets a cle
 
 import threading
 
-import boto3
 import pytest
-from botocore.stub import Stubber
 
 from spark_detector.config import WorkerSettings
+from spark_detector.parsing import ReferenceRejected
+from spark_detector.s3_errors import S3UnavailableError
 from spark_detector.spark.fetch import MISSING, REJECTED, fetch_chunk
-from spark_detector.spark.reference_weights import ReferenceRejected, load_key_weights
-
-
-def stubbed_s3():
-    s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x",
-                      aws_secret_access_key="x")
-    return s3, Stubber(s3)
+from spark_detector.spark.reference_weights import load_key_weights
+from tests.support.fakes import stubbed_s3
 
 
 def test_a_chunk_answered_with_access_denied_is_treated_as_missing_with_the_reason():
@@ -27,10 +22,10 @@ def test_a_chunk_answered_with_access_denied_is_treated_as_missing_with_the_reas
     assert row[1] == MISSING and "s3:ListBucket" in row[2]
 
 
-def test_other_s3_errors_are_raised_for_the_batch_to_retry():
+def test_throttling_is_raised_as_an_s3_outage_not_a_chunk_answer():
     s3, stub = stubbed_s3()
     stub.add_client_error("get_object", service_error_code="SlowDown", http_status_code=503)
-    with stub, pytest.raises(s3.exceptions.ClientError):
+    with stub, pytest.raises(S3UnavailableError, match=r"s3://b/k: SlowDown"):
         fetch_chunk(s3, "b", "k")
 
 

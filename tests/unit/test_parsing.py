@@ -110,6 +110,69 @@ def test_each_bad_row_is_rejected_alone_with_its_reason(line: str, reason: str):
     assert [t.customer for t in parsed.transactions] == ["C0", "C2"]
 
 
+LONG = "C" * 65
+FORMULA = ", which a spreadsheet reads as a formula"
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (row(customer=f"'{LONG}'"), "customer is longer than 64 characters (65)"),
+        (row(customer="'" + "x" * 3000 + "'"), "customer is longer than 64 characters (3000)"),
+        (row(merchant=f"'{LONG}'"), "merchant is longer than 64 characters (65)"),
+        (row(category=f"'{LONG}'"), "category is longer than 64 characters (65)"),
+        (row(gender=f"'{LONG}'"), "gender is longer than 64 characters (65)"),
+        (row(customer="'C\t1'"), "customer contains a control character"),
+        (row(merchant="'M\x1b[31m'"), "merchant contains a control character"),
+        (row(category="'es\x7f'"), "category contains a control character"),
+        (row(gender="'F\x85'"), "gender contains a control character"),
+        (row(customer="'C\r1'"), "customer contains a control character"),
+        (row(customer="'=HYPERLINK(1)'"), "customer starts with '='" + FORMULA),
+        (row(customer=" '+C1' "), "customer starts with '+'" + FORMULA),
+        (row(merchant="-M1"), "merchant starts with '-'" + FORMULA),
+        (row(category="'@SUM(A1)'"), "category starts with '@'" + FORMULA),
+        (row(gender="'=1'"), "gender starts with '='" + FORMULA),
+        # the first check that fails gives the reason: the customer before the merchant,
+        # length before control characters, identifiers before the amount
+        (row(customer="'=C1'", merchant=f"'{LONG}'"), "customer starts with '='" + FORMULA),
+        (row(customer="'=\x01" + "x" * 70 + "'"), "customer is longer than 64 characters (72)"),
+        (row(customer="'=C1'", amount="abc"), "customer starts with '='" + FORMULA),
+    ],
+)
+def test_an_identifier_too_long_with_a_control_character_or_a_formula_is_a_bad_row(
+        line: str, reason: str):
+    parsed = parse_chunk("k.csv", chunk(row(customer="'C0'"), line, row(customer="'C2'")))
+    assert parsed.rejected == (RejectedRow(2, reason, line),)
+    assert [t.customer for t in parsed.transactions] == ["C0", "C2"]
+
+
+@pytest.mark.parametrize("value", [
+    "C" * 64, "\U0001f600" * 64, "C=1", "C-1", "C 1", "M\u00a01", "C\u200b1", "\uff1dC1", "",
+])
+def test_identifiers_within_the_rules_are_kept_as_they_are(value: str):
+    fields = {"customer": value or "C1", "merchant": value or "M1", "category": value,
+              "gender": value}
+    parsed = parse_chunk("k.csv", chunk(row(**{k: f"'{v}'" for k, v in fields.items()})))
+    assert parsed.rejected == ()
+    t = parsed.transactions[0]
+    assert (t.customer, t.merchant, t.category, t.gender) == tuple(fields.values())
+
+
+def test_customer_importance_rows_with_bad_identifiers_are_left_out_with_their_reason():
+    data = ("Source,Target,Weight,typeTrans,fraud\n"
+            f"'{LONG}','M1',1,'es_food',0\n"
+            "'C1','=M1',1,'es_food',0\n"
+            "'C1','M1',1,'es\x01food',0\n"
+            "'C1','M1',2,'es_food',0\n").encode()
+    parsed = parse_customer_importance(data)
+    assert parsed.rows == ((("C1", "M1", "es_food"), Decimal("2.000000")),)
+    assert [(r.row, r.reason) for r in parsed.rejected] == [
+        (1, "Source is longer than 64 characters (65)"),
+        (2, "Target starts with '='" + FORMULA),
+        (3, "typeTrans contains a control character"),
+    ]
+
+
 def test_negative_zero_and_the_largest_amount_are_valid():
     parsed = parse_chunk("k.csv", chunk(row(amount="-0.00"), row(amount="9999999999999999.994")))
     assert [t.amount for t in parsed.transactions] == [

@@ -110,12 +110,26 @@ AMOUNTS = [
 ]
 NAMES = ["'C1'", "C1", "''", "' '", "'", "''''", " 'C1' ", "'C\u00e9'", "'\u5ba2\u6237'",
          "'C\"1'", "'C,1'", "\t", "'C1"]
+# identifiers: the length limit (counted in characters, not bytes), control characters
+# (Unicode's Cc, not other invisible ones), a formula's first character (after cleaning)
+IDENTIFIERS = [
+    "'" + "C" * 64 + "'", "C" * 65, "'" + "x" * 3000 + "'", "'" + "\u00e9" * 64 + "'",
+    "'" + "\U0001f600" * 64 + "'", "'" + "\U0001f600" * 65 + "'",
+    "'C\x011'", "'C\t1'", "'C\x1b'", "'\x7f'", "'C\x85'", "'C\x9f1'", "'C\u00a01'",
+    "'C\u200b1'", "'C\u20281'", "'C\r1'",
+    "'=1+1'", "=1+1", "'+C1'", "'-C1'", "-", "'@SUM(A1)'", " '=C1' ", "'C=1'", "'C-1'",
+    "'\uff1dC1'", "''=C1''", "\t-1",
+]
 
 
 def chunk_rows() -> list[str]:
     rows = [f"0,'C1','4','F','28007','M1','28007','es_food',{a},0" for a in AMOUNTS]
     rows += [f"0,{n},'4','M','28007','M1','28007','es_food',1,0" for n in NAMES]
     rows += [f"0,'C1','4','U','28007',{n},'28007','',1,0" for n in NAMES]
+    rows += [f"0,{n},'4','M','28007','M1','28007','es_food',1,0" for n in IDENTIFIERS]
+    rows += [f"0,'C1','4','F','28007',{n},'28007','es_food',1,0" for n in IDENTIFIERS]
+    rows += [f"0,'C1','4','F','28007','M1','28007',{n},1,0" for n in IDENTIFIERS]
+    rows += [f"0,'C1','4',{n},'28007','M1','28007','es_food',1,0" for n in IDENTIFIERS]
     rows += [
         "", " ", "0,'C1','4','F','28007','M1','28007','es_food',1,0,",  # a trailing comma
         "0,'C1','4','F','28007','M1','28007','es_food',1",  # a field short
@@ -205,6 +219,9 @@ def test_the_reference_and_the_parser_keep_the_same_customer_importance_rows():
     rows += ["'','M1',1,'es_food',0", "'C1','',1,'es_food',0", " '' ,'M1',1,'x',0",
              "'C1','M1',1,'',0", "'C1','M1',1,'es_food'", "'C1','M1',1,'es_food',0,x", "",
              "'C\u00e9','M\u00e9',3,'es_food',0"]
+    rows += [f"{n},'M1',1,'es_food',0" for n in IDENTIFIERS]
+    rows += [f"'C1',{n},1,'es_food',0" for n in IDENTIFIERS]
+    rows += [f"'C1','M1',1,{n},0" for n in IDENTIFIERS]
     data = ("Source,Target,Weight,typeTrans,fraud\r\n" + "\r\n".join(rows) + "\r\n").encode()
     parsed = parse_customer_importance(data)
     production = {r.row: None for r in parsed.rejected}
