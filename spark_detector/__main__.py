@@ -29,6 +29,10 @@ from spark_detector.config import ConfigError, WorkerSettings
 # botocore's standard mode retries throttling and 5xx with capped exponential backoff.
 BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 8},
                      connect_timeout=5, read_timeout=30)
+# The outage probes' client tries once, with short timeouts: with BOTO_CONFIG's attempts, one
+# probe in a hard outage took 35-70 s, and the worker resumed that long after S3 came back.
+PROBE_CONFIG = Config(retries={"mode": "standard", "max_attempts": 1},
+                      connect_timeout=2, read_timeout=5)
 
 
 # also: CustomerImportance unusable (run, replay), a request refused (skip-seq), a replay that
@@ -120,6 +124,7 @@ def cmd_run(settings: WorkerSettings, args: argparse.Namespace) -> int:
                     aggregate=aggregator.aggregate, runtime_alive=aggregator.alive,
                     kill_runtime=aggregator.kill, warm_up=aggregator.warm_up,
                     probe_spark=aggregator.probe,
+                    probe_s3=boto3.session.Session().client("s3", config=PROBE_CONFIG),
                     y_start_time=y_start_time, stop_event=stop_event,
                     backfill=lambda conn: backfill(conn, s3, sqs, settings))
     try:

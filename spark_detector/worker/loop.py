@@ -102,6 +102,7 @@ class Worker:
         kill_runtime: Callable[[], None] = lambda: None,
         warm_up: Callable[[], object] | None = None,
         probe_spark: Callable[[], object] | None = None,
+        probe_s3: Any = None,
         y_start_time: datetime | None = None,
         clock: Callable[[], float] = time.monotonic,
         stop_event: threading.Event | None = None,
@@ -130,7 +131,8 @@ class Worker:
         self.db = Database(connect, settings.db_retry_attempts, self.stop_event)
         self.jobs = SparkJobs(settings, self.hand, aggregate, runtime_alive)
         self.turns = Turns(settings, s3, self.db, self.hand, clock)
-        self.checks = DependencyChecks(settings, s3, self.hand, self.jobs, probe_spark)
+        self.checks = DependencyChecks(settings, s3, self.hand, self.jobs, probe_spark,
+                                       probe_client=probe_s3)
         self.outage = OutageGate(self.stop_event, settings.metrics_namespace)
         self.settler = Settler(settings, s3, sqs, self.db, self.hand,
                                y_start_time=self.y_start_time,

@@ -35,6 +35,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from spark_detector.config import WorkerSettings
 from spark_detector.engine.failures import failure_text
@@ -182,9 +183,12 @@ class DependencyChecks:
     answered (``hand.confirming``: their next failure is theirs)."""
 
     def __init__(self, settings: WorkerSettings, s3, hand: Hand, jobs: SparkJobs,
-                 probe_spark: Callable[[], object] | None) -> None:
+                 probe_spark: Callable[[], object] | None, *, probe_client: Any = None) -> None:
         self.settings = settings
         self.s3 = s3
+        # the probes' client: one attempt, short timeouts (__main__.PROBE_CONFIG), so that a
+        # probe in a hard outage answers in seconds; the chunk's own calls keep their retries
+        self.probe_client = probe_client if probe_client is not None else s3
         self.hand = hand
         self.jobs = jobs
         self._probe_spark = probe_spark  # a made-up batch, no S3: None, no Spark probe
@@ -203,7 +207,7 @@ class DependencyChecks:
         self.raise_if_s3_outage(exc)
         s = self.settings
         if isinstance(exc, ChunkUnavailable) and access_denied(str(exc)):
-            outage = probe_s3(self.s3, s.bucket, s.chunk_prefix, avoid=[key])
+            outage = probe_s3(self.probe_client, s.bucket, s.chunk_prefix, avoid=[key])
         elif spark and self._probe_spark is not None:
             outage = self.spark_outage()
         else:
@@ -237,4 +241,4 @@ class DependencyChecks:
         if down is not None and down.dependency == SPARK:
             return self.spark_outage()
         s = self.settings
-        return probe_s3(self.s3, s.bucket, s.chunk_prefix)
+        return probe_s3(self.probe_client, s.bucket, s.chunk_prefix)

@@ -212,3 +212,28 @@ def test_the_reference_is_waited_for_while_s3_is_out_at_start_up():
     with stub, pytest.raises(ReferenceRejected, match="too large: 101 bytes"):
         load_key_weights(s3, lambda: None, SETTINGS, stop)  # looked at again after a wait
     assert stop.waits == [0.5]
+
+
+
+def test_a_probe_in_a_hard_outage_makes_one_attempt():
+    """The probes' client (``__main__.PROBE_CONFIG``) tries once: with the chunks' client
+    (``BOTO_CONFIG``, 8 attempts with backoff) one probe of an endpoint that resets every
+    connection took 35-70 s, and the worker resumed that long after S3 came back."""
+    import boto3
+
+    from spark_detector.__main__ import PROBE_CONFIG
+    from tests.support.tcp_proxy import TcpProxy
+
+    proxy = TcpProxy("http://127.0.0.1:9")  # never forwarded: down from the start
+    proxy.down()
+    try:
+        client = boto3.client("s3", endpoint_url=proxy.url, region_name="us-east-1",
+                              aws_access_key_id="k", aws_secret_access_key="s",
+                              config=PROBE_CONFIG)
+        outage = probe_s3(client, "b", "stream_chunks/")
+    finally:
+        proxy.close()
+    assert outage is not None and outage.dependency == S3
+    # one attempt opens two connections here (the first one reset), attempts n open n + 1:
+    # the chunks' client (BOTO_CONFIG) opens 9
+    assert proxy.reset <= 2
