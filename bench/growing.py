@@ -198,6 +198,69 @@ def postgres_bytes(pgdata: Path | None) -> int | None:
         return None
 
 
+def cpu_snapshot(worker_pid: int, pgdata: Path | None) -> dict:
+    """CPU seconds so far (user + system): the machine's busy time, the worker's process tree
+    (Python and Spark's JVM) and each process of the embedded PostgreSQL (one that ended
+    meanwhile, such as an autovacuum worker, is in the machine's figure only)."""
+    machine = psutil.cpu_times()
+    worker = _tree_cpu_s(worker_pid)
+    snapshot = {"t": time.monotonic(),
+                "machine": sum(machine) - machine.idle - getattr(machine, "iowait", 0.0),
+                "worker": sum(worker.values()) if worker else None, "postgres": None}
+    if pgdata is not None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            snapshot["postgres_processes"] = _tree_cpu_s(
+                int((pgdata / "postmaster.pid").read_text().split()[0]))
+            snapshot["postgres"] = sum(snapshot["postgres_processes"].values())
+    return snapshot
+
+
+def _tree_cpu_s(pid: int) -> dict[int, float]:
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return {}
+    seconds = {}
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            seconds[process.pid] = times.user + times.system
+    return seconds
+
+
+def cpu_figures(before: dict, after: dict, chunks: int, rows_per_chunk: int,
+                cores: int) -> dict:
+    """Where the drain's CPU went, per chunk, and the rate the cores allow: a drain whose cores
+    are all busy is bound by its CPU per chunk, rows_per_chunk x cores / that; the apply runs
+    in one PostgreSQL backend, so that backend's CPU per chunk bounds the rate whatever the
+    number of cores."""
+    wall = after["t"] - before["t"]
+
+    def per_chunk_ms(name: str) -> float | None:
+        if before.get(name) is None or after.get(name) is None or not chunks:
+            return None
+        return round((after[name] - before[name]) * 1000 / chunks, 1)
+
+    machine = per_chunk_ms("machine")
+    # the backend that applies: the PostgreSQL process that used the most CPU meanwhile
+    start, end = before.get("postgres_processes") or {}, after.get("postgres_processes") or {}
+    deltas = [end[pid] - start[pid] for pid in end.keys() & start.keys()]
+    backend_ms = round(max(deltas) * 1000 / chunks, 1) if deltas and chunks else None
+    return {
+        "wall_s": round(wall, 1),
+        "busy_cores": round((after["machine"] - before["machine"]) / wall, 2) if wall else None,
+        "cores": cores,
+        "cpu_ms_per_chunk": {"machine": machine, "worker": per_chunk_ms("worker"),
+                             "postgres": per_chunk_ms("postgres"),
+                             "applying_backend": backend_ms},
+        "bound_by_cores_rows_per_s": (round(rows_per_chunk * cores * 1000 / machine)
+                                      if machine else None),
+        "bound_by_backend_rows_per_s": (round(rows_per_chunk * 1000 / backend_ms)
+                                        if backend_ms else None),
+    }
+
+
 def state_figures(database_url: str) -> dict:
     """The state's pairs and the engine tables' size on disk (with indexes and TOAST)."""
     with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
@@ -410,14 +473,19 @@ def run_backlog(pipeline: Pipeline, config: Config, after: int) -> dict:
     load_before = load_average()
     print("[growing] backlog: the worker drains it", flush=True)
     worker = pipeline.start_worker()
+    applied_before = pipeline.applied()  # chunks applied while Spark warmed up: not in the CPU
+    cpu_before = cpu_snapshot(worker.pid, pipeline.stack.pgdata)
     with RssSampler(worker.pid, every=SAMPLE_EVERY_S, label="worker backlog") as memory:
         poll_until(lambda: pipeline.applied() >= after + config.backlog_chunks,
                    900 + config.backlog_chunks * 3, "the backlog applied", process=worker,
                    log=pipeline.worker_log, error=BenchError)
+    cpu_after = cpu_snapshot(worker.pid, pipeline.stack.pgdata)
     pipeline.stop_worker()
     chunks = [c for c in read_chunks(pipeline.stack.database_url) if c.apply_order > after]
     figures = measure.backlog_figures(pipeline.batches(), chunks)
-    return {**figures, "memory": memory.figures(), "load_before": load_before,
+    cpu = cpu_figures(cpu_before, cpu_after, after + config.backlog_chunks - applied_before,
+                      config.rows_per_chunk, os.cpu_count() or 1)
+    return {**figures, "cpu": cpu, "memory": memory.figures(), "load_before": load_before,
             "load_after": load_average()}
 
 
@@ -567,6 +635,14 @@ def format_table(results: dict) -> str:
                      f" ({b['batches']} batches; >= {TARGET_BACKLOG_ROWS_PER_S:,}:"
                      f" {'met' if b['met'] else 'MISSED'}); load {b['load_before'][0]} ->"
                      f" {b['load_after'][0]}")
+        cpu = b.get("cpu")
+        if cpu:
+            per = cpu["cpu_ms_per_chunk"]
+            lines.append(f"its CPU per chunk: {per['machine']} ms in all (worker {per['worker']},"
+                         f" PostgreSQL {per['postgres']}, of which the applying backend"
+                         f" {per['applying_backend']}), {cpu['busy_cores']} of {cpu['cores']}"
+                         f" cores busy: the cores allow {cpu['bound_by_cores_rows_per_s']}"
+                         f" rows/s, the applying backend {cpu['bound_by_backend_rows_per_s']}")
     return "\n".join(lines)
 
 

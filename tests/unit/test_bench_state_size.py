@@ -85,3 +85,24 @@ def test_the_data_set_reaches_the_customers_by_the_end_of_the_nominal_phase():
     assert config.file_rows == 2_100 * 10_000
     # customers arrive evenly over the file: 1,800 of its 2,100 chunks hold 2,000,000 of them
     assert config.file_customers * 1_800 // 2_100 >= 2_000_000
+
+
+def test_the_drain_cpu_per_chunk_and_the_rates_it_allows():
+    before = {"t": 100.0, "machine": 50.0, "worker": 20.0, "postgres": 10.0,
+              "postgres_processes": {1: 1.0, 7: 9.0}}
+    after = {"t": 130.0, "machine": 110.0, "worker": 50.0, "postgres": 38.0,
+             "postgres_processes": {1: 2.0, 7: 34.0, 9: 1.0}}  # 9 started meanwhile
+    cpu = growing.cpu_figures(before, after, chunks=200, rows_per_chunk=10_000, cores=2)
+    assert cpu["wall_s"] == 30.0 and cpu["busy_cores"] == 2.0
+    assert cpu["cpu_ms_per_chunk"] == {"machine": 300.0, "worker": 150.0, "postgres": 140.0,
+                                       "applying_backend": 125.0}
+    # 2 cores / 300 ms a chunk; one backend at 125 ms a chunk
+    assert cpu["bound_by_cores_rows_per_s"] == 66_667
+    assert cpu["bound_by_backend_rows_per_s"] == 80_000
+
+
+def test_a_cpu_snapshot_reads_this_process_tree():
+    import os
+
+    snapshot = growing.cpu_snapshot(os.getpid(), pgdata=None)
+    assert snapshot["machine"] > 0 and snapshot["worker"] > 0 and snapshot["postgres"] is None
