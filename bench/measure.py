@@ -204,7 +204,8 @@ def backlog_figures(batches: Sequence[dict], chunks: Sequence[ChunkRow]) -> dict
 
 
 def latency_figures(chunks: Sequence[ChunkRow]) -> dict:
-    """Per chunk: S3 put (the event's time) -> commit, in seconds, in apply order."""
+    """Per chunk: S3 put (the event's time) -> ``applied_at`` (taken inside the apply's
+    transaction, so up to one apply before its commit), in seconds, in apply order."""
     timed = [c for c in sorted(chunks, key=lambda c: c.apply_order) if c.event_time is not None]
     if not timed:
         raise ValueError("no chunk carries an S3 event time")

@@ -106,3 +106,17 @@ def test_a_cpu_snapshot_reads_this_process_tree():
 
     snapshot = growing.cpu_snapshot(os.getpid(), pgdata=None)
     assert snapshot["machine"] > 0 and snapshot["worker"] > 0 and snapshot["postgres"] is None
+
+
+def test_latency_runs_to_the_commit_logged_after_it():
+    late = chunk(1, 0.2)
+    records = [{"message": "chunk applied", "chunk_key": "c1",
+                "timestamp": (late.applied_at + timedelta(milliseconds=150)).isoformat()},
+               {"message": "batch done", "chunks": 1}]
+    committed = growing.committed_at(records)
+    assert committed == {"c1": late.applied_at + timedelta(milliseconds=150)}
+    assert abs(growing.latency_s(late, committed) - 0.35) < 1e-9
+    # a chunk without a log line (another worker applied it): applied_at
+    assert abs(growing.latency_s(chunk(2, 0.2), committed) - 0.2) < 1e-9
+    (figures,) = growing.window_figures([late], [], window=10, committed=committed)
+    assert figures["latency_p99_s"] == 0.35
