@@ -340,15 +340,19 @@ class Sampler:
 
 
 def growing_data(config: Config) -> tuple[Path, Path]:
-    folder = (config.data_root / "data"
-              / f"growing-{config.file_rows}-{config.file_customers}-{config.seed}")
+    return growing_files(config.data_root, config.file_rows, config.file_customers, config.seed)
+
+
+def growing_files(data_root: Path, rows: int, customers: int, seed: int) -> tuple[Path, Path]:
+    """The growing data set's two files under ``data_root/data``, generated the first time."""
+    folder = data_root / "data" / f"growing-{rows}-{customers}-{seed}"
     transactions, importance = folder / "transactions.csv", folder / "CustomerImportance.csv"
     if not (transactions.exists() and importance.exists()):
-        print(f"[growing] generating {config.file_rows:,} rows, {config.file_customers:,}"
+        print(f"[growing] generating {rows:,} rows, {customers:,}"
               f" customers into {folder} (first run only)", flush=True)
         subprocess.run([sys.executable, "-m", "producer", "generate", "--out", str(folder),
-                        "--rows", str(config.file_rows), "--customers",
-                        str(config.file_customers), "--seed", str(config.seed)],
+                        "--rows", str(rows), "--customers", str(customers),
+                        "--seed", str(seed)],
                        cwd=REPO_ROOT, check=True)
     return transactions, importance
 

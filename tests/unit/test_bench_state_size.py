@@ -120,3 +120,26 @@ def test_latency_runs_to_the_commit_logged_after_it():
     assert abs(growing.latency_s(chunk(2, 0.2), committed) - 0.2) < 1e-9
     (figures,) = growing.window_figures([late], [], window=10, committed=committed)
     assert figures["latency_p99_s"] == 0.35
+
+
+def test_the_apply_profile_folds_statements_and_ranks_them_per_window():
+    from bench import apply_profile
+
+    assert apply_profile.statement_label("WITH upserted AS (\n    INSERT  INTO x") == (
+        "WITH upserted AS ( INSERT INTO x")
+    lines = apply_profile.window_lines(
+        101, [0.1, 0.3, 0.2], [{"a": 0.03, "b": 0.01}, {"a": 0.06}, {"a": 0.03, "b": 0.02}],
+        pairs=1_234_567, sizes={"pair_state": 170_000_000, "pair_state_pkey": 60_000_000})
+    assert lines[0] == ("chunks 101-103: apply median 200.0 ms (with its commit), state"
+                        " 1,234,567 pairs, pair_state 170 MB, pair_state_pkey 60 MB")
+    assert lines[1].split() == ["40.00", "ms", "a"] and lines[2].split() == ["10.00", "ms", "b"]
+
+
+def test_the_apply_profile_cuts_chunks_as_the_producer_does(tmp_path):
+    from bench import apply_profile
+
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"h\n" + b"".join(b"%d\n" % i for i in range(25_000)))
+    chunks = list(apply_profile.chunk_texts(path))
+    assert [c.count(b"\n") for c in chunks] == [10_001, 10_001, 5_001]
+    assert all(c.startswith(b"h\n") for c in chunks) and chunks[1].split(b"\n")[1] == b"10000"
