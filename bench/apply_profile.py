@@ -31,6 +31,7 @@ from bench.growing import growing_files
 from bench.state_size import CHECKPOINT_SETTINGS, SHARED_BUFFERS
 from infra.local import postgres
 from infra.local.interrupt import stops_cleanly
+from producer.chunks import check_header, iter_chunks
 from spark_detector import db
 from spark_detector.engine.state import ChunkRef, apply_chunk
 from tests.reference_model import aggregate_rows, read_chunk, read_weights
@@ -85,11 +86,11 @@ def window_lines(first: int, applies_s: Sequence[float],
 
 def chunk_texts(transactions: Path) -> Iterator[bytes]:
     """The file's chunks of ROWS_PER_CHUNK rows, each with the header, as the producer cuts
-    them."""
+    them (``producer.chunks``)."""
     with transactions.open("rb") as f:
-        header = f.readline()
-        while lines := list(itertools.islice(f, ROWS_PER_CHUNK)):
-            yield header + b"".join(lines)
+        header = check_header(f.readline())
+        for chunk in iter_chunks(header, f, ROWS_PER_CHUNK, first_seq=1, first_row=0):
+            yield chunk.body
 
 
 def _state(conn: psycopg2.extensions.connection) -> tuple[int, dict[str, int]]:

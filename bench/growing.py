@@ -200,17 +200,23 @@ def postgres_bytes(pgdata: Path | None) -> int | None:
     if pgdata is None:
         return None
     try:
-        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
-        root = psutil.Process(pid)
-        total = 0
-        for process in [root, *root.children(recursive=True)]:
-            try:
-                total += process.memory_full_info().pss
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        return total
+        processes = _process_tree(_postmaster_pid(pgdata))
     except (OSError, ValueError, psutil.Error):
         return None
+    total = 0
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            total += process.memory_full_info().pss
+    return total
+
+
+def _postmaster_pid(pgdata: Path) -> int:
+    return int((pgdata / "postmaster.pid").read_text().split()[0])
+
+
+def _process_tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
 
 
 def cpu_snapshot(worker_pid: int, pgdata: Path | None) -> dict:
@@ -224,16 +230,14 @@ def cpu_snapshot(worker_pid: int, pgdata: Path | None) -> dict:
                 "worker": sum(worker.values()) if worker else None, "postgres": None}
     if pgdata is not None:
         with contextlib.suppress(OSError, ValueError, IndexError):
-            snapshot["postgres_processes"] = _tree_cpu_s(
-                int((pgdata / "postmaster.pid").read_text().split()[0]))
+            snapshot["postgres_processes"] = _tree_cpu_s(_postmaster_pid(pgdata))
             snapshot["postgres"] = sum(snapshot["postgres_processes"].values())
     return snapshot
 
 
 def _tree_cpu_s(pid: int) -> dict[int, float]:
     try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
+        processes = _process_tree(pid)
     except psutil.Error:
         return {}
     seconds = {}
@@ -544,17 +548,16 @@ def run(config: Config) -> dict:
             chunks, samples = run_nominal(pipeline, config)
             committed = pipeline.committed_at()
             windows = window_figures(chunks, samples, config.window, committed)
+            latencies = [latency_s(c, committed) for c in chunks]
             results["nominal"] = {
                 "windows": windows,
                 "targets": nominal_targets(windows, config.warm_up, config.window),
                 "distinct_customers": distinct_customers(stack.database_url),
-                "latency_s": measure.distribution(
-                    [lat for c in chunks if (lat := latency_s(c, committed)) is not None]),
+                "latency_s": measure.distribution([x for x in latencies if x is not None]),
                 "latency_to": "commit (the worker's \"chunk applied\" line)",
                 "per_chunk": [{"apply_ms": c.apply_ms, "spark_ms": c.spark_ms,
-                               "latency_s": None if (lat := latency_s(c, committed)) is None
-                               else round(lat, 3)}
-                              for c in chunks],
+                               "latency_s": None if latency is None else round(latency, 3)}
+                              for c, latency in zip(chunks, latencies, strict=True)],
                 "samples": samples,
             }
             if config.backlog_chunks:

@@ -138,8 +138,9 @@ def test_the_apply_profile_folds_statements_and_ranks_them_per_window():
 def test_the_apply_profile_cuts_chunks_as_the_producer_does(tmp_path):
     from bench import apply_profile
 
+    header = b"step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n"
     path = tmp_path / "t.csv"
-    path.write_bytes(b"h\n" + b"".join(b"%d\n" % i for i in range(25_000)))
+    path.write_bytes(header + b"".join(b"%d\n" % i for i in range(25_000)))
     chunks = list(apply_profile.chunk_texts(path))
     assert [c.count(b"\n") for c in chunks] == [10_001, 10_001, 5_001]
-    assert all(c.startswith(b"h\n") for c in chunks) and chunks[1].split(b"\n")[1] == b"10000"
+    assert all(c.startswith(header) for c in chunks) and chunks[1].split(b"\n")[1] == b"10000"
